@@ -1,0 +1,54 @@
+"""Connection schemes: one file per scheme, each registering itself with ``@register``.
+
+Every module in this package (except the protocol and registry) is imported on first use, so adding
+a scheme is adding a file -- nothing else to edit.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import Block, Branch, Connection, as_blocks
+from .registry import REGISTRY, Option, SchemeInfo, canonical, parse_spec, register, resolve
+
+_INFRA = {"base", "registry"}
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        if mod not in _INFRA and not mod.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod}")
+    _loaded = True
+
+
+def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int = -1, **overrides) -> Connection:
+    """Build a connection from a spec string, e.g. ``connection("laurel(rw,lr,rank=16)", 8, 256)``.
+
+    ``overrides`` are options given as keywords; they win over the string.
+    """
+    _load_all()
+    if isinstance(spec, Connection):
+        return spec
+    info, opts = resolve(spec, **overrides)
+    conn = info.cls(n_blocks=n_blocks, dim=dim, channel_dim=channel_dim, **opts)
+    conn.spec = canonical(info.name, opts)
+    return conn
+
+
+def list_connections() -> list[SchemeInfo]:
+    """Every registered scheme with its options, defaults, paper reference and extra-parameter formula."""
+    _load_all()
+    return [REGISTRY[k] for k in sorted(REGISTRY)]
+
+
+def connection_names() -> list[str]:
+    _load_all()
+    return sorted(REGISTRY)
+
+
+__all__ = ["Block", "Branch", "Connection", "Option", "SchemeInfo", "as_blocks", "canonical", "connection",
+           "connection_names", "list_connections", "parse_spec", "register", "resolve"]

@@ -1,0 +1,1 @@
+"""Model families. Each takes a connection spec and nothing else about wiring."""
