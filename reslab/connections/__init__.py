@@ -25,14 +25,22 @@ def _load_all() -> None:
     _loaded = True
 
 
-def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int = -1, **overrides) -> Connection:
+def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int = -1, branches_per_block: int = 1,
+               **overrides) -> Connection:
     """Build a connection from a spec string, e.g. ``connection("laurel(rw,lr,rank=16)", 8, 256)``.
 
-    ``overrides`` are options given as keywords; they win over the string.
+    ``branches_per_block`` is the model's block structure (2 for a transformer's [attention, mlp]),
+    not a choice of scheme: schemes that own a parameter per branch (``skipinit``, ``layerscale``,
+    ``laurel(unit=branch)``) take it as their ``branches`` option unless the spec sets one, so a
+    model can pass its shape once and stay ignorant of the scheme. ``overrides`` are options given
+    as keywords; they win over the string.
     """
     _load_all()
     if isinstance(spec, Connection):
         return spec
+    name, given = parse_spec(spec)
+    if name in REGISTRY and "branches" in REGISTRY[name].options and "branches" not in given | overrides:
+        overrides["branches"] = branches_per_block
     info, opts = resolve(spec, **overrides)
     conn = info.cls(n_blocks=n_blocks, dim=dim, channel_dim=channel_dim, **opts)
     conn.spec = canonical(info.name, opts)

@@ -54,6 +54,9 @@ class Connection(nn.Module):
         self.spec: str = self.name  # canonical spec string, filled in by reslab.connection()
         self._recorder = None  # set by reslab.record(); None means "record nothing"
         self._record_name = ""
+        # Blocks (0-based) whose branches are deleted for a lesion study (Veit et al. 2016); set by
+        # reslab.analysis.topology.layer_drop_sensitivity, empty in training. See effective_blocks().
+        self._lesioned: frozenset[int] = frozenset()
 
     # -- the protocol --------------------------------------------------------------------------
     def forward(self, x: Tensor, blocks: Sequence[Block]) -> Tensor:  # pragma: no cover - abstract
@@ -78,6 +81,16 @@ class Connection(nn.Module):
                 f"{self.name}: built for n_blocks={self.n_blocks} but forward() got {len(blocks)} blocks; "
                 f"build the connection with n_blocks={len(blocks)}")
 
+    def effective_blocks(self, blocks: Sequence[Block]) -> Sequence[Block]:
+        """``blocks`` with every branch of a lesioned block (indices in ``self._lesioned``, 0-based)
+        replaced by ``zeros_like``: the "delete the residual branch" lesion of Veit et al. 2016
+        (arXiv:1605.06431). Every scheme calls it at the top of ``forward`` so lesion studies work
+        without knowing the scheme; the stream then flows on through whatever shortcuts the scheme
+        has (``residual``: the block becomes the identity; ``plain``: the stream becomes zero)."""
+        if not self._lesioned:
+            return blocks
+        return [[_zero_branch] * len(b) if j in self._lesioned else b for j, b in enumerate(blocks)]
+
     def channel_view(self, p: Tensor, ndim: int) -> Tensor:
         """Reshape a per-channel vector (D,) so it broadcasts along ``channel_dim`` of an ndim tensor."""
         shape = [1] * ndim
@@ -93,6 +106,10 @@ class Connection(nn.Module):
         """Stream after block ``block`` (0 = the stack's input)."""
         if self._recorder is not None:
             self._recorder.on_state(self, block, h)
+
+
+def _zero_branch(x: Tensor) -> Tensor:
+    return torch.zeros_like(x)
 
 
 def as_blocks(blocks: Sequence) -> list[list[Branch]]:

@@ -8,7 +8,7 @@ that names the offender and lists what is valid, closest match first.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -85,11 +85,12 @@ class SchemeInfo:
     paper: str
     params: str  # human-readable extra-parameter formula, e.g. "K(K+1)/2 - 1"
     summary: str = ""
-    aliases: tuple[str, ...] = field(default=())
+    example: str = ""  # a spec that builds with defaults (what `compare --connections all` runs)
 
     def as_dict(self) -> dict:
         return {
             "name": self.name,
+            "example": self.example,
             "summary": self.summary,
             "paper": self.paper,
             "extra_params": self.params,
@@ -102,8 +103,10 @@ class SchemeInfo:
 REGISTRY: dict[str, SchemeInfo] = {}
 
 
-def register(name: str, *, paper: str, params: str, options: Sequence[Option] = (), summary: str = ""):
-    """Class decorator: register a Connection subclass under ``name``."""
+def register(name: str, *, paper: str, params: str, options: Sequence[Option] = (), summary: str = "",
+             example: str = ""):
+    """Class decorator: register a Connection subclass under ``name``. ``example`` is a spec that builds
+    with no further input (defaults to ``name``; schemes whose bare name is not a valid spec set it)."""
 
     def deco(cls):
         if name in REGISTRY:
@@ -111,7 +114,7 @@ def register(name: str, *, paper: str, params: str, options: Sequence[Option] = 
         cls.name = name
         doc = (cls.__doc__ or "").strip().splitlines()
         REGISTRY[name] = SchemeInfo(name, cls, {o.name: o for o in options}, paper, params,
-                                    summary or (doc[0] if doc else ""))
+                                    summary or (doc[0] if doc else ""), example or name)
         return cls
 
     return deco
@@ -123,7 +126,7 @@ def _ranked(word: str, valid: Sequence[str]) -> str:
     return ", ".join(close)
 
 
-def _split_top(s: str) -> list[str]:
+def split_top(s: str) -> list[str]:
     """Split on commas that are not inside parentheses (so ``lam=1/sqrt(n)`` survives)."""
     parts, depth, cur = [], 0, []
     for ch in s:
@@ -155,7 +158,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str | bool]]:
     if inner.count("(") != inner.count(")"):
         raise ValueError(f"connection spec {spec!r}: unbalanced parentheses")
     args: dict[str, str | bool] = {}
-    for part in _split_top(inner):
+    for part in split_top(inner):
         if "=" in part:
             k, v = part.split("=", 1)
             k, v = k.strip(), v.strip()

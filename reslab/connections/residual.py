@@ -11,6 +11,7 @@ class Residual(Connection):
 
     def forward(self, x, blocks):
         self.check_blocks(blocks)
+        blocks = self.effective_blocks(blocks)
         self._record_state(0, x)
         for j, block in enumerate(blocks):
             for b, f in enumerate(block):

@@ -1,1 +1,99 @@
-"""Model families. Each takes a connection spec and nothing else about wiring."""
+"""Model families. Each takes a connection spec and nothing else about wiring.
+
+    build_model("gpt", task.info, "ancre(tau=0.01)", n_layer=8, d_model=128)
+    build_model("resnet", task.info, "plain", depth=20)
+    build_model("mlp", task.info, "residual", n_blocks=4, layers_per_branch=4)
+
+``task_info`` is a :class:`reslab.data.base.Task`'s ``info``: ``vocab_size`` (+ ``block_size``) for
+language modelling, ``n_classes`` + ``input_shape`` for classification, ``in_dim`` + ``out_dim`` for
+regression. Everything else about the model comes from keyword arguments, checked by name.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from dataclasses import fields
+from typing import Any, Callable
+
+from torch import nn
+
+from .gpt import GPT, GPTConfig
+from .mlp import ResidualMLP
+from .resnet import ResNet
+
+
+def _ranked(word: str, valid: list[str]) -> str:
+    """Valid names, the closest to ``word`` first."""
+    return ", ".join(difflib.get_close_matches(word, valid, n=len(valid), cutoff=0.0))
+
+
+def _need(task_info: dict, key: str, model: str, what: str) -> Any:
+    if key not in task_info:
+        raise ValueError(f"model {model!r} needs task_info[{key!r}] ({what}); the task gives "
+                         f"{sorted(task_info) or 'nothing'}")
+    return task_info[key]
+
+
+def _check_kwargs(model: str, kwargs: dict, valid: list[str]) -> None:
+    for k in kwargs:
+        if k not in valid:
+            raise ValueError(f"model {model!r}: unknown option {k!r}; valid: {_ranked(k, valid)}")
+
+
+def _init_params(cls: type, exclude: set[str]) -> list[str]:
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in exclude | {"self"}]
+
+
+def _build_gpt(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+    _check_kwargs("gpt", kwargs, [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "connection")])
+    vocab = _need(task_info, "vocab_size", "gpt", "a language-modelling task")
+    if "block_size" not in kwargs:
+        kwargs["block_size"] = _need(task_info, "block_size", "gpt", "or pass block_size=...")
+    return GPT(GPTConfig(vocab_size=int(vocab), connection=connection, **kwargs))
+
+
+def _build_resnet(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+    _check_kwargs("resnet", kwargs, _init_params(ResNet, {"in_channels", "n_classes", "connection"}))
+    shape = tuple(_need(task_info, "input_shape", "resnet", "an image-classification task"))
+    if len(shape) not in (2, 3):
+        raise ValueError(f"model 'resnet' needs images, input_shape (C, H, W) or (H, W); got {shape}; "
+                         "use model 'mlp' for vector inputs")
+    n_classes = _need(task_info, "n_classes", "resnet", "a classification task")
+    return ResNet(in_channels=shape[0] if len(shape) == 3 else 1, n_classes=int(n_classes),
+                  connection=connection, **kwargs)
+
+
+def _build_mlp(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+    _check_kwargs("mlp", kwargs, _init_params(ResidualMLP, {"in_dim", "out_dim", "connection"}))
+    if "in_dim" in task_info:
+        in_dim = int(task_info["in_dim"])
+    else:
+        shape = tuple(_need(task_info, "input_shape", "mlp", "or in_dim"))
+        in_dim = math.prod(shape)
+        kwargs.setdefault("flatten_input", len(shape) > 1)
+    if "n_classes" in task_info:
+        out_dim = task_info["n_classes"]
+    else:
+        out_dim = _need(task_info, "out_dim", "mlp", "or n_classes")
+    return ResidualMLP(in_dim=in_dim, out_dim=int(out_dim), connection=connection, **kwargs)
+
+
+_BUILDERS: dict[str, Callable[[dict, str, dict], nn.Module]] = {
+    "gpt": _build_gpt, "mlp": _build_mlp, "resnet": _build_resnet}
+
+
+def model_names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_model(name: str, task_info: dict, connection: str = "residual", **kwargs) -> nn.Module:
+    """Build model ``name`` (see :func:`model_names`) for a task, wired by ``connection``.
+
+    Unknown model names and unknown keyword options raise ValueError listing the valid ones."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; valid: {_ranked(name, model_names())}")
+    return _BUILDERS[name](dict(task_info), connection, dict(kwargs))
+
+
+__all__ = ["GPT", "GPTConfig", "ResNet", "ResidualMLP", "build_model", "model_names"]

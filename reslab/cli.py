@@ -1,0 +1,221 @@
+"""Command line: ``reslab train | compare | connections`` (and, as they land, reproduce | bench | analyze).
+
+Configuration, lowest to highest priority: TrainConfig defaults < ``--preset`` < ``--config FILE``
+(TOML or YAML) < flags < ``key=value`` overrides (``steps=200``, ``model.n_layer=4``,
+``task.max_chars=100000``).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+from .train import CheckpointError, TrainConfig, TrainingDiverged
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(field: str, raw: str):
+    """Turn a string into the type of TrainConfig.<field>'s default."""
+    default = TrainConfig().__getattribute__(field)
+    if isinstance(default, bool):
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{field} expects true/false, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{field} expects an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{field} expects a number, got {raw!r}") from None
+    if isinstance(default, dict):
+        val = json.loads(raw)
+        if not isinstance(val, dict):
+            raise ValueError(f"{field} expects a JSON object, got {raw!r}")
+        return val
+    return raw
+
+
+def _literal(raw: str):
+    """Model/task argument values: Python literals when they parse (4, 0.1, True, 'x'), else the string."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml), or use TOML") from None
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"{path}: unknown config format {p.suffix!r}; use .toml, .yaml or .yml")
+    unknown = set(data) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; valid: {', '.join(_FIELDS)}")
+    return data
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. steps=200 or model.n_layer=4)")
+        key, raw = item.split("=", 1)
+        if key.startswith(("model.", "task.")):
+            group = "model_args" if key.startswith("model.") else "task_args"
+            values.setdefault(group, {})
+            values[group] = dict(values[group]) | {key.split(".", 1)[1]: _literal(raw)}
+        elif key in _FIELDS:
+            values[key] = _coerce(key, raw)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(_FIELDS), n=3)
+            raise ValueError(f"unknown setting {key!r}{' (did you mean ' + ', '.join(close) + '?)' if close else ''}; "
+                             f"valid: {', '.join(_FIELDS)}, model.<arg>, task.<arg>")
+    return values
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    from .presets import get_preset
+
+    values: dict = {}
+    task = args.task or "shakespeare"
+    model = args.model or "gpt"
+    values |= get_preset(task, model, args.preset)
+    if args.config:
+        file_values = load_config_file(args.config)
+        for group in ("model_args", "task_args"):
+            if group in file_values and group in values:
+                file_values[group] = values[group] | file_values[group]
+        values |= file_values
+    for name in _FIELDS:
+        flag = getattr(args, name, None)
+        if flag is not None and name not in ("model_args", "task_args"):
+            values[name] = flag
+    values = apply_overrides(values, args.overrides)
+    return TrainConfig(**values)
+
+
+def _add_train_flags(p: argparse.ArgumentParser, with_connection: bool = True) -> None:
+    p.add_argument("--config", help="TOML or YAML file with TrainConfig keys")
+    p.add_argument("--preset", choices=("quick", "cpu", "gpu"), help="budget preset for the task/model pair")
+    for name, f in _FIELDS.items():
+        if name in ("model_args", "task_args") or (name == "connection" and not with_connection):
+            continue
+        default = TrainConfig().__getattribute__(name)
+        kind = type(default)
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, dest=name, type=kind, default=None, help=f"(default {default!r})")
+    p.add_argument("overrides", nargs="*", help="key=value settings: steps=200 model.n_layer=4 task.max_chars=1e5")
+
+
+def cmd_connections(args) -> int:
+    from .connections import list_connections
+
+    infos = list_connections()
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
+        return 0
+    for info in infos:
+        print(f"{info.name}  —  {info.summary}")
+        print(f"    paper: {info.paper}")
+        if info.example != info.name:
+            print(f"    example: {info.example}")
+        print(f"    extra parameters: {info.params}")
+        for o in info.options.values():
+            print(textwrap.fill(o.describe(), width=100, initial_indent="    option ", subsequent_indent="        "))
+        print()
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = build_config(args)
+    summary = train(cfg)
+    print(f"{summary['status']}: val loss {summary['final_val_loss']:.4f}, {summary['metric']} "
+          f"{summary['final_val_metric']:.4f}, {summary['params']} params "
+          f"({summary['connection_params']} in the connection); logs in {cfg.out_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare, parse_arms
+
+    arms = parse_arms(args.connections)
+    cfg = build_config(args)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    out = args.out or f"runs/compare-{cfg.task.replace(':', '_').replace('/', '_')}-{cfg.model}"
+    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line())
+    return 0
+
+
+def _command_line() -> str:
+    return "reslab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reslab", description="Residual connections: train, compare, diagnose.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("connections", help="list every connection scheme with options, paper and parameter formula")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_connections)
+
+    p = sub.add_parser("train", help="train one model")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several connections x seeds on the same budget and tabulate them")
+    _add_train_flags(p, with_connection=False)
+    p.add_argument("--connections", required=True, help="comma-separated specs, or 'all' (every registered scheme)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--baseline", default=None, help="arm the others are tested against (default: residual)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<task>-<model>)")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingDiverged as e:
+        print(f"reslab {args.command}: training diverged: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f"reslab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

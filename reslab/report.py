@@ -1,0 +1,131 @@
+"""Tables (markdown/JSON) and plots (matplotlib) from run summaries, with the statistics every
+comparison reports: mean ± std over seeds, Welch's t-test against the baseline, and
+steps-to-target (the first evaluation at which a run reaches the baseline's final mean loss)."""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Welch t-test p-value; None when either side has fewer than 2 values or no spread."""
+    from scipy import stats
+
+    a = [x for x in a if x is not None and math.isfinite(x)]
+    b = [x for x in b if x is not None and math.isfinite(x)]
+    if len(a) < 2 or len(b) < 2 or (statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0):
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def steps_to_target(curve: Sequence[dict], target: float, key: str = "val_loss") -> int | None:
+    """First evaluated step whose ``key`` is <= target (None: never reached). A relative slack of 1e-9
+    lets the baseline's own mean curve reach its own final mean despite rounding."""
+    for row in curve:
+        v = row.get(key)
+        if v is not None and v <= target + 1e-9 * abs(target):
+            return int(row["step"])
+    return None
+
+
+def mean_curve(runs: Sequence[dict], key: str = "val_loss") -> list[dict]:
+    """Seed-averaged evaluation curve of completed runs (truncated to the shortest)."""
+    curves = [r["curve"] for r in runs if r.get("curve")]
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    return [{"step": curves[0][i]["step"], key: statistics.fmean(c[i][key] for c in curves)} for i in range(n)]
+
+
+def summarize_arms(arms: dict[str, list[dict]], baseline: str) -> list[dict]:
+    """One row per arm from its runs' summary dicts (train.py's summary.json)."""
+    base_runs = [r for r in arms.get(baseline, []) if r.get("status") == "completed"]
+    base_losses = [r["final_val_loss"] for r in base_runs]
+    target = mean_std(base_losses)[0] if base_losses else None
+    rows = []
+    for arm, runs in arms.items():
+        ok = [r for r in runs if r.get("status") == "completed"]
+        losses = [r["final_val_loss"] for r in ok]
+        metrics = [r["final_val_metric"] for r in ok]
+        lm, ls = mean_std(losses)
+        mm, ms = mean_std(metrics)
+        reach = [steps_to_target(r["curve"], target) for r in ok] if target is not None else []
+        times = [r["median_step_time"] for r in ok if r.get("median_step_time")]
+        rows.append({
+            "arm": arm,
+            "seeds": len(runs), "completed": len(ok), "diverged": sum(r.get("status") == "diverged" for r in runs),
+            "val_loss_mean": lm, "val_loss_std": ls, "val_loss": losses,
+            "metric": runs[0].get("metric") if runs else None, "metric_mean": mm, "metric_std": ms,
+            "params": runs[0].get("params") if runs else None,
+            "extra_params": (runs[0]["params"] - base_runs[0]["params"]) if (runs and base_runs) else None,
+            "connection_params": runs[0].get("connection_params") if runs else None,
+            "median_step_time": statistics.median(times) if times else None,
+            # on the seed-averaged curve, so the baseline reaches its own final mean at its last eval
+            "steps_to_target": steps_to_target(mean_curve(ok), target) if target is not None else None,
+            "steps_to_target_per_seed": reach,
+            "target_loss": target,
+            "welch_p_vs_baseline": None if arm == baseline else welch_p(losses, base_losses),
+        })
+    return rows
+
+
+def _fmt(x, spec=".4f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, spec)
+
+
+def markdown_table(rows: list[dict], baseline: str) -> str:
+    metric = next((r["metric"] for r in rows if r["metric"]), "metric")
+    head = (f"| connection | val loss (mean ± std) | {metric} | params | extra params vs {baseline} | "
+            f"median step (ms) | steps to {baseline}'s loss | Welch p | seeds ok |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        extra = r["extra_params"]
+        lines.append(
+            f"| `{r['arm']}` | {_fmt(r['val_loss_mean'])} ± {_fmt(r['val_loss_std'])} | "
+            f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])} | {r['params'] if r['params'] is not None else '—'} | "
+            f"{'—' if extra is None else f'{extra:+d}'} | "
+            f"{_fmt(None if r['median_step_time'] is None else 1000 * r['median_step_time'], '.1f')} | "
+            f"{'—' if r['steps_to_target'] is None else int(r['steps_to_target'])} | {_fmt(r['welch_p_vs_baseline'], '.3g')} | "
+            f"{r['completed']}/{r['seeds']}{' (' + str(r['diverged']) + ' diverged)' if r['diverged'] else ''} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", key: str = "val_loss") -> None:
+    """Mean validation curve per arm (shaded: min–max over seeds)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, runs in arms.items():
+        curves = [r["curve"] for r in runs if r.get("curve")]
+        if not curves:
+            continue
+        mean = mean_curve(runs, key)
+        steps = [row["step"] for row in mean]
+        line, = ax.plot(steps, [row[key] for row in mean], label=arm)
+        if len(curves) > 1:
+            vals = [[c[i][key] for c in curves] for i in range(len(mean))]
+            ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15,
+                            color=line.get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

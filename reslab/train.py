@@ -1,0 +1,480 @@
+"""The Trainer: one readable loop, top to bottom (nanoGPT-like), shared by every task and model.
+
+What a run guarantees:
+- AdamW with parameter groups: matrices decay; biases, norm gains, embeddings' 1-D parts and every
+  *connection* parameter do not (weight decay would pull learned mixing coefficients back to zero),
+  and connection parameters get ``connection_lr_mult``.
+- Linear warmup then cosine decay to ``min_lr_ratio * lr``; gradient clipping.
+- Evaluation on a fixed set of validation batches (the same for every run of a comparison).
+- ``metrics.jsonl`` (one row per logged step / eval) and ``summary.json`` per run; TensorBoard when
+  installed; a tqdm progress bar.
+- Atomic checkpoints (write to a temp file, then ``os.replace``) and exact resume: model, optimizer,
+  the batch generator's and torch's RNG states and the step are restored, and log rows written after
+  the checkpoint are dropped, so a run killed with SIGKILL and resumed logs the same losses as an
+  uninterrupted one. Checkpoints are read with ``weights_only=True``.
+- A NaN/inf loss, or a loss that explodes past ``divergence_factor`` x the first loss, stops the run
+  with :class:`TrainingDiverged` and a message that says what to try.
+- Device auto-selection (cuda, mps, cpu), bf16 autocast on CUDA, optional ``torch.compile``, and DDP
+  when launched by ``torchrun`` (gloo on CPU, nccl on CUDA): every rank draws the same global batch
+  from the shared generator and trains on its own slice, so the loss matches one process at equal
+  global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .connections import Connection
+from .data import get_task
+from .models import build_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; the message says at which step and what to try."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (corrupt, truncated, or not written by reslab)."""
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    task: str = "shakespeare"
+    task_args: dict = field(default_factory=dict)
+    model: str = "gpt"
+    model_args: dict = field(default_factory=dict)
+    connection: str = "residual"
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 32  # global batch (split across DDP ranks)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    connection_lr_mult: float = 1.0
+    # evaluation and logging
+    eval_every: int = 100
+    eval_batches: int = 10
+    log_every: int = 10
+    # bookkeeping
+    seed: int = 0
+    out_dir: str = "runs/train"
+    checkpoint_every: int = 0  # 0: only at the end of the run
+    resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
+    divergence_factor: float = 20.0  # stop when loss > factor x first loss (0 disables)
+    # execution
+    device: str = "auto"
+    compile: bool = False
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        problems = []
+        for name in ("steps", "batch_size", "eval_batches", "log_every", "eval_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            problems.append(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# small pieces
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine from 1 down to ``min_lr_ratio`` at ``steps``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def connection_parameters(model: nn.Module) -> list[nn.Parameter]:
+    seen, out = set(), []
+    for m in model.modules():
+        if isinstance(m, Connection):
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Three groups: decayed matrices, undecayed vectors/scalars, connection parameters (no decay, lr mult)."""
+    conn_ids = {id(p) for p in connection_parameters(model)}
+    decay, no_decay, conn = [], [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in conn_ids:
+            conn.append(p)
+        elif p.dim() >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"name": "connection", "params": conn, "weight_decay": 0.0, "lr_mult": cfg.connection_lr_mult},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def loss_and_metric(kind: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task loss and a second metric: bits/char (lm), accuracy (classification), MSE (regression)."""
+    out = out.float()
+    if kind == "lm":
+        loss = F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
+        return loss, loss.detach() / math.log(2)
+    if kind == "classification":
+        loss = F.cross_entropy(out, y)
+        return loss, (out.argmax(-1) == y).float().mean()
+    loss = F.mse_loss(out, y)
+    return loss, loss.detach()
+
+
+METRIC_NAME = {"lm": "bits_per_char", "classification": "accuracy", "regression": "mse"}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file in the same folder, then an atomic rename: a crash mid-write never
+    leaves a truncated checkpoint behind."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_CKPT_KEYS = ("model", "optimizer", "generator", "torch_rng", "step", "config")
+#: settings that define a run: resuming with any of them changed would silently mix two experiments
+_IDENTITY = ("task", "task_args", "model", "model_args", "connection", "seed", "batch_size")
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig | None = None) -> dict:
+    fix = "delete it, pass resume=false, or use a new out_dir to start the run afresh"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated or not a checkpoint at all
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); the file is corrupt "
+                              f"or not a reslab checkpoint: {fix}") from None
+    missing = [k for k in _CKPT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by reslab's trainer: {fix}")
+    if cfg is not None:
+        saved = json.loads(state["config"])
+        now = cfg.to_dict()
+        diff = [k for k in _IDENTITY if saved.get(k) != now[k]]
+        if diff:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} there vs {now[k]!r} now" for k in diff)
+            raise CheckpointError(f"checkpoint {path} belongs to a different run ({detail}): {fix}")
+    return state
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class _Dist:
+    """What DDP needs to know; world_size 1 when not launched by torchrun."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one model; return (and write) its summary."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    dist = _Dist(device)
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({dist.world})")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
+
+    # --- data, model, optimiser (every rank builds the same model from the same seed) ---
+    task = get_task(cfg.task, **cfg.task_args)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, task.info, cfg.connection, **cfg.model_args).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_conn = sum(p.numel() for p in connection_parameters(model))
+    groups = param_groups(model, cfg)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the training batches; saved in checkpoints
+    eval_set = task.fixed_batches("val", cfg.eval_batches, cfg.batch_size)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    start, log_rows = 0, []
+    if cfg.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        log_rows = _read_log(log_path, upto=start)  # rows written after the checkpoint are replayed
+    _write_log(log_path, log_rows, dist.main)
+
+    fwd_model = model
+    if cfg.compile:
+        fwd_model = torch.compile(model)
+    if dist.enabled:
+        fwd_model = nn.parallel.DistributedDataParallel(
+            fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = _tensorboard(out) if (cfg.tensorboard and dist.main) else None
+    crash_at = int(os.environ.get("RESLAB_CRASH_AT_STEP", "0"))  # fault injection for the resume test
+    local_bs = cfg.batch_size // dist.world
+    step_times, first_loss, evals, status = [], None, [], "completed"
+    for row in log_rows:
+        if "val_loss" in row:
+            evals.append(row)
+        if first_loss is None and "loss" in row:
+            first_loss = row["loss"]
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        tot_loss = tot_metric = 0.0
+        with torch.no_grad(), autocast:
+            for x, y in eval_set:
+                x, y = x.to(device), y.to(device)
+                loss, metric = loss_and_metric(task.kind, model(x), y)
+                tot_loss += float(loss)
+                tot_metric += float(metric)
+        model.train()
+        return tot_loss / len(eval_set), tot_metric / len(eval_set)
+
+    bar = _progress(cfg, start, dist.main)
+    model.train()
+    step = start
+    try:
+        for step in range(start, cfg.steps):
+            if crash_at and step == crash_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            t0 = time.perf_counter()
+            lrf = lr_factor(step, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * lrf * g["lr_mult"]
+            x, y = task.get_batch("train", cfg.batch_size, gen)
+            x = x[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
+            y = y[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
+            with autocast:
+                loss, _ = loss_and_metric(task.kind, fwd_model(x), y)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
+                         else torch.tensor(float("nan")))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_v = float(loss.detach())
+            if dist.enabled:  # report the global-batch loss, identical on every rank
+                t = torch.tensor([loss_v], device=device)
+                torch.distributed.all_reduce(t)
+                loss_v = float(t) / dist.world
+            step_times.append(time.perf_counter() - t0)
+            first_loss = loss_v if first_loss is None else first_loss
+            _check_divergence(loss_v, first_loss, step + 1, cfg)
+
+            done = step + 1
+            row = None
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                row = {"step": done, "loss": loss_v, "lr": cfg.lr * lrf, "grad_norm": float(grad_norm),
+                       "step_time": step_times[-1]}
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                vl, vm = evaluate()
+                row = (row or {"step": done}) | {"val_loss": vl, f"val_{METRIC_NAME[task.kind]}": vm}
+                evals.append(row)
+            if row is not None:
+                _append_log(log_path, row, dist.main)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(k, v, done)
+                bar.set_postfix(loss=f"{loss_v:.4f}", **({"val": f"{row['val_loss']:.4f}"} if "val_loss" in row else {}))
+            bar.update(1)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and dist.main:
+                save_checkpoint(ckpt_path, _state(model, optimizer, gen, done, cfg))
+    except TrainingDiverged as e:
+        status = "diverged"
+        _append_log(log_path, {"step": step + 1, "diverged": str(e)}, dist.main)
+        if dist.main:
+            atomic_write_json(out / "summary.json", _summary(cfg, task, status, evals, step_times, n_params,
+                                                             n_conn, step + 1, str(e)))
+        bar.close()
+        dist.close()
+        raise
+    bar.close()
+    if dist.main:
+        save_checkpoint(ckpt_path, _state(model, optimizer, gen, cfg.steps, cfg))
+    if writer is not None:
+        writer.close()
+    summary = _summary(cfg, task, status, evals, step_times, n_params, n_conn, cfg.steps)
+    if dist.main:
+        atomic_write_json(out / "summary.json", summary)
+    dist.close()
+    return summary
+
+
+def _state(model, optimizer, gen, step, cfg) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "step": step, "config": json.dumps(cfg.to_dict())}
+
+
+def _check_divergence(loss: float, first: float, step: int, cfg: TrainConfig) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss is {loss} at step {step} with connection {cfg.connection!r}: training diverged. Try a lower lr "
+            f"(now {cfg.lr}), gradient clipping (grad_clip, now {cfg.grad_clip}), more warmup, or a scaled/"
+            f"normalised connection")
+    if cfg.divergence_factor and loss > cfg.divergence_factor * max(first, 1e-8):
+        raise TrainingDiverged(
+            f"loss {loss:.4g} at step {step} is more than divergence_factor={cfg.divergence_factor} x the first "
+            f"loss {first:.4g} (connection {cfg.connection!r}). Lower lr or raise divergence_factor (0 disables)")
+
+
+def _summary(cfg, task, status, evals, step_times, n_params, n_conn, steps_done, error=None) -> dict:
+    metric = f"val_{METRIC_NAME[task.kind]}"
+    last = evals[-1] if evals else {}
+    return {
+        "status": status, "error": error,
+        "task": cfg.task, "kind": task.kind, "model": cfg.model, "connection": cfg.connection, "seed": cfg.seed,
+        "steps": steps_done, "params": n_params, "connection_params": n_conn,
+        "final_val_loss": last.get("val_loss"), "final_val_metric": last.get(metric), "metric": metric,
+        "median_step_time": statistics.median(step_times) if step_times else None,
+        "curve": [{"step": r["step"], "val_loss": r["val_loss"], metric: r.get(metric)} for r in evals],
+        "config": cfg.to_dict(), "git": git_revision(), "machine": machine(),
+    }
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash mid-write
+            continue
+        if row.get("step", 0) <= upto and "diverged" not in row:
+            rows.append(row)
+    return rows
+
+
+def _write_log(path: Path, rows: list[dict], main: bool) -> None:
+    if main:
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def _append_log(path: Path, row: dict, main: bool) -> None:
+    if main:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_log(out_dir: str | Path) -> list[dict]:
+    return _read_log(Path(out_dir) / "metrics.jsonl", upto=10**12)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSONL is the record
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def _progress(cfg: TrainConfig, start: int, main: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and main), leave=False,
+                desc=f"{cfg.model}/{cfg.connection}", dynamic_ncols=True)

@@ -1,0 +1,186 @@
+"""Trainer: schedule, parameter groups, logs, exact resume after SIGKILL, corrupt checkpoints, divergence,
+DDP on 2 CPU processes, and the CLI's configuration layers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.cli import build_config, main, make_parser
+from reslab.models import build_model
+from reslab.train import (CheckpointError, TrainConfig, TrainingDiverged, connection_parameters, load_checkpoint,
+                          lr_factor, param_groups, read_log, train)
+
+TINY = dict(task="teacher", task_args={"in_dim": 8, "out_dim": 2, "n_train": 256, "n_val": 64, "depth": 3,
+                                       "width": 16},
+            model="mlp", model_args={"width": 16, "n_blocks": 3}, batch_size=16, lr=3e-3, warmup_steps=3,
+            eval_every=5, eval_batches=2, log_every=1, progress=False, tensorboard=False, threads=1)
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(**(TINY | {"out_dir": str(tmp_path / "run"), "steps": 12} | kw))
+
+
+def losses(out_dir) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_log(out_dir) if "loss" in r]
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    vals = [lr_factor(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+
+
+def test_param_groups_put_connection_params_apart():
+    cfg = TrainConfig(weight_decay=0.1, connection_lr_mult=5.0)
+    model = build_model("mlp", {"in_dim": 4, "out_dim": 2}, "rezero", width=8, n_blocks=3)
+    groups = {g["name"]: g for g in param_groups(model, cfg)}
+    conn = connection_parameters(model)
+    assert sum(p.numel() for p in conn) == 3
+    assert {id(p) for p in groups["connection"]["params"]} == {id(p) for p in conn}
+    assert groups["connection"]["weight_decay"] == 0 and groups["connection"]["lr_mult"] == 5.0
+    assert all(p.dim() >= 2 for p in groups["decay"]["params"])
+    assert all(p.dim() < 2 for p in groups["no_decay"]["params"])
+    n_all = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == n_all
+
+
+def test_train_writes_log_summary_checkpoint_and_learns(tmp_path):
+    s = train(tiny(tmp_path, steps=40, eval_every=10))
+    out = tmp_path / "run"
+    assert s["status"] == "completed" and s["steps"] == 40
+    assert json.loads((out / "summary.json").read_text())["final_val_loss"] == s["final_val_loss"]
+    rows = read_log(out)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
+    assert [c["step"] for c in s["curve"]] == [10, 20, 30, 40]
+    assert s["curve"][-1]["val_loss"] < s["curve"][0]["val_loss"]  # it learns
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 40
+
+
+def test_sigkill_then_resume_logs_same_losses_as_uninterrupted(tmp_path):
+    ref = tiny(tmp_path / "ref", steps=30, checkpoint_every=10)
+    train(ref)
+    crashed = tiny(tmp_path / "crash", steps=30, checkpoint_every=10)
+    cmd = [sys.executable, "-m", "reslab.cli", "train", "--config", str(_write_toml(tmp_path, crashed))]
+    env = os.environ | {"RESLAB_CRASH_AT_STEP": "25", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr  # really killed by SIGKILL, mid-run
+    assert max(s for s, _ in losses(crashed.out_dir)) == 25 - 0  # logged steps 1..25 (crash before step 26)
+    assert load_checkpoint(Path(crashed.out_dir) / "checkpoint.pt")["step"] == 20
+    env.pop("RESLAB_CRASH_AT_STEP")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert losses(crashed.out_dir) == losses(ref.out_dir)  # bit-identical, steps 1..30, no duplicates
+    assert [s for s, _ in losses(crashed.out_dir)] == list(range(1, 31))
+
+
+def _write_toml(tmp_path: Path, cfg: TrainConfig) -> Path:
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        return repr(v)
+
+    lines, tables = [], []
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, dict):
+            tables.append(f"[{k}]\n" + "".join(f"{a} = {val(b)}\n" for a, b in v.items()))
+        else:
+            lines.append(f"{k} = {val(v)}")
+    path = tmp_path / "cfg.toml"
+    path.write_text("\n".join(lines) + "\n\n" + "\n".join(tables))
+    return path
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    cfg = tiny(tmp_path, steps=4)
+    train(cfg)
+    ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt.*start the run afresh"):
+        train(tiny(tmp_path, steps=8))
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    train(tiny(tmp_path, steps=4))
+    with pytest.raises(CheckpointError, match="different run.*connection"):
+        train(tiny(tmp_path, steps=8, connection="plain"))
+
+
+def test_divergence_stops_with_clear_message(tmp_path):
+    cfg = tiny(tmp_path, steps=50, lr=1e6, grad_clip=0.0, divergence_factor=5.0)
+    with pytest.raises(TrainingDiverged, match="lr"):
+        train(cfg)
+    s = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    assert s["status"] == "diverged" and "diverged" in s["error"] or "loss" in s["error"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_single_process(tmp_path):
+    single = tiny(tmp_path / "single", steps=6, eval_every=6)
+    train(single)
+    ddp = tiny(tmp_path / "ddp", steps=6, eval_every=6)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "reslab.cli", "train", "--config", str(_write_toml(tmp_path, ddp))]
+    proc = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = losses(single.out_dir), losses(ddp.out_dir)
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6)
+
+
+def test_cli_layers_preset_file_flags_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("steps: 77\nlr: 0.01\nmodel_args:\n  n_layer: 3\n")
+    args = make_parser().parse_args(["train", "--task", "shakespeare", "--model", "gpt", "--preset", "quick",
+                                     "--config", str(cfg_file), "--lr", "0.02", "model.d_model=32",
+                                     "task.max_chars=5000", "connection=ancre(tau=0.1)"])
+    cfg = build_config(args)
+    assert cfg.steps == 77 and cfg.lr == 0.02 and cfg.connection == "ancre(tau=0.1)"
+    assert cfg.model_args == {"n_layer": 3, "n_head": 4, "d_model": 32}
+    assert cfg.task_args["max_chars"] == 5000 and cfg.task_args["block_size"] == 64
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    assert main(["train", "stepz=3"]) == 2
+    assert "unknown setting 'stepz'" in capsys.readouterr().err
+    assert main(["train", "--connection", "residul", "--task", "teacher", "--model", "mlp", "steps=1",
+                 f"out_dir={tmp_path}", "progress=false"]) == 2
+    assert "unknown connection 'residul'; valid: residual" in capsys.readouterr().err
+    assert main(["compare", "--connections", "residual,ancre(tau=-1)"]) == 2
+    assert "tau" in capsys.readouterr().err
+
+
+def test_compare_end_to_end_table_plot_json(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "teacher", "--model", "mlp", "--connections", "residual,plain,scaled(lam=0.5)",
+            "--seeds", "2", "--out", str(out), "steps=10", "eval_every=5", "log_every=5", "batch_size=16",
+            "progress=false", "tensorboard=false", "model.width=16", "model.n_blocks=2", "task.n_train=128",
+            "task.n_val=32", "task.in_dim=4", "task.out_dim=1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| `residual` |" in text and "| `plain` |" in text and "| `scaled(lam=0.5)` |" in text
+    res = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in res["rows"]] == ["residual", "plain", "scaled(lam=0.5)"]
+    assert all(r["completed"] == 2 for r in res["rows"])
+    assert (out / "curves.png").stat().st_size > 1000
+    base = next(r for r in res["rows"] if r["arm"] == "residual")
+    assert base["steps_to_target"] is not None and base["welch_p_vs_baseline"] is None
+    # a second call reuses the finished runs instead of training again
+    assert main(argv) == 0
+    assert "reusing finished run" in capsys.readouterr().out
