@@ -45,6 +45,7 @@ def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path,
     baseline = baseline or ("residual" if "residual" in arms else arms[0])
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the arms {arms}")
+    arms = [baseline] + [a for a in arms if a != baseline]  # the table reads against its first row
     results: dict[str, list[dict]] = {}
     for arm in arms:
         results[arm] = []

@@ -176,7 +176,7 @@ def test_compare_end_to_end_table_plot_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| `residual` |" in text and "| `plain` |" in text and "| `scaled(lam=0.5)` |" in text
     res = json.loads((out / "results.json").read_text())
-    assert [r["arm"] for r in res["rows"]] == ["residual", "plain", "scaled(lam=0.5)"]
+    assert [r["arm"] for r in res["rows"]] == ["residual", "plain", "scaled(lam=0.5)"]  # baseline first
     assert all(r["completed"] == 2 for r in res["rows"])
     assert (out / "curves.png").stat().st_size > 1000
     base = next(r for r in res["rows"] if r["arm"] == "residual")
