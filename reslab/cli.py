@@ -178,6 +178,30 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .experiments import experiments, reproduce
+
+    if args.name == "list":
+        for name, exp in experiments().items():
+            print(f"{name}: {exp.claim} [{exp.paper}] presets: {', '.join(exp.presets)}")
+        return 0
+    reproduce(args.name, args.preset, args.out, command=_command_line())
+    return 0
+
+
+def _plugins(package: str):
+    """Modules of ``package`` that add their own sub-commands through ``cli_register(subparsers)``: every
+    analysis and benchmark lives in its own file and plugs itself in, so adding one edits no shared file."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        mod = importlib.import_module(f"{package}.{m.name}")
+        if hasattr(mod, "cli_register"):
+            yield mod
+
+
 def _command_line() -> str:
     return "reslab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -201,6 +225,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="arm the others are tested against (default: residual)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<task>-<model>)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("reproduce", help="run one paper-claim experiment and write its summary with a verdict")
+    p.add_argument("name", help="experiment name, or 'list'")
+    p.add_argument("--preset", default="cpu", choices=("quick", "cpu", "gpu"))
+    p.add_argument("--out", default=None, help="output folder (default results/<name> for cpu, runs/ for quick)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("analyze", help="diagnostics: " + ", ".join(m.__name__.rsplit(".", 1)[1]
+                                                                    for m in _plugins("reslab.analysis")))
+    analyses = p.add_subparsers(dest="analysis", required=True)
+    for mod in _plugins("reslab.analysis"):
+        mod.cli_register(analyses)
+
+    p = sub.add_parser("bench", help="benchmarks (time, throughput, memory per connection)")
+    benches = p.add_subparsers(dest="bench", required=True)
+    for mod in _plugins("reslab.bench"):
+        mod.cli_register(benches)
     return parser
 
 

@@ -176,7 +176,16 @@ def loss_and_metric(kind: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torc
     return loss, loss.detach()
 
 
-METRIC_NAME = {"lm": "bits_per_char", "classification": "accuracy", "regression": "mse"}
+METRIC_NAME = {"lm": "bits_per_char", "classification": "accuracy", "regression": "mse", "diffusion": "denoise_mse"}
+
+
+def _loss(call: nn.Module, model: nn.Module, kind: str, x, y):
+    """A model with its own objective (``training_loss(x, y, call) -> (loss, metric)``, e.g. DDPM's
+    epsilon-prediction, where ``call`` is the possibly DDP-wrapped forward) brings it; every other model
+    is scored by the task kind."""
+    if hasattr(model, "training_loss"):
+        return model.training_loss(x, y, call)
+    return loss_and_metric(kind, call(x), y)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -284,6 +293,7 @@ def train(cfg: TrainConfig) -> dict:
     task = get_task(cfg.task, **cfg.task_args)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, task.info, cfg.connection, **cfg.model_args).to(device)
+    metric_name = getattr(model, "metric_name", METRIC_NAME[task.kind])
     n_params = sum(p.numel() for p in model.parameters())
     n_conn = sum(p.numel() for p in connection_parameters(model))
     groups = param_groups(model, cfg)
@@ -327,7 +337,7 @@ def train(cfg: TrainConfig) -> dict:
         with torch.no_grad(), autocast:
             for x, y in eval_set:
                 x, y = x.to(device), y.to(device)
-                loss, metric = loss_and_metric(task.kind, model(x), y)
+                loss, metric = _loss(model, model, task.kind, x, y)
                 tot_loss += float(loss)
                 tot_metric += float(metric)
         model.train()
@@ -348,12 +358,14 @@ def train(cfg: TrainConfig) -> dict:
             x = x[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
             y = y[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
             with autocast:
-                loss, _ = loss_and_metric(task.kind, fwd_model(x), y)
+                loss, _ = _loss(fwd_model, model, task.kind, x, y)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
                          else torch.tensor(float("nan")))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if hasattr(model, "after_step"):  # e.g. an EMA of the weights (diffusion models)
+                model.after_step()
             loss_v = float(loss.detach())
             if dist.enabled:  # report the global-batch loss, identical on every rank
                 t = torch.tensor([loss_v], device=device)
@@ -370,7 +382,7 @@ def train(cfg: TrainConfig) -> dict:
                        "step_time": step_times[-1]}
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 vl, vm = evaluate()
-                row = (row or {"step": done}) | {"val_loss": vl, f"val_{METRIC_NAME[task.kind]}": vm}
+                row = (row or {"step": done}) | {"val_loss": vl, f"val_{metric_name}": vm}
                 evals.append(row)
             if row is not None:
                 _append_log(log_path, row, dist.main)
@@ -386,7 +398,7 @@ def train(cfg: TrainConfig) -> dict:
         status = "diverged"
         _append_log(log_path, {"step": step + 1, "diverged": str(e)}, dist.main)
         if dist.main:
-            atomic_write_json(out / "summary.json", _summary(cfg, task, status, evals, step_times, n_params,
+            atomic_write_json(out / "summary.json", _summary(cfg, task, metric_name, status, evals, step_times, n_params,
                                                              n_conn, step + 1, str(e)))
         bar.close()
         dist.close()
@@ -396,7 +408,7 @@ def train(cfg: TrainConfig) -> dict:
         save_checkpoint(ckpt_path, _state(model, optimizer, gen, cfg.steps, cfg))
     if writer is not None:
         writer.close()
-    summary = _summary(cfg, task, status, evals, step_times, n_params, n_conn, cfg.steps)
+    summary = _summary(cfg, task, metric_name, status, evals, step_times, n_params, n_conn, cfg.steps)
     if dist.main:
         atomic_write_json(out / "summary.json", summary)
     dist.close()
@@ -420,8 +432,8 @@ def _check_divergence(loss: float, first: float, step: int, cfg: TrainConfig) ->
             f"loss {first:.4g} (connection {cfg.connection!r}). Lower lr or raise divergence_factor (0 disables)")
 
 
-def _summary(cfg, task, status, evals, step_times, n_params, n_conn, steps_done, error=None) -> dict:
-    metric = f"val_{METRIC_NAME[task.kind]}"
+def _summary(cfg, task, metric_name, status, evals, step_times, n_params, n_conn, steps_done, error=None) -> dict:
+    metric = f"val_{metric_name}"
     last = evals[-1] if evals else {}
     return {
         "status": status, "error": error,
