@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from .connections import list_connections, resolve
+from .connections import connection, list_connections
 from .connections.registry import split_top
 from .report import markdown_table, plot_curves, summarize_arms
 from .train import TrainConfig, TrainingDiverged, atomic_write_json, git_revision, machine, train
@@ -27,8 +27,8 @@ def parse_arms(text: str) -> list[str]:
         arms.extend([i.example for i in list_connections()] if part == "all" else [part])
     if not arms:
         raise ValueError("no connections given; e.g. --connections residual,ancre or --connections all")
-    for a in arms:
-        resolve(a)  # raises a helpful ValueError before any training starts
+    for a in arms:  # build each once, tiny, so that any bad option fails before hours of training start
+        connection(a, n_blocks=2, dim=4, branches_per_block=2)
     if len(set(arms)) != len(arms):
         raise ValueError(f"duplicate connections in {arms}")
     return arms
