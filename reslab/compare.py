@@ -40,17 +40,29 @@ def slug(spec: str) -> str:
 
 def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path, baseline: str | None = None,
             command: str = "", log=print) -> dict:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Every arm is ``base`` with another connection."""
     baseline = baseline or ("residual" if "residual" in arms else arms[0])
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the arms {arms}")
-    arms = [baseline] + [a for a in arms if a != baseline]  # the table reads against its first row
+    configs = {arm: dataclasses.replace(base, connection=arm) for arm in arms}
+    title = f"{base.task} / {base.model}: {seeds} seed(s), {base.steps} steps"
+    return run_arms(configs, seeds, out_dir, baseline, command=command, title=title, log=log)
+
+
+def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, baseline: str, command: str = "",
+             title: str = "", log=print) -> dict:
+    """Train each labelled config for ``seeds`` seeds (seed, seed+1, ...) under ``out_dir/<label>/seed<s>``,
+    then write results.json / results.md / curves.png. Arms may differ in anything (connection, depth...);
+    experiments use this directly, ``compare`` for connection-only arms."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [baseline] + [a for a in configs if a != baseline]  # the table reads against its first row
     results: dict[str, list[dict]] = {}
-    for arm in arms:
+    for arm in labels:
+        base = configs[arm]
         results[arm] = []
         for seed in range(seeds):
-            cfg = dataclasses.replace(base, connection=arm, seed=base.seed + seed,
+            cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
             summary = _reuse(cfg)
             if summary is None:
@@ -68,13 +80,13 @@ def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path,
                     f"{summary['metric']} {summary['final_val_metric']:.4f}")
     rows = summarize_arms(results, baseline)
     table = markdown_table(rows, baseline)
-    title = f"{base.task} / {base.model}: {seeds} seed(s), {base.steps} steps"
     plot_curves(results, out / "curves.png", title=title)
+    first = configs[baseline]
     report = {
-        "command": command, "git": git_revision(), "machine": machine(), "task": base.task, "model": base.model,
-        "seeds": seeds, "baseline": baseline, "arms": arms, "rows": rows,
+        "command": command, "git": git_revision(), "machine": machine(), "task": first.task, "model": first.model,
+        "seeds": seeds, "baseline": baseline, "arms": labels, "rows": rows,
         "runs": {a: [{k: v for k, v in r.items() if k != "config"} for r in rs] for a, rs in results.items()},
-        "config": dataclasses.asdict(base),
+        "configs": {a: dataclasses.asdict(c) for a, c in configs.items()},
     }
     atomic_write_json(out / "results.json", report)
     (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n![curves](curves.png)\n")

@@ -1,0 +1,62 @@
+"""Pieces shared by experiment modules: line plots, train-config building, and the verdict helpers
+that turn seed lists into the numbers each claim is judged on."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from ..presets import get_preset
+from ..report import mean_std
+from ..train import TrainConfig
+
+
+def plot_lines(series: dict[str, list[float]], path: str | Path, title: str = "", ylabel: str = "",
+               xlabel: str = "step", logy: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, ys in series.items():
+        ys = [y if (y is not None and math.isfinite(y) and (y > 0 or not logy)) else float("nan") for y in ys]
+        ax.plot(range(len(ys)), ys, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_config(task: str, model: str, preset: str | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a preset plus overrides; ``model_args``/``task_args`` are merged, not replaced."""
+    values = get_preset(task, model, preset) if preset else {}
+    for group in ("model_args", "task_args"):
+        if group in overrides:
+            overrides[group] = values.get(group, {}) | overrides[group]
+    values |= overrides
+    values.setdefault("progress", False)
+    values.setdefault("tensorboard", False)
+    return TrainConfig(task=task, model=model, **values)
+
+
+def with_(cfg: TrainConfig, **changes) -> TrainConfig:
+    for group in ("model_args", "task_args"):
+        if group in changes:
+            changes[group] = getattr(cfg, group) | changes[group]
+    return dataclasses.replace(cfg, **changes)
+
+
+def row(report: dict, arm: str) -> dict:
+    return next(r for r in report["rows"] if r["arm"] == arm)
+
+
+def pooled_std(a: list[float], b: list[float]) -> float:
+    sa, sb = mean_std(a)[1], mean_std(b)[1]
+    return math.sqrt((sa ** 2 + sb ** 2) / 2)
