@@ -490,3 +490,17 @@ def _progress(cfg: TrainConfig, start: int, main: bool):
 
     return tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and main), leave=False,
                 desc=f"{cfg.model}/{cfg.connection}", dynamic_ncols=True)
+
+
+def load_trained(out_dir: str | Path, device: str = "cpu"):
+    """Rebuild a finished (or checkpointed) run's model with its weights: ``(model, task, cfg)``.
+    Used by diagnostics that look inside trained networks (routing, sensitivity, dissipation)."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint in {out_dir}; train the run first (reslab train ... out_dir={out_dir})")
+    state = load_checkpoint(path)
+    cfg = TrainConfig(**json.loads(state["config"]))
+    task = get_task(cfg.task, **cfg.task_args)
+    model = build_model(cfg.model, task.info, cfg.connection, **cfg.model_args)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), task, cfg
