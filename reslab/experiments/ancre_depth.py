@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from ..analysis.topology import effective_depths, layer_drop_sensitivity, plot_routing, routing_matrix, sensitivity_summary
 from ..compare import run_arms, slug
-from ..train import load_trained, loss_and_metric
 from . import Experiment
-from .common import pooled_std, row, train_config, with_
+from .common import diagnose_run, pooled_std, row, train_config, with_
 
 
 def run(s: dict, out: Path, log) -> dict:
@@ -30,19 +26,7 @@ def run(s: dict, out: Path, log) -> dict:
     }
     report = run_arms(arms, s["seeds"], out, baseline="mlp64 residual",
                       title=f"teacher-student, depth efficiency: {s['seeds']} seeds, {base.steps} steps", log=log)
-    diagnostics = {}
-    for label in arms:  # look inside the trained seed-0 models
-        model, task, cfg = load_trained(out / slug(label) / f"seed{base.seed}")
-        batches = task.fixed_batches("val", cfg.eval_batches, cfg.batch_size)
-        sens = layer_drop_sensitivity(model, lambda m, b: loss_and_metric(task.kind, m(b[0]), b[1])[0], batches)
-        d = {"effective_depth": effective_depths(model),
-             "layer_drop": {k: [float(x) for x in v] for k, v in sens.items()},
-             "layer_drop_summary": {k: sensitivity_summary(v) for k, v in sens.items()}}
-        for name, P in routing_matrix(model).items():
-            if label.endswith("ancre"):
-                plot_routing(P, out / f"routing_{slug(label)}.png", title=f"{label}: learned routing p_ij (seed 0)")
-                d["routing"] = P.tolist()
-        diagnostics[label] = d
+    diagnostics = {label: diagnose_run(out / slug(label) / f"seed{base.seed}", out, label) for label in arms}
     return {"rows": report["rows"], "diagnostics": diagnostics, "steps": base.steps, "seeds": s["seeds"]}
 
 

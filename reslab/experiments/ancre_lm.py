@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..compare import run_arms
+from ..compare import run_arms, slug
 from . import Experiment
-from .common import pooled_std, row, train_config, with_
+from .common import diagnose_run, pooled_std, row, train_config, with_
 
 ARMS = {"residual": "residual", "ancre(tau=0.01)": "ancre(tau=0.01)", "denseformer": "denseformer"}
 
@@ -23,7 +23,9 @@ def run(s: dict, out: Path, log) -> dict:
     report = run_arms(configs, s["seeds"], out, baseline="residual",
                       title=f"Shakespeare char GPT, K={base.model_args['n_layer']}: {s['seeds']} seeds, {base.steps} steps",
                       log=log)
-    return {"rows": report["rows"], "steps": base.steps, "seeds": s["seeds"], "model_args": base.model_args}
+    diagnostics = {label: diagnose_run(out / slug(label) / f"seed{base.seed}", out, label) for label in configs}
+    return {"rows": report["rows"], "diagnostics": diagnostics, "steps": base.steps, "seeds": s["seeds"],
+            "model_args": base.model_args}
 
 
 def verdict(res: dict) -> tuple[str, str]:
@@ -63,7 +65,7 @@ EXPERIMENT = Experiment(
           "baseline and needs ≤ 0.85× its steps to reach the baseline's final loss.",
     paper_number="34.3% fewer steps on average to the baseline's final loss; lower perplexity at 60M-1B",
     presets={"quick": dict(seeds=1, train=_train(30, 8, 32, 2, 32, 15, 2, max_chars=100_000)),
-             "cpu": dict(seeds=3, train=_train(800, 32, 96, 4, 128, 50, 16)),
+             "cpu": dict(seeds=3, train=_train(800, 16, 64, 4, 128, 50, 16)),
              "gpu": dict(seeds=3, train=_train(10000, 64, 512, 8, 256, 250, 50))},
     run=run, verdict=verdict,
     notes="Weight decay 0 (the paper's LLM setting), AdamW lr 3e-3 with warmup + cosine to 0.1x; the same data order "

@@ -60,3 +60,24 @@ def row(report: dict, arm: str) -> dict:
 def pooled_std(a: list[float], b: list[float]) -> float:
     sa, sb = mean_std(a)[1], mean_std(b)[1]
     return math.sqrt((sa ** 2 + sb ** 2) / 2)
+
+
+def diagnose_run(run_dir: str | Path, out: Path, label: str) -> dict:
+    """Look inside one trained run: learned routing (heatmap when the scheme has one), effective depth and
+    the layer-drop sensitivity profile on the run's own validation batches."""
+    from ..analysis.topology import (effective_depths, layer_drop_sensitivity, plot_routing, routing_matrix,
+                                     sensitivity_summary)
+    from ..compare import slug
+    from ..train import load_trained, loss_and_metric
+
+    model, task, cfg = load_trained(run_dir)
+    batches = task.fixed_batches("val", cfg.eval_batches, cfg.batch_size)
+    sens = layer_drop_sensitivity(model, lambda m, b: loss_and_metric(task.kind, m(b[0]), b[1])[0], batches)
+    d = {"effective_depth": effective_depths(model),
+         "layer_drop": {k: [float(x) for x in v] for k, v in sens.items()},
+         "layer_drop_summary": {k: sensitivity_summary(v) for k, v in sens.items()}}
+    learned = {k: P for k, P in routing_matrix(model).items() if cfg.connection != "residual"}
+    for name, P in learned.items():
+        plot_routing(P, out / f"routing_{slug(label)}.png", title=f"{label} (seed {cfg.seed})")
+        d["routing"] = P.tolist()
+    return d
