@@ -383,12 +383,15 @@ def train(cfg: TrainConfig) -> dict:
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 vl, vm = evaluate()
                 row = (row or {"step": done}) | {"val_loss": vl, f"val_{metric_name}": vm}
+                coefs = _coefficients(model)
+                if coefs:  # learned mixing coefficients over training (alpha/beta/gamma, routing, lambda)
+                    row["coefficients"] = coefs
                 evals.append(row)
             if row is not None:
                 _append_log(log_path, row, dist.main)
                 if writer is not None:
                     for k, v in row.items():
-                        if k != "step":
+                        if k not in ("step", "coefficients"):
                             writer.add_scalar(k, v, done)
                 bar.set_postfix(loss=f"{loss_v:.4f}", **({"val": f"{row['val_loss']:.4f}"} if "val_loss" in row else {}))
             bar.update(1)
@@ -413,6 +416,17 @@ def train(cfg: TrainConfig) -> dict:
         atomic_write_json(out / "summary.json", summary)
     dist.close()
     return summary
+
+
+def _coefficients(model: nn.Module, max_numel: int = 1024) -> dict:
+    """Every connection's coefficients() as lists, skipping big per-channel tensors (they would swamp the log)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Connection):
+            coefs = {k: v.tolist() for k, v in m.coefficients().items() if v.numel() <= max_numel}
+            if coefs:
+                out[name or "connection"] = coefs
+    return out
 
 
 def _state(model, optimizer, gen, step, cfg) -> dict:

@@ -184,3 +184,18 @@ def test_compare_end_to_end_table_plot_json(tmp_path, capsys):
     # a second call reuses the finished runs instead of training again
     assert main(argv) == 0
     assert "reusing finished run" in capsys.readouterr().out
+
+
+def test_learned_coefficients_are_logged_and_plotted(tmp_path):
+    from reslab.analysis.coefficients import coefficient_history, plot_coefficients
+
+    cfg = tiny(tmp_path, steps=10, eval_every=5, connection="rezero")
+    train(cfg)
+    hist = coefficient_history(read_log(cfg.out_dir))
+    steps, vals = hist["connection/lambda"]
+    assert steps == [5, 10] and vals.shape == (2, 3)  # one lambda per block (3 blocks), at each eval
+    assert vals[0].any()  # rezero's lambdas left 0 after training steps
+    assert plot_coefficients(read_log(cfg.out_dir), tmp_path / "c.png") == ["connection/lambda"]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no learned coefficients"):
+        plot_coefficients([{"step": 1, "loss": 1.0}], tmp_path / "d.png")

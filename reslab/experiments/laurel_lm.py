@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..compare import run_arms
+from ..analysis.coefficients import plot_coefficients
+from ..compare import run_arms, slug
+from ..train import read_log
 from . import Experiment
 from .common import pooled_std, row, train_config, with_
 
@@ -28,6 +30,10 @@ def run(s: dict, out: Path, log) -> dict:
                for label, a in arms(s).items()}
     report = run_arms(configs, s["seeds"], out, baseline=f"L={s['layers']} residual",
                       title=f"LAuReL on a char GPT (L={s['layers']}): {s['seeds']} seeds, {base.steps} steps", log=log)
+    for label in configs:  # alpha, beta, gamma per block over training (seed 0)
+        if label.startswith("laurel"):
+            plot_coefficients(read_log(out / slug(label) / f"seed{base.seed}"), out / f"coefficients_{slug(label)}.png",
+                              title=f"{label}: learned coefficients per block (seed {base.seed})")
     return {"rows": report["rows"], "layers": s["layers"], "rank": s["rank"], "steps": base.steps, "seeds": s["seeds"]}
 
 
