@@ -186,9 +186,8 @@ def verdict(results: dict) -> tuple[str, str]:
     for arm in results["arms"]:
         if arm == results["baseline"]:
             continue
-        gaps = [r for r in results["table"] if r["arm"] == arm and r["gap_to_bn"] is not None]
-        if gaps:
-            notes.append(f"{arm} " + "/".join(f"{r['gap_to_bn']:+.3f}" for r in gaps))
+        gaps = [r["gap_to_bn"] for r in results["table"] if r["arm"] == arm]
+        notes.append(f"{arm} " + "/".join("—" if g is None else f"{g:+.3f}" for g in gaps))
     inv_n = [r["gap_to_bn"] for r in results["table"] if r["arm"] == "lam=1/n" and r["gap_to_bn"] is not None]
     if inv_n:
         costs = statistics.fmean(inv_n) < -GAP_TOL
@@ -278,6 +277,8 @@ EXPERIMENT = Experiment(
           "to 14x14, a 20k-image training subset and 2k test images, 600 steps of batch 64 (~1.9 epochs of the "
           "subset), 2 seeds, depths 20/56/110 only (no 1000-layer run). One LR (AdamW 2e-3, warmup 30, cosine) "
           "for every arm, grad clipping 1.0, as the trainer does; the paper's recipe is unknown (digest §2). "
-          "λ uses n = N = 3 n_b, every residual branch of the net (Fixup's L); a diverged run counts as a failure.",
+          "λ uses n = N = 3 n_b, every residual branch of the net (Fixup's L); a diverged run counts as a failure. "
+          "With one branch per block, rezero (one α per block) and skipinit (one α per branch) are the same "
+          "model and give identical runs; both are kept because the issue names both.",
     tags=["rex", "normalisation-free", "fashion_mnist", "resnet"],
 )

@@ -20,11 +20,26 @@ Stage changes (stride 2, channels doubling) stay in the model: the first block o
 a :class:`Downsample` whose output is ``f(h) + proj(h)`` (proj = 1x1 stride-2 conv [+ BN], option B)
 when the stage's connection ``carries_identity``, and just ``f(h)`` otherwise, so a plain net has
 no shortcut anywhere. The connection of stage 1 wires n blocks; those of stages 2 and 3 wire n - 1.
+
+Fixup (Zhang, Dauphin & Ma 2019, "Fixup Initialization: Residual Learning Without Normalization",
+arXiv:1901.09321) is the option ``fixup=True``: no normalisation anywhere, and every residual branch
+(the 3n basic branches, the two downsampling ones included) becomes a :class:`FixupBranch`
+
+    f(h) = s * conv2(ReLU(conv1(ReLU(h) + a1) + a2) + a3) + a4
+
+with scalar biases a1..a4 (init 0) before each conv and activation and a scalar multiplier s (init 1)
+in place of the convs' own biases and the BN affine; conv2 (the branch's last layer) and the
+classifier start at zero, and conv1 is He-initialised then scaled by L^(-1/(2m-2)) = L^(-1/2) (L = 3n
+residual branches, m = 2 layers per branch), so that each branch changes the output by O(η/L) per
+SGD step and the whole net by Θ(η), whatever the depth (the paper's design rule). With zero last
+layers every block starts as the identity, and the whole trunk as the chain of its two projection
+shortcuts.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..connections import Connection
@@ -61,13 +76,61 @@ class BasicBranch(nn.Module):
         return self.body(x)
 
 
+class FixupBranch(nn.Module):
+    """Fixup's residual branch (Zhang et al. 2019, arXiv:1901.09321, Fig. 1), in the ReLU-only
+    pre-activation order of :class:`BasicBranch`:
+
+        f(h) = scale * conv2(ReLU(conv1(ReLU(h) + bias1a) + bias1b) + bias2a) + bias2b
+
+    Convs have no bias of their own: the four scalar biases (init 0) and the scalar multiplier
+    ``scale`` (init 1) are Fixup's replacement for what BatchNorm's affine parameters did. The
+    weights are set by :meth:`fixup_init`, called by the model once it knows L."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv(cin, cout, 3, stride, bias=False)
+        self.conv2 = _conv(cout, cout, 3, 1, bias=False)
+        self.relu = nn.ReLU()  # not in-place: the connection still needs the stream h
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (nn.Parameter(torch.zeros(1)) for _ in range(4))
+        self.scale = nn.Parameter(torch.ones(1))
+
+    @property
+    def last(self) -> nn.Module:
+        """The branch's last weighted layer, which Fixup zeroes."""
+        return self.conv2
+
+    def fixup_init(self, n_branches: int, layers_per_branch: int = 2) -> None:
+        """Fixup rules 1-3: conv1 He-normal (fan_out, ReLU gain) times L^(-1/(2m-2)); conv2 zero;
+        biases 0, multiplier 1. L = residual branches in the network, m = weighted layers per branch."""
+        if n_branches < 1 or layers_per_branch < 2:
+            raise ValueError(f"fixup_init: need L >= 1 branches and m >= 2 layers per branch, got L={n_branches}, "
+                             f"m={layers_per_branch}")
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        with torch.no_grad():
+            self.conv1.weight.mul_(n_branches ** (-1.0 / (2 * layers_per_branch - 2)))
+        nn.init.zeros_(self.conv2.weight)
+        with torch.no_grad():
+            for b in (self.bias1a, self.bias1b, self.bias2a, self.bias2b):
+                b.zero_()
+            self.scale.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(self.relu(x) + self.bias1a)
+        out = self.conv2(self.relu(out + self.bias1b) + self.bias2a)
+        return out * self.scale + self.bias2b
+
+
 class Downsample(nn.Module):
     """First block of a stage that halves the resolution and changes the width:
-    ``f(h) + proj(h)`` if ``shortcut`` else ``f(h)``."""
+    ``f(h) + proj(h)`` if ``shortcut`` else ``f(h)``. With ``fixup`` the branch is a
+    :class:`FixupBranch` (and ``batchnorm`` must be False)."""
 
-    def __init__(self, cin: int, cout: int, batchnorm: bool, shortcut: bool):
+    def __init__(self, cin: int, cout: int, batchnorm: bool, shortcut: bool, fixup: bool = False):
         super().__init__()
-        self.branch = BasicBranch(cin, cout, stride=2, batchnorm=batchnorm)
+        if fixup and batchnorm:
+            raise ValueError("Downsample: fixup=True replaces normalisation; pass batchnorm=False")
+        self.branch = FixupBranch(cin, cout, stride=2) if fixup else BasicBranch(cin, cout, stride=2,
+                                                                                   batchnorm=batchnorm)
         self.proj = None
         if shortcut:
             layers = [_conv(cin, cout, 1, 2, bias=not batchnorm)]
@@ -98,41 +161,59 @@ class ResNet(nn.Module):
     Args:
         depth: 6n+2 (8, 14, 20, 32, 44, 56, 110, ...).
         width: multiplier of the stage widths 16/32/64.
-        batchnorm: False removes every normalisation layer (convs then have biases).
+        batchnorm: False removes every normalisation layer (convs then have biases). Default (None):
+            True, or False with ``fixup``.
         zero_init_last: zero the last BN gamma (or the last conv without BN) of every branch, so each
             residual block starts as the identity (Goyal et al. 2017). Refused with a connection that
             has no identity path: every block would output zero.
+        fixup: Fixup initialisation (Zhang et al. 2019) instead of normalisation: every branch is a
+            :class:`FixupBranch` (scalar biases and multiplier, no conv biases), its last conv and the
+            classifier start at zero and its first conv is scaled by L^(-1/2), L = 3n branches (see the
+            module docstring). Implies batchnorm=False; refused with batchnorm=True or with a
+            connection that has no identity path.
         connection: spec string used for all three stages, or a sequence of three built Connections
             (dims 16w/32w/64w with n, n-1, n-1 blocks, channel_dim=1).
     """
 
     def __init__(self, depth: int = 20, width: float = 1, in_channels: int = 3, n_classes: int = 10,
-                 batchnorm: bool = True, zero_init_last: bool = False,
-                 connection: str | Sequence[Connection] = "residual"):
+                 batchnorm: bool | None = None, zero_init_last: bool = False,
+                 connection: str | Sequence[Connection] = "residual", fixup: bool = False):
         super().__init__()
         n = valid_depth(depth)
+        if fixup and batchnorm:
+            raise ValueError("ResNet: fixup=True trains without normalisation (Fixup replaces it); "
+                             "drop batchnorm=True or fixup=True")
+        batchnorm = not fixup if batchnorm is None else bool(batchnorm)
         if width <= 0 or in_channels < 1 or n_classes < 1:
             raise ValueError(f"ResNet: width, in_channels and n_classes must be positive, got width={width}, "
                              f"in_channels={in_channels}, n_classes={n_classes}")
         widths = [max(1, round(w * width)) for w in STAGE_WIDTHS]
         counts = [n, n - 1, n - 1]
-        self.depth, self.widths = depth, widths
+        self.depth, self.widths, self.batchnorm, self.fixup = depth, widths, batchnorm, bool(fixup)
         conns = self._build_connections(connection, counts, widths)
         if zero_init_last and not all(c.carries_identity for c in conns):
             raise ValueError("ResNet: zero_init_last=True with a connection that has no identity path "
                              f"({conns[0].spec!r}) makes every block output 0; drop zero_init_last")
+        if fixup and not all(c.carries_identity for c in conns):
+            raise ValueError("ResNet: fixup=True with a connection that has no identity path "
+                             f"({conns[0].spec!r}) zeroes every branch's last layer, so every block would "
+                             "output a constant; use a residual-style connection or drop fixup")
 
         stem: list[nn.Module] = [_conv(in_channels, widths[0], 3, 1, bias=not batchnorm)]
         if batchnorm:
             stem.append(nn.BatchNorm2d(widths[0]))
         self.stem = nn.Sequential(*stem)
         self.downsamples = nn.ModuleList(
-            Downsample(widths[s - 1], widths[s], batchnorm, shortcut=conns[s].carries_identity) for s in (1, 2))
+            Downsample(widths[s - 1], widths[s], batchnorm, shortcut=conns[s].carries_identity, fixup=fixup)
+            for s in (1, 2))
         self.stages = nn.ModuleList(
-            nn.ModuleList(nn.ModuleList([BasicBranch(w, w, 1, batchnorm)]) for _ in range(k))
+            nn.ModuleList(nn.ModuleList([FixupBranch(w, w) if fixup else BasicBranch(w, w, 1, batchnorm)])
+                          for _ in range(k))
             for w, k in zip(widths, counts))
         self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[2], n_classes))
         self._init_weights(zero_init_last)
+        if fixup:
+            self._fixup_init(n_branches=sum(counts) + 2)  # + the two downsampling branches: L = 3n
         # registered after _init_weights: connections carry their own initialisation
         self.connections = nn.ModuleList(conns)
 
@@ -164,6 +245,16 @@ class ResNet(nn.Module):
                     if m.last.bias is not None:
                         nn.init.zeros_(m.last.bias)
 
+    def _fixup_init(self, n_branches: int) -> None:
+        """Fixup rules: every branch's first conv scaled by L^(-1/2) and its last conv zeroed (see
+        :meth:`FixupBranch.fixup_init`), and the classifier zeroed, so the logits start at 0."""
+        for m in self.modules():
+            if isinstance(m, FixupBranch):
+                m.fixup_init(n_branches, layers_per_branch=2)
+        classifier = self.head[-1]
+        nn.init.zeros_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"ResNet expects images (B, C, H, W), got shape {tuple(x.shape)}")
@@ -178,4 +269,4 @@ class ResNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-__all__ = ["BasicBranch", "Downsample", "ResNet", "valid_depth"]
+__all__ = ["BasicBranch", "Downsample", "FixupBranch", "ResNet", "valid_depth"]

@@ -1,0 +1,195 @@
+"""rex-capacity: the residual scale λ controls capacity (Dherin & Munn 2025).
+
+Claim (arXiv:2510.03470; digest /work/shared/papers/rex.md §1.6, §3): λ acts as capacity control.
+In the expansion f = x + λE_1 + λ²E_2 + ... a larger λ gives the higher-order (longer-path) terms more
+weight, a "bigger" effective ensemble, and better accuracy up to where training stops being stable
+(the paper: 1/sqrt(n) beats 1/n). Geometric complexity (GC, the mean squared Frobenius norm of the
+input-output Jacobian over the data, Dherin et al. 2022, arXiv:2209.13083) after training is
+*unimodal* in λ: large λ promotes complexity at init yet ends at lower GC, read as implicit
+regularisation.
+
+Setup: one unnormalised Fashion-MNIST ResNet, ``scaled(lam=λ)`` on every connection, λ on the log grid
+λ_i = N^(-1 + i/(m-1)), i = 0..m-1, from 1/N through 1/sqrt(N) to 1 (N = 3 n_b residual branches, the
+whole network's module count, as in rex-normfree), everything else fixed; ``reslab.compare`` trains
+the arms. GC of the logits is computed exactly (one backward pass per class) on the first ``gc_images``
+validation images, at init and after training (eval mode); diverged runs have no final GC and mark
+the stability edge.
+
+Verdict (code: :func:`verdict`). A, unimodal GC: over the λ that trained in every seed (at least 3),
+the seed-mean final GC peaks at an interior λ and the peak exceeds both ends by ``PEAK_MARGIN`` (10%).
+B, accuracy rises with λ as the paper ranks it: mean accuracy at λ = 1/sqrt(N) >= at λ = 1/N.
+Reproduced = A and B; partial = one; not reproduced = neither.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..analysis.expansion import geometric_complexity, load_run
+from ..compare import compare, slug
+from ..report import mean_std
+from ..train import TrainConfig
+from . import Experiment
+
+PEAK_MARGIN = 0.10
+
+
+def lam_grid(depth: int, points: int) -> list[float]:
+    """λ_i = N^(-1 + i/(points-1)): 1/N first, 1 last, 1/sqrt(N) in the middle when points is odd."""
+    if points < 3:
+        raise ValueError(f"rex-capacity: need at least 3 λ points, got {points}")
+    n = 3 * ((depth - 2) // 6)
+    return [float(f"{n ** (-1 + i / (points - 1)):.6g}") for i in range(points)]
+
+
+def spec_of(lam: float) -> str:
+    return f"scaled(lam={lam:g})"
+
+
+def run(settings: dict, out_dir: Path, log) -> dict:
+    depth = settings["depth"]
+    n = 3 * ((depth - 2) // 6)
+    lams = lam_grid(depth, settings["points"])
+    arms = [spec_of(v) for v in lams]
+    base = TrainConfig(task="fashion_mnist", task_args=settings["task_args"], model="resnet",
+                       model_args={"depth": depth, "width": settings["width"], "batchnorm": False},
+                       steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
+                       warmup_steps=settings["warmup_steps"], weight_decay=settings["weight_decay"],
+                       eval_every=settings["eval_every"], eval_batches=settings["eval_batches"],
+                       threads=settings.get("threads", 0), progress=False, tensorboard=False)
+    baseline = spec_of(lams[len(lams) // 2])
+    report = compare(base, arms, settings["seeds"], out_dir / "runs", baseline=baseline,
+                     command="reslab reproduce rex-capacity", log=log)
+    per_lam = []
+    for lam, arm in zip(lams, arms):
+        entry = {"lam": lam, "connection": arm, "acc": [], "status": [], "gc_init": [], "gc_final": []}
+        for r in report["runs"][arm]:
+            run_dir = out_dir / "runs" / slug(arm) / f"seed{r['seed']}"
+            entry["acc"].append(r.get("final_val_metric") if r["status"] == "completed" else None)
+            entry["status"].append(r["status"])
+            entry["gc_init"].append(_gc(run_dir, "init", settings["gc_images"]))
+            entry["gc_final"].append(_gc(run_dir, "final", settings["gc_images"]) if r["status"] == "completed" else None)
+            log(f"[{arm} seed {r['seed']}] GC init {entry['gc_init'][-1]:.4g}, final {entry['gc_final'][-1]}")
+        per_lam.append(entry)
+    results = {"depth": depth, "n_branches": n, "lams": lams, "lam_1_over_n": lams[0],
+               "lam_1_over_sqrt_n": lams[(len(lams) - 1) // 2] if len(lams) % 2 else None,
+               "per_lam": per_lam, "peak_margin": PEAK_MARGIN}
+    _plot(results, out_dir / "gc_accuracy_vs_lambda.png")
+    v, why = verdict(results)
+    (out_dir / "README.md").write_text(_readme(results, settings, v, why))
+    return results
+
+
+def _gc(run_dir: Path, which: str, n_images: int) -> float:
+    model, task, _ = load_run(run_dir, which)
+    x = task.val_x[:n_images]
+    return geometric_complexity(model, x)
+
+
+def _mean(xs) -> float:
+    return mean_std([x for x in xs if x is not None])[0]
+
+
+def verdict(results: dict) -> tuple[str, str]:
+    per = results["per_lam"]
+    ok = [e for e in per if e["status"] and all(s == "completed" for s in e["status"])]
+    edge = [e["lam"] for e in per if e not in ok]
+    gcs = [_mean(e["gc_final"]) for e in ok]
+    claim_a, why_a = False, "fewer than 3 λ trained in every seed"
+    if len(ok) >= 3:
+        i = max(range(len(gcs)), key=lambda j: gcs[j])
+        interior = 0 < i < len(gcs) - 1
+        margin = interior and gcs[i] >= (1 + PEAK_MARGIN) * max(gcs[0], gcs[-1])
+        claim_a = bool(margin)
+        why_a = (f"final GC peaks at λ={ok[i]['lam']:g} ({gcs[i]:.4g}; ends {gcs[0]:.4g} at λ={ok[0]['lam']:g}, "
+                 f"{gcs[-1]:.4g} at λ={ok[-1]['lam']:g})" + ("" if interior else ", at an end of the grid"))
+    acc_n = _mean(per[0]["acc"])
+    mid = results.get("lam_1_over_sqrt_n")
+    e_mid = next((e for e in per if e["lam"] == mid), None)
+    acc_sqrt = _mean(e_mid["acc"]) if e_mid else float("nan")
+    claim_b = math.isfinite(acc_n) and math.isfinite(acc_sqrt) and acc_sqrt >= acc_n
+    accs = ", ".join(f"{e['lam']:g}: {_mean(e['acc']):.3f}" for e in per)
+    v = "reproduced" if claim_a and claim_b else ("partial" if claim_a or claim_b else "not reproduced")
+    return v, (f"A (GC unimodal in λ): {'yes' if claim_a else 'no'} — {why_a}; "
+               f"B (accuracy at 1/sqrt(n) >= at 1/n): {'yes' if claim_b else 'no'} — "
+               f"{acc_sqrt:.3f} vs {acc_n:.3f}. Accuracy by λ: {accs}."
+               + (f" Diverged (stability edge) at λ = {', '.join(f'{v:g}' for v in edge)}." if edge else ""))
+
+
+def _plot(results: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.2))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    per = results["per_lam"]
+    for key, label in (("gc_init", "at init"), ("gc_final", "after training")):
+        pts = [(e["lam"], *mean_std([x for x in e[key] if x is not None])) for e in per]
+        pts = [p for p in pts if math.isfinite(p[1])]
+        if pts:
+            ax1.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o-", label=label,
+                         capsize=3)
+    pts = [(e["lam"], *mean_std([x for x in e["acc"] if x is not None])) for e in per]
+    pts = [p for p in pts if math.isfinite(p[1])]
+    if pts:
+        ax2.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o-", capsize=3)
+    n = results["n_branches"]
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        for v in (1 / n, n ** -0.5, 1.0):
+            ax.axvline(v, ls=":", color="grey")
+        ax.set_xlabel(f"λ (dotted: 1/n, 1/√n, 1; n = {n})")
+        ax.grid(alpha=0.3, which="both")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("geometric complexity E‖∂logits/∂x‖_F²")
+    ax1.legend(fontsize=8)
+    ax2.set_ylabel("val accuracy")
+    fig.suptitle(f"rex-capacity: ResNet-{results['depth']} without normalisation, scaled(lam=λ)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _readme(results: dict, settings: dict, v: str, why: str) -> str:
+    lines = ["# rex-capacity: λ as capacity control (Dherin & Munn 2025)", "", f"**Verdict: {v}** — {why}", "",
+             f"ResNet-{results['depth']} on Fashion-MNIST, no normalisation, n = {results['n_branches']} residual "
+             "branches; mean ± std over seeds.", "",
+             "| λ | connection | GC at init | GC after training | val accuracy | diverged |", "|---|---|---|---|---|---|"]
+    for e in results["per_lam"]:
+        gi, gf, acc = (mean_std([x for x in e[k] if x is not None]) for k in ("gc_init", "gc_final", "acc"))
+        fmt = lambda m, s, p=".4g": "—" if not math.isfinite(m) else f"{m:{p}} ± {s:.2g}"  # noqa: E731
+        div = sum(s == "diverged" for s in e["status"])
+        lines.append(f"| {e['lam']:g} | `{e['connection']}` | {fmt(*gi)} | {fmt(*gf)} | {fmt(*acc, '.3f')} | "
+                     f"{div}/{len(e['status'])} |")
+    lines += ["", f"Settings: `{json.dumps(settings)}`", "", "![GC and accuracy vs λ](gc_accuracy_vs_lambda.png)",
+              "", "Per-run curves and the compare table: [runs/results.md](runs/results.md)", ""]
+    return "\n".join(lines)
+
+
+_COMMON = dict(lr=2e-3, weight_decay=5e-4)
+
+EXPERIMENT = Experiment(
+    name="rex-capacity",
+    paper="Dherin & Munn 2025, On residual network depth (arXiv:2510.03470)",
+    claim="The residual scale λ controls capacity: geometric complexity after training is unimodal in λ, and "
+          "test accuracy rises with λ (1/sqrt(n) above 1/n) up to the stability edge.",
+    paper_number="GC vs λ unimodal (figure; values not readable); 1/sqrt(n) > 1/n in test accuracy on CIFAR-10 "
+                 "(digest §1.6, §3)",
+    presets={
+        "quick": dict(depth=8, width=0.25, points=3, seeds=1, steps=30, batch_size=32, warmup_steps=5, eval_every=15,
+                      eval_batches=4, gc_images=64, task_args={"n_train": 512, "n_val": 256, "resize": 14}, **_COMMON),
+        "cpu": dict(depth=56, width=0.5, points=7, seeds=3, steps=800, batch_size=64, warmup_steps=40, eval_every=200,
+                    eval_batches=16, gc_images=512, threads=2,
+                    task_args={"n_train": 20000, "n_val": 2000, "resize": 14}, **_COMMON),
+        "gpu": dict(depth=110, width=1, points=9, seeds=3, steps=8000, batch_size=128, warmup_steps=400,
+                    eval_every=1000, eval_batches=79, gc_images=2000, task_args={}, **_COMMON),
+    },
+    run=run,
+    verdict=verdict,
+    notes="cpu preset scaled down: ResNet-56 at width 0.5 (8/16/32 channels), 14x14 images, a 20k-image training "
+          "subset, 800 steps of batch 64, 3 seeds, 7 λ from 1/n to 1; GC exact on 512 test images. One LR for "
+          "every λ (λ interacts with the effective LR; the paper's recipe is unknown, digest §2). GC is measured on "
+          "the logits (the paper's choice is not known).",
+    tags=["rex", "capacity", "geometric-complexity", "fashion_mnist", "resnet"],
+)
