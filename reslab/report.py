@@ -70,6 +70,7 @@ def summarize_arms(arms: dict[str, list[dict]], baseline: str) -> list[dict]:
             "seeds": len(runs), "completed": len(ok), "diverged": sum(r.get("status") == "diverged" for r in runs),
             "val_loss_mean": lm, "val_loss_std": ls, "val_loss": losses,
             "metric": runs[0].get("metric") if runs else None, "metric_mean": mm, "metric_std": ms,
+            "metric_per_seed": metrics,
             "params": runs[0].get("params") if runs else None,
             "extra_params": (runs[0]["params"] - base_runs[0]["params"]) if (runs and base_runs) else None,
             "connection_params": runs[0].get("connection_params") if runs else None,

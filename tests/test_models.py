@@ -328,3 +328,17 @@ def test_build_model_errors():
         build_model("mlp", {"in_dim": 3, "out_dim": 1}, "resdiual")
     with pytest.raises(ValueError, match="activation"):
         build_model("mlp", {"in_dim": 3, "out_dim": 1}, activation="sigmoid")
+
+
+def test_resnet_extra_blocks_adds_blocks_to_the_named_stage():
+    from reslab.models import ResNet
+
+    base, plus = ResNet(depth=8, in_channels=1), ResNet(depth=8, in_channels=1, extra_blocks=(0, 0, 1))
+    assert [len(s) for s in base.stages] == [1, 0, 0] and [len(s) for s in plus.stages] == [1, 0, 1]
+    assert plus.connections[2].n_blocks == 1 and plus.n_layers == base.n_layers + 2
+    extra = sum(p.numel() for p in plus.parameters()) - sum(p.numel() for p in base.parameters())
+    w = base.widths[2]
+    assert extra == 2 * (w * w * 9 + 2 * w)  # two 3x3 convs + two BatchNorms of the last stage
+    assert plus(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    with pytest.raises(ValueError, match="extra_blocks"):
+        ResNet(depth=8, extra_blocks=(0, 1))

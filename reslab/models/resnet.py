@@ -173,13 +173,20 @@ class ResNet(nn.Module):
             connection that has no identity path.
         connection: spec string used for all three stages, or a sequence of three built Connections
             (dims 16w/32w/64w with n, n-1, n-1 blocks, channel_dim=1).
+        extra_blocks: blocks added to each stage beyond depth's n, e.g. ``(0, 0, 1)`` for the "+1 layer"
+            naive-scaling baseline of LAuReL (one more block in the last stage); ``depth`` stays the
+            base depth and ``self.n_layers`` counts the real number of weighted layers.
     """
 
     def __init__(self, depth: int = 20, width: float = 1, in_channels: int = 3, n_classes: int = 10,
                  batchnorm: bool | None = None, zero_init_last: bool = False,
-                 connection: str | Sequence[Connection] = "residual", fixup: bool = False):
+                 connection: str | Sequence[Connection] = "residual", fixup: bool = False,
+                 extra_blocks: Sequence[int] = (0, 0, 0)):
         super().__init__()
         n = valid_depth(depth)
+        extra = list(extra_blocks)
+        if len(extra) != 3 or any(not isinstance(e, int) or e < 0 for e in extra):
+            raise ValueError(f"ResNet: extra_blocks must be 3 non-negative integers (one per stage), got {extra_blocks!r}")
         if fixup and batchnorm:
             raise ValueError("ResNet: fixup=True trains without normalisation (Fixup replaces it); "
                              "drop batchnorm=True or fixup=True")
@@ -188,7 +195,8 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet: width, in_channels and n_classes must be positive, got width={width}, "
                              f"in_channels={in_channels}, n_classes={n_classes}")
         widths = [max(1, round(w * width)) for w in STAGE_WIDTHS]
-        counts = [n, n - 1, n - 1]
+        counts = [n + extra[0], n - 1 + extra[1], n - 1 + extra[2]]
+        self.n_layers = 2 * (sum(counts) + 2) + 2  # convs in branches (+2 downsampling blocks), stem, head
         self.depth, self.widths, self.batchnorm, self.fixup = depth, widths, batchnorm, bool(fixup)
         conns = self._build_connections(connection, counts, widths)
         if zero_init_last and not all(c.carries_identity for c in conns):
