@@ -8,8 +8,10 @@ how three claims *transfer* to a ViT, at equal steps, data order and seeds:
 * ANCRe (arXiv:2602.09009) and LAuReL (arXiv:2411.07501): a learned connection is at least on par with
   the residual stream -> the better of ``ancre`` / ``laurel(rw, lr)`` matches or beats ``residual``;
 * PNNH, claim: its plain Transformers are on par with vision Transformers -> ``pnnh`` matches
-  ``residual`` (only when reslab has a ``pnnh`` connection that builds inside a ViT; otherwise the
-  arm is skipped and said so).
+  ``residual`` -- only when reslab has a ``pnnh`` *connection* that builds inside a ViT; otherwise the
+  arm is skipped and the results say why. (At the time of writing reslab's PNNH is a model family,
+  :mod:`reslab.models.pnnh`, whose state [h | p | q] is wider than the stream a Connection carries,
+  with MLP, CNN and GPT forms and no ViT form, so the arm is skipped.)
 
 ``scaled`` (REX, fixed 1/sqrt(n) branch scaling) is reported without a claim: its paper is about
 normalisation-free nets, and this ViT is pre-norm.
@@ -32,7 +34,7 @@ ARMS = ["residual", "laurel(rw, lr)", "ancre(tau=0.01)", "scaled", "pnnh", "plai
 _COMMON = dict(arms=ARMS, baseline="residual", lr=1e-3, weight_decay=0.05, min_lr_ratio=0.1, grad_clip=1.0)
 
 PRESETS = {
-    "quick": dict(_COMMON, seeds=2, steps=20, batch_size=16, warmup_steps=4, eval_every=10, eval_batches=2,
+    "quick": dict(_COMMON, seeds=2, steps=16, batch_size=16, warmup_steps=4, eval_every=8, eval_batches=2,
                   task_args={"n_train": 256, "n_val": 64},
                   model_args={"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2}),
     "cpu": dict(_COMMON, seeds=2, steps=2000, batch_size=128, warmup_steps=100, eval_every=250, eval_batches=20,
@@ -70,6 +72,7 @@ def available_arms(arms: list[str], model_args: dict, log) -> tuple[list[str], d
 
 def run(s: dict, out: Path, log) -> dict:
     from ..compare import compare
+    from ..report import markdown_table
     from ..train import TrainConfig
 
     arms, skipped = available_arms(list(s["arms"]), s["model_args"], log)
@@ -81,10 +84,19 @@ def run(s: dict, out: Path, log) -> dict:
     report = compare(base, arms, s["seeds"], out, baseline=s["baseline"],
                      command="reslab reproduce vit-compare", log=log)
     rows = {r["arm"]: r for r in report["rows"]}
-    return {"baseline": s["baseline"], "arms": report["arms"], "skipped": skipped, "seeds": s["seeds"],
-            "accuracy": {a: {"mean": r["metric_mean"], "std": r["metric_std"], "completed": r["completed"],
-                             "diverged": r["diverged"]} for a, r in rows.items()},
-            "rows": report["rows"]}
+    results = {"baseline": s["baseline"], "arms": report["arms"], "skipped": skipped, "seeds": s["seeds"],
+               "accuracy": {a: {"mean": r["metric_mean"], "std": r["metric_std"], "completed": r["completed"],
+                                "diverged": r["diverged"]} for a, r in rows.items()},
+               "rows": report["rows"]}
+    v, why = verdict(results)
+    table = markdown_table(report["rows"], s["baseline"])
+    skipped_text = "".join(f"- `{a}` skipped: {w}\n" for a, w in skipped.items())
+    (out / "README.md").write_text(
+        f"# vit-compare: every connection on a ViT, Fashion-MNIST\n\n**Verdict: {v}** — {why}\n\n"
+        f"{EXPERIMENT.claim}\n\nSetup: ViT {s['model_args']}, {s['steps']} steps, batch {s['batch_size']}, "
+        f"AdamW lr {s['lr']}, weight decay {s['weight_decay']}, {s['seeds']} seeds; test accuracy on "
+        f"{s['eval_batches']} x {s['batch_size']} test images.\n\n{table}\n{skipped_text}\n![curves](curves.png)\n")
+    return results
 
 
 def _acc(results: dict, arm_prefix: str) -> float | None:
@@ -113,7 +125,8 @@ def verdict(results: dict) -> tuple[str, str]:
                        v >= res - ON_PAR))
     pnnh = _acc(results, "pnnh")
     if pnnh is not None:
-        checks.append((f"pnnh {pnnh:.4f} >= residual {res:.4f} - {PNNH_ON_PAR} (PNNH on par)", pnnh >= res - PNNH_ON_PAR))
+        checks.append((f"pnnh {pnnh:.4f} >= residual {res:.4f} - {PNNH_ON_PAR} (PNNH on par)",
+                       pnnh >= res - PNNH_ON_PAR))
     if not checks:
         return "not reproduced", "no arm besides the baseline ran"
     passed = sum(ok for _, ok in checks)

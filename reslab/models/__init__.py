@@ -97,3 +97,10 @@ def build_model(name: str, task_info: dict, connection: str = "residual", **kwar
 
 
 __all__ = ["GPT", "GPTConfig", "ResNet", "ResidualMLP", "build_model", "model_names"]
+
+# Vision Transformer and Diffusion Transformer: each builds itself from an image task's info.
+from .dit import DiT, build_dit  # noqa: E402
+from .vit import ViT, build_vit  # noqa: E402
+
+_BUILDERS.update(vit=build_vit, dit=build_dit)
+__all__ += ["DiT", "ViT"]
