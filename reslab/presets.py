@@ -39,6 +39,26 @@ PRESETS: dict[tuple[str, str], dict[str, dict]] = {
         "gpu": dict(steps=20000, batch_size=256, lr=3e-4, warmup_steps=500, eval_every=1000, eval_batches=16,
                     weight_decay=0.0, model_args={"width": 512, "n_blocks": 16}),
     },
+    ("fashion_mnist", "vit"): {
+        "quick": dict(steps=60, batch_size=32, lr=1e-3, warmup_steps=5, eval_every=30, eval_batches=4, weight_decay=0.05,
+                      task_args={"n_train": 2000, "n_val": 500},
+                      model_args={"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2}),
+        "cpu": dict(steps=2000, batch_size=128, lr=1e-3, warmup_steps=100, eval_every=250, eval_batches=20,
+                    weight_decay=0.05, model_args={"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}),
+        "gpu": dict(steps=20000, batch_size=256, lr=1e-3, warmup_steps=1000, eval_every=1000, eval_batches=40,
+                    weight_decay=0.05, model_args={"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3}),
+    },
+    ("fashion_mnist", "dit"): {
+        "quick": dict(steps=40, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=20, eval_batches=2, weight_decay=0.0,
+                      task_args={"n_train": 512, "n_val": 64, "resize": 8},
+                      model_args={"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9}),
+        "cpu": dict(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, eval_every=250, eval_batches=8,
+                    weight_decay=0.0, task_args={"resize": 14},
+                    model_args={"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.999}),
+        "gpu": dict(steps=40000, batch_size=256, lr=3e-4, warmup_steps=1000, eval_every=2000, eval_batches=40,
+                    weight_decay=0.0, task_args={"resize": 16},
+                    model_args={"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6, "ema_decay": 0.9999}),
+    },
 }
 PRESET_NAMES = ("quick", "cpu", "gpu")
 
