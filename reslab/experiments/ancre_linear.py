@@ -96,9 +96,9 @@ def run(s: dict, out: Path, log) -> dict:
                 losses = run_one(K, name, seed, s)
                 per_seed.append(steps_to(losses, s["target"]))
                 curves.append(losses[:: max(1, len(losses) // 400)])
-            reached = [v for v in per_seed if v is not None]
-            arms[name] = {"steps_to_target_per_seed": per_seed,
-                          "median_steps": sorted(reached)[len(reached) // 2] if len(reached) == len(per_seed) else None,
+            # median with "not reached" ranked last (infinite), so one stuck seed does not hide the others
+            ranked = sorted(per_seed, key=lambda v: math.inf if v is None else v)
+            arms[name] = {"steps_to_target_per_seed": per_seed, "median_steps": ranked[len(ranked) // 2],
                           "curve_seed0": curves[0], "curve_stride": max(1, len(curves[0]))}
             log(f"K={K} {name:>9}: steps to {s['target']:g} per seed {per_seed}")
         res["K"][str(K)] = arms
