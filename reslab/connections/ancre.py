@@ -25,9 +25,11 @@ Parameters: K(K+1)/2 shortcuts, minus the one whose softmax has a single entry a
 receive a gradient: K(K+1)/2 - 1 trainable scalars (0 with learn=false). Keep them out of weight decay
 and note that under Adam a small tau acts as a 1/tau learning-rate multiplier on the logits.
 
-Cost: one masked_scatter + one softmax per forward for all destinations, then K(K+1)/2 scaled adds
-accumulated into the running stream; the history is a Python list of the states autograd keeps
-anyway, never a stacked (K, batch, ...) tensor.
+Cost: one masked_scatter + one softmax per forward for all destinations, then K(K+1)/2 scaled adds,
+each destination's accumulated in place into one tensor by ``_fused.weighted_sum``, whose backward
+takes dL/dp as dot products and gathers each source's gradient in one buffer (no per-shortcut
+temporaries); the history is a Python list of the states autograd keeps anyway, never a stacked
+(K, batch, ...) tensor.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._fused import weighted_sum
 from .base import Connection
 from .registry import Option, register
 
@@ -106,18 +109,23 @@ class ANCRe(Connection):
         self._record_state(0, x)
         if not blocks:
             return x
-        rows = self.routing().unbind(0)  # one softmax for every destination
+        P = self.routing()  # one softmax for every destination
         repo = self.form == "repo"
         hs = [x]  # h_0..h_{j-1}: the tensors autograd saves anyway
         h = x
+        pending: dict = {}  # per-source gradient sums for weighted_sum's backward
         for j, block in enumerate(blocks):  # block j builds destination j+1
+            out = None
             for b, f in enumerate(block):
+                if out is not None:
+                    h = h + out if repo else out
                 out = f(h)
                 self._record_branch(j, b, h, out)
-                h = h + out if repo else out
-            p = rows[j]
-            for i in range(j + 1):  # running sum, one fused scaled add per shortcut
-                h = torch.addcmul(h, hs[i], p[i])
+            # h_{j+1} = B(h_j) + sum_{i<=j} p_{i,j+1} h_i, with the block's last "h + out" (repo) done in
+            # the same sum; source h_j is read first here, so this call hands it its gradient in backward
+            bases = [h] if out is None else ([h, out] if repo else [out])
+            h = weighted_sum(bases, P[j, : j + 1], hs, pending, [(i, i == j) for i in range(j + 1)],
+                             last_call=j + 1 == len(blocks))
             hs.append(h)
             self._record_state(j + 1, h)
         return h

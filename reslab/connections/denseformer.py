@@ -20,12 +20,14 @@ Sparse variants (the paper's "k x p" DenseFormer; this is our reading of the off
 Parameters: sum over DWA steps j of |S_j| = floor(j/k) + 1; K(K+3)/2 for k = p = 1.
 
 All alphas live in one packed parameter (row-major over (step j, source i)); the forward keeps a
-Python list of the states autograd saves anyway and accumulates each average as a running sum.
+Python list of the states autograd saves anyway and accumulates each average in place into one
+tensor (``_fused.weighted_sum``: dL/dalpha as dot products, one gradient buffer per source).
 """
 from __future__ import annotations
 
 import torch
 
+from ._fused import weighted_sum
 from .base import Connection
 from .registry import Option, register
 
@@ -89,8 +91,10 @@ class DenseFormer(Connection):
         self.check_blocks(blocks)
         blocks = self.effective_blocks(blocks)
         self._record_state(0, x)
-        alpha = self.alpha.unbind(0) if self._sources else ()
         hs = [x]  # h_0..h_j: raw block outputs, as DWA averages them
+        pending: dict = {}  # per-source gradient sums for weighted_sum's backward
+        read: set[int] = set()  # sources some earlier DWA step already averaged
+        last = max(self._sources, default=0)
         for j, block in enumerate(blocks, start=1):
             for b, f in enumerate(block):
                 out = f(x)
@@ -100,9 +104,9 @@ class DenseFormer(Connection):
             src = self._sources.get(j)
             if src is not None:
                 o = self._offset[j]
-                acc = hs[src[0]] * alpha[o]
-                for k in range(1, len(src)):  # running sum, never a stacked history
-                    acc = torch.addcmul(acc, hs[src[k]], alpha[o + k])
-                x = acc
+                # the first step to read a source is the last one in backward: it hands over its gradient
+                x = weighted_sum([], self.alpha[o: o + len(src)], [hs[i] for i in src], pending,
+                                 [(i, i not in read) for i in src], last_call=j == last)
+                read.update(src)
             self._record_state(j, x)
         return x

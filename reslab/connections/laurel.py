@@ -37,6 +37,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._fused import scaled_add
 from .base import Connection
 from .registry import Option, register
 
@@ -167,7 +168,22 @@ class Laurel(Connection):
         cd = self.channel_dim % h.ndim
         if cd == h.ndim - 1:
             return (h @ A) @ B
+        if h.is_contiguous():
+            # channels inside (NCHW): on an (N, C, H*W) view, einsum runs each map as one (r x C) @ (C x N*H*W)
+            # product -- half the time of movedim + matmul, which copies h and runs N small products
+            hv = h.reshape(math.prod(h.shape[:cd]), h.shape[cd], -1)
+            z = torch.einsum("cr,ncp->nrp", A, hv)
+            return torch.einsum("rc,nrp->ncp", B, z).reshape(h.shape)
         return torch.movedim((torch.movedim(h, cd, -1) @ A) @ B, -1, cd)
+
+    def _plus_lowrank(self, h: Tensor, A: Tensor, B: Tensor) -> Tensor:
+        """h + (h A) B; for channels-last streams one addmm adds the up-projection straight into a copy of h
+        (not under autocast, which would run the addmm -- and so the skip path h -- in half precision)."""
+        if (self.channel_dim % h.ndim != h.ndim - 1 or not h.is_contiguous()
+                or torch.is_autocast_enabled(h.device.type)):
+            return h + self._lowrank(h, A, B)
+        h2 = h.reshape(-1, h.shape[-1])
+        return torch.addmm(h2, h2 @ A, B).view(h.shape)
 
     def _combine(self, t: int, fx: Tensor, x: Tensor, prev: list[Tensor], ab) -> Tensor:
         """Instance t: alpha f + beta g, with g = x [+ lr(x)] [+ sum_j gamma_j h_j(x_{t-j})]."""
@@ -178,12 +194,12 @@ class Laurel(Connection):
                     h = self._lowrank(h, self.pa_A[t, j], self.pa_B[t, j])
                 g = g + self.pa_gamma[t, j] * h
         elif self.lr:
-            g = g + self._lowrank(x, self.lr_A[t], self.lr_B[t])
+            g = self._plus_lowrank(x, self.lr_A[t], self.lr_B[t])
         if not self.rw:
             return fx + g
         if ab[0].ndim == 2:  # per-channel
             return self.channel_view(ab[0][t], x.ndim) * fx + self.channel_view(ab[1][t], x.ndim) * g
-        return ab[0][t] * fx + ab[1][t] * g
+        return scaled_add(g, fx, ab[0][t], ab[1][t])  # alpha f + beta g in one output; dL/dalpha, dL/dbeta as dots
 
     def forward(self, x, blocks):
         blocks = self.effective_blocks(blocks)  # lesion studies: a lesioned block's branches return zeros

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from ._fused import scaled_add
 from .base import Connection
 from .registry import Option, register
 
@@ -44,9 +45,10 @@ class ReZero(Connection):
         for j, block in enumerate(blocks):
             a = self.alpha[j].to(x.dtype)  # keep the stream's dtype (bf16 autocast, float64 analysis)
             for b, f in enumerate(block):
-                out = a * f(x)
-                self._record_branch(j, b, x, out)  # the term actually added to the stream
-                x = x + out
+                fx = f(x)
+                if self._recorder is not None:
+                    self._record_branch(j, b, x, a * fx)  # the term actually added to the stream
+                x = scaled_add(x, fx, a)  # x + a f(x) in one pass; dL/da as a dot product
             self._record_state(j + 1, x)
         return x
 

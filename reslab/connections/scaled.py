@@ -130,9 +130,10 @@ class Scaled(Connection):
         self._record_state(0, x)
         for j, block in enumerate(blocks):
             for b, f in enumerate(block):
-                out = lam * f(x)
-                self._record_branch(j, b, x, out)  # the term actually added to the stream
-                x = x + out
+                fx = f(x)
+                if self._recorder is not None:
+                    self._record_branch(j, b, x, lam * fx)  # the term actually added to the stream
+                x = torch.add(x, fx, alpha=lam)  # x + λ f(x) in one pass, no λ f(x) temporary
             self._record_state(j + 1, x)
         return x
 

@@ -1,0 +1,251 @@
+"""``reslab bench scoreboard``: ``results/README.md`` generated from every ``results/*/summary.json``.
+
+Each experiment of :mod:`reslab.experiments` writes a ``summary.json`` (``reslab reproduce NAME --preset
+cpu|gpu``) with the claim, the paper's number, our verdict (computed by code) and its explanation with
+our numbers, and the command that reproduced it. The scoreboard is one table of them:
+
+    experiment | paper | claim | paper's number | ours | verdict | statistics | reproduce (CPU / GPU)
+
+plus the connection-overhead targets of ``results/bench-overhead/overhead.json`` (``reslab bench
+overhead``). The *statistics* column checks that a summary carries what every comparison must report
+-- mean ± std over seeds, a Welch t-test p-value against the baseline, and steps to the baseline's
+final loss -- by looking for key names of that kind anywhere in its results (``reslab.compare`` rows
+carry ``val_loss_std``, ``welch_p_vs_baseline`` and ``steps_to_target``; see :data:`STATS`), and
+names what is missing.
+
+With ``--readme`` the headline rows (one per experiment, its verdict per preset, and the overhead
+targets met) also replace the block between ``<!-- scoreboard:start -->`` and ``<!-- scoreboard:end -->``
+in the top-level README.md (the folder above ``--results``); without both markers README.md is left
+untouched and a message says so.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+START, END = "<!-- scoreboard:start -->", "<!-- scoreboard:end -->"
+REQUIRED = ("experiment", "claim", "verdict", "command")
+VERDICT_ORDER = ("reproduced", "partial", "not reproduced")
+PRESET_ORDER = {"cpu": 0, "gpu": 1, "quick": 2}
+OVERHEAD_DIR = "bench-overhead"
+
+# What "the statistics" means: for each, key-name fragments of which one must occur in some key anywhere
+# in a summary's results (compare rows: val_loss_std, welch_p_vs_baseline, steps_to_target; experiments
+# that compute their own use names like acc_std, welch_p_fd_cls, steps_to_target_per_seed).
+STATS = {
+    "mean ± std": ("std",),
+    "Welch p": ("welch",),
+    "steps-to-target": ("steps_to_target",),
+}
+
+
+def _cell(x) -> str:
+    """Text safe inside a markdown table cell."""
+    if x is None or x == "":
+        return "—"
+    return " ".join(str(x).split()).replace("|", "\\|")
+
+
+def load_summaries(results: str | Path) -> list[dict]:
+    """Every ``results/*/summary.json`` (with its folder name under ``_dir``), sorted by experiment, preset."""
+    root = Path(results)
+    if not root.is_dir():
+        raise ValueError(f"results folder {root} does not exist; run `reslab reproduce NAME --preset cpu` first "
+                         f"or pass --results PATH")
+    out = []
+    for path in sorted(root.glob("*/summary.json")):
+        try:
+            s = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); rerun its experiment or delete the file") from None
+        if not isinstance(s, dict):
+            raise ValueError(f"{path} holds {type(s).__name__}, not an experiment summary; delete or regenerate it")
+        missing = [k for k in REQUIRED if k not in s]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: it was not written by `reslab reproduce`; "
+                             f"rerun the experiment (or move the folder out of {root})")
+        s["_dir"] = path.parent.name
+        out.append(s)
+    out.sort(key=lambda s: (s["experiment"], PRESET_ORDER.get(s.get("preset"), 9), s["_dir"]))
+    return out
+
+
+def load_overhead(results: str | Path) -> dict | None:
+    path = Path(results) / OVERHEAD_DIR / "overhead.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); rerun `reslab bench overhead`") from None
+
+
+def _keys(obj, acc: set[str]) -> set[str]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            acc.add(k)
+            _keys(v, acc)
+    elif isinstance(obj, list):
+        for v in obj:
+            _keys(v, acc)
+    return acc
+
+
+def missing_stats(summary: dict) -> list[str]:
+    """Which of the required statistics the summary's results lack (empty: all present)."""
+    keys = [k.lower() for k in _keys(summary.get("results"), set())]
+    return [name for name, frags in STATS.items() if not any(f in k for k in keys for f in frags)]
+
+
+def _gpu_presets() -> dict[str, bool] | None:
+    """{experiment: has a gpu preset}; None when the experiment registry cannot be imported."""
+    try:
+        from ..experiments import experiments
+
+        return {name: "gpu" in exp.presets for name, exp in experiments().items()}
+    except Exception:  # a half-written experiment elsewhere must not break the scoreboard
+        return None
+
+
+def _counts(summaries: list[dict]) -> str:
+    parts = [f"{sum(s['verdict'] == v for s in summaries)} {v}" for v in VERDICT_ORDER]
+    other = [s for s in summaries if s["verdict"] not in VERDICT_ORDER]
+    if other:
+        parts.append(f"{len(other)} other")
+    return ", ".join(parts)
+
+
+def _verdict(v: str) -> str:
+    return f"**{v}**" if v == "not reproduced" else v
+
+
+def overhead_rows(overhead: dict) -> list[dict]:
+    return list(overhead.get("targets", []))
+
+
+def overhead_line(overhead: dict | None, link: str) -> str:
+    if not overhead:
+        return ""
+    rows = [t for t in overhead_rows(overhead) if t.get("status") is not None]
+    met = sum(t["status"] == "pass" for t in rows)
+    misses = ", ".join(f"`{t['target']}` {t['metric']} on {t['model']} ({t['ratio']:.3f}× > {t['limit']:.2f}×)"
+                       for t in rows if t["status"] == "miss")
+    line = (f"Connection overhead ({overhead.get('device', '?')}, size {overhead.get('size', '?')}): "
+            f"{met} of {len(rows)} targets met")
+    return line + (f"; missed: {misses}" if misses else "") + f" ([details]({link}))."
+
+
+def scoreboard_markdown(summaries: list[dict], overhead: dict | None, gpu: dict[str, bool] | None = None,
+                        overhead_notes: bool = False) -> str:
+    lines = ["# Scoreboard", "",
+             "Generated by `reslab bench scoreboard` from every `results/*/summary.json` and "
+             "`results/bench-overhead/overhead.json`; do not edit by hand. Each verdict is computed by code from "
+             "the paper's stated threshold (see the experiment module); *statistics* checks that the summary "
+             "reports mean ± std over seeds, Welch p-values against the baseline and steps to the baseline's "
+             "final loss.", ""]
+    if summaries:
+        lines += [f"**{len(summaries)} result(s): {_counts(summaries)}.**", "",
+                  "| experiment | preset | paper | claim | paper's number | ours | verdict | statistics | reproduce |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for s in summaries:
+            miss = missing_stats(s)
+            stats = "✓" if not miss else "missing: " + ", ".join(miss)
+            cmd = f"`{_cell(s['command'])}`"
+            name = s["experiment"]
+            if gpu is not None and s.get("preset") != "gpu":
+                cmd += (f"<br>GPU: `reslab reproduce {name} --preset gpu`" if gpu.get(name)
+                        else "<br>GPU: no gpu preset")
+            ours = s.get("ours") or s.get("explanation")
+            lines.append(f"| [{_cell(name)}]({s['_dir']}/) | {_cell(s.get('preset'))} | {_cell(s.get('paper'))} | "
+                         f"{_cell(s['claim'])} | {_cell(s.get('paper_number'))} | {_cell(ours)} | "
+                         f"{_verdict(_cell(s['verdict']))} | {stats} | {cmd} |")
+    else:
+        lines.append("No experiment summaries yet: run `reslab reproduce NAME --preset cpu`.")
+    lines.append("")
+    if overhead:
+        lines += ["## Connection overhead", "", overhead_line(overhead, f"{OVERHEAD_DIR}/overhead.md"), "",
+                  f"`{_cell(overhead.get('command', 'reslab bench overhead'))}`"
+                  + (f" — profiles and what was changed: [{OVERHEAD_DIR}/NOTES.md]({OVERHEAD_DIR}/NOTES.md)"
+                     if overhead_notes else ""), "",
+                  "| target | model | metric | limit | measured ratio | status |", "|---|---|---|---|---|---|"]
+        for t in overhead_rows(overhead):
+            ratio = "—" if t.get("ratio") is None else f"{t['ratio']:.3f}×"
+            status = {"pass": "pass", "miss": "**miss**"}.get(t.get("status"), "—")
+            lines.append(f"| `{_cell(t['target'])}` | {t['model']} | {t['metric']} | ≤ {t['limit']:.2f}× | "
+                         f"{ratio} | {status} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def headline_markdown(summaries: list[dict], overhead: dict | None, results_link: str = "results/README.md") -> str:
+    """The short block for the top-level README: one row per experiment with its verdict per preset."""
+    by_exp: dict[str, list[dict]] = {}
+    for s in summaries:
+        by_exp.setdefault(s["experiment"], []).append(s)
+    lines = []
+    if by_exp:
+        lines += ["| experiment | claim | verdict |", "|---|---|---|"]
+        for name, ss in by_exp.items():
+            verdicts = "; ".join(f"{_verdict(s['verdict'])} ({s.get('preset', '?')})" for s in ss)
+            first = ss[0]
+            lines.append(f"| [{_cell(name)}](results/{first['_dir']}/) | {_cell(first['claim'])} | {verdicts} |")
+        lines.append("")
+    else:
+        lines += ["No experiment results yet.", ""]
+    line = overhead_line(overhead, "results/bench-overhead/overhead.md")
+    if line:
+        lines += [line, ""]
+    lines.append(f"Full scoreboard (paper numbers, ours, commands): [{results_link}]({results_link}).")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str | None:
+    """``text`` with the part between the markers replaced by ``block``; None if the markers are not
+    both there, once each, start before end."""
+    if text.count(START) != 1 or text.count(END) != 1:
+        return None
+    i, j = text.index(START), text.index(END)
+    if j < i:
+        return None
+    return text[: i + len(START)] + "\n" + block.rstrip("\n") + "\n" + text[j:]
+
+
+def write_scoreboard(results: str | Path = "results", readme: bool = False, log=print) -> Path:
+    """Regenerate ``results/README.md``; with ``readme`` also the marked block of ``../README.md``."""
+    root = Path(results)
+    summaries = load_summaries(root)
+    overhead = load_overhead(root)
+    out = root / "README.md"
+    notes = (root / OVERHEAD_DIR / "NOTES.md").exists()
+    out.write_text(scoreboard_markdown(summaries, overhead, _gpu_presets(), overhead_notes=notes))
+    log(f"wrote {out} ({len(summaries)} experiment summaries{', overhead targets' if overhead else ''})")
+    lacking = [f"{s['_dir']} ({', '.join(missing_stats(s))})" for s in summaries if missing_stats(s)]
+    if lacking:
+        log("summaries without the required statistics: " + "; ".join(lacking))
+    if readme:
+        top = root.resolve().parent / "README.md"
+        if not top.exists():
+            log(f"{top} does not exist; nothing to update")
+            return out
+        new = replace_block(top.read_text(), headline_markdown(summaries, overhead))
+        if new is None:
+            log(f"{top} has no '{START}' ... '{END}' block (each marker once, in that order); "
+                f"README.md left unchanged — add the markers where the headline rows belong")
+        else:
+            top.write_text(new)
+            log(f"updated the scoreboard block of {top}")
+    return out
+
+
+def _cmd(args) -> int:
+    write_scoreboard(args.results, args.readme)
+    return 0
+
+
+def cli_register(subparsers) -> None:
+    p = subparsers.add_parser("scoreboard", help="regenerate results/README.md from every results/*/summary.json "
+                                                 "and the overhead benchmark")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--readme", action="store_true",
+                   help=f"also rewrite the {START} ... {END} block of the README.md next to the results folder")
+    p.set_defaults(func=_cmd)

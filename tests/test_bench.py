@@ -1,0 +1,276 @@
+"""Benchmarks: `reslab bench overhead` at a tiny size (JSON structure, every registered connection present,
+ratios against residual of the same run; no timing assertions) and the scoreboard on fixture summaries."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from reslab.bench import overhead as ov
+from reslab.bench import scoreboard as sb
+from reslab.cli import main
+from reslab.connections import list_connections
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("overhead")
+    result = ov.run_overhead(("gpt", "resnet"), size="tiny", repeats=3, warmup=1, memory=False, out_dir=out,
+                             log=None)
+    return out, result
+
+
+def test_overhead_json_has_every_registered_connection(tiny_run):
+    out, result = tiny_run
+    on_disk = json.loads((out / "overhead.json").read_text())
+    assert on_disk["models"].keys() == {"gpt", "resnet"}
+    want = {ov.canonical_spec(i.example) for i in list_connections()} | {"laurel(rw)", "laurel(rw, lr)"}
+    assert "laurel(rw, lr)" == ov.canonical_spec("laurel(rw, lr, rank=16)")  # the issue's rank=16 arm
+    for m, res in on_disk["models"].items():
+        assert set(res["arms"]) == want, m
+        assert list(res["arms"])[0] == "residual"
+        for a, r in res["arms"].items():
+            assert len(r["times_s"]) == 3 and all(t > 0 for t in r["times_s"])
+            assert r["times_s"] == r["wall_times_s"] and len(r["cpu_times_s"]) == 3  # default clock: wall
+            assert r["params"] > 0 and r["units_per_step"] == (2 * 8 if m == "gpt" else 2)
+    md = (out / "overhead.md").read_text()
+    assert all(f"`{a}`" in md for a in want)
+
+
+def test_overhead_ratios_are_against_residual_of_the_same_run(tiny_run):
+    _, result = tiny_run
+    for m, res in result["models"].items():
+        arms = res["arms"]
+        base = arms["residual"]
+        assert base["time_ratio"] == 1.0 and base["extra_params"] == 0
+        for a, r in arms.items():
+            assert r["time_s_median"] == statistics.median(r["times_s"])
+            assert r["time_ratio"] == pytest.approx(r["time_s_median"] / statistics.median(base["times_s"]))
+            assert r["throughput"] == pytest.approx(r["units_per_step"] / r["time_s_median"])
+            paired = [x / y for x, y in zip(r["times_s"], base["times_s"])]
+            assert r["time_ratio_paired_median"] == pytest.approx(statistics.median(paired))
+            assert r["extra_params"] == r["params"] - base["params"]
+        # the connection's own parameters: ANCRe has K(K+1)/2 - 1 per stack, plain none
+        assert arms["plain"]["connection_params"] == 0
+    # gpt tiny: K = 2 layers -> 2 ancre logits; resnet tiny (depth 8): stacks of 1, 0, 0 blocks -> 0
+    assert result["models"]["gpt"]["arms"]["ancre"]["connection_params"] == 2
+    assert result["models"]["resnet"]["arms"]["ancre"]["connection_params"] == 0
+
+
+def test_overhead_targets_table_is_computed(tiny_run):
+    _, result = tiny_run
+    rows = result["targets"]
+    assert len(rows) == len(ov.TARGETS) * 2
+    for t in rows:
+        r = result["models"][t["model"]]["arms"][t["arm"]]
+        if t["metric"] == "time":
+            assert t["ratio"] == r["time_ratio"]
+            assert t["status"] == ("pass" if t["ratio"] <= t["limit"] else "miss")
+        else:  # memory was not measured in this run
+            assert t["ratio"] is None and t["status"] is None
+
+
+def test_summarize_and_targets_by_hand():
+    raw = {
+        "residual": {"wall_times_s": [1.0, 2.0, 3.0], "cpu_times_s": [2.0, 2.0, 2.0], "units_per_step": 10,
+                     "params": 100, "connection_params": 0, "peak_step_memory_bytes": 1000},
+        "ancre": {"wall_times_s": [1.0, 2.2, 3.3], "cpu_times_s": [2.0, 2.1, 2.2], "units_per_step": 10,
+                  "params": 105, "connection_params": 5, "peak_step_memory_bytes": 1005},
+    }
+    s = ov.summarize(raw)
+    assert s["ancre"]["time_ratio_cpu"] == pytest.approx(1.05) and s["ancre"]["time_ratio_wall"] == pytest.approx(1.1)
+    c = ov.summarize(raw, clock="cpu")
+    assert c["ancre"]["time_ratio"] == pytest.approx(1.05) and c["ancre"]["times_s"] == [2.0, 2.1, 2.2]
+    with pytest.raises(ValueError, match="clock"):
+        ov.summarize(raw, clock="gpu")
+    assert s["ancre"]["time_ratio"] == pytest.approx(1.1)
+    assert s["ancre"]["throughput"] == pytest.approx(10 / 2.2)
+    assert s["ancre"]["time_ratio_paired_median"] == pytest.approx(1.1)  # per-round ratios 1.0, 1.1, 1.1
+    assert s["ancre"]["memory_ratio"] == pytest.approx(1.005)
+    assert s["ancre"]["extra_params"] == 5
+    rows = {(t["target"], t["metric"]): t for t in ov.evaluate_targets({"gpt": {"arms": s}})}
+    assert rows[("ancre", "time")]["status"] == "miss"  # 1.1 > 1.03
+    assert rows[("ancre", "memory")]["status"] == "pass"  # 1.005 <= 1.01
+    assert rows[("rezero", "time")]["status"] is None  # arm not measured
+
+
+def test_unique_arms_and_bad_input():
+    assert ov.unique_arms(["ancre", "laurel(rw, lr, rank=16)", "laurel(rw,lr)"]) == ["residual", "ancre",
+                                                                                     "laurel(rw, lr)"]
+    with pytest.raises(ValueError, match="ancer"):
+        ov.unique_arms(["ancer"])
+    with pytest.raises(ValueError, match="unknown model"):
+        ov.run_overhead(("vit",), size="tiny", log=None)
+    with pytest.raises(ValueError, match="unknown size"):
+        ov.run_overhead(("gpt",), size="huge", log=None)
+    with pytest.raises(ValueError, match="repeats"):
+        ov.run_overhead(("gpt",), size="tiny", repeats=0, log=None)
+
+
+def test_cli_overhead_with_memory_probe(tmp_path, capsys):
+    rc = main(["bench", "overhead", "--model", "resnet", "--size", "tiny", "--repeats", "1", "--warmup", "0",
+               "--connections", "plain", "--out", str(tmp_path), "--clock", "cpu"])
+    assert rc == 0
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    assert data["clock"] == "cpu" and "**cpu** clock" in (tmp_path / "overhead.md").read_text()
+    res = data["models"]["resnet"]
+    assert list(res["arms"]) == ["residual", "plain"]  # residual is always added, first
+    for r in res["arms"].values():  # measured in the probe process; tiny tensors may stay under 1 page
+        assert isinstance(r["peak_step_memory_bytes"], int) and r["peak_step_memory_bytes"] >= 0
+    assert "RSS" in res["memory_method"] or "ru_maxrss" in res["memory_method"]
+    assert "| target |" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# scoreboard
+
+
+def _summary(name, verdict, stats=True, preset="cpu", **kw):
+    row = {"arm": "residual", "val_loss_mean": 1.0}
+    if stats:
+        row |= {"val_loss_std": 0.1, "welch_p_vs_baseline": 0.03, "steps_to_target": 400}
+    return {"experiment": name, "paper": f"Paper of {name}", "claim": f"{name} beats residual | by a lot",
+            "paper_number": "+1.2 points", "preset": preset, "verdict": verdict,
+            "explanation": f"ours: {verdict} with Δ=0.4", "command": f"reslab reproduce {name} --preset {preset}",
+            "results": {"rows": [row]}} | kw
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    root = tmp_path / "results"
+    for d, s in {"alpha": _summary("alpha", "reproduced"),
+                 "beta": _summary("beta", "partial", stats=False),
+                 "gamma": _summary("gamma", "not reproduced"),
+                 "gamma-gpu": _summary("gamma", "reproduced", preset="gpu")}.items():
+        (root / d).mkdir(parents=True)
+        (root / d / "summary.json").write_text(json.dumps(s))
+    (root / "bench-overhead").mkdir()
+    (root / "bench-overhead" / "overhead.json").write_text(json.dumps({
+        "device": "cpu", "size": "default", "command": "reslab bench overhead",
+        "targets": [{"target": "ancre", "model": "gpt", "metric": "time", "limit": 1.03, "ratio": 1.01,
+                     "status": "pass"},
+                    {"target": "rezero", "model": "gpt", "metric": "time", "limit": 1.01, "ratio": 1.05,
+                     "status": "miss"}]}))
+    (root / "notes").mkdir()  # a folder without summary.json is ignored
+    return root
+
+
+def test_scoreboard_table_from_fixture_summaries(results_dir):
+    out = sb.write_scoreboard(results_dir, log=lambda *_: None)
+    text = out.read_text()
+    assert out == results_dir / "README.md"
+    assert "4 result(s): 2 reproduced, 1 partial, 1 not reproduced" in text
+    lines = [l for l in text.splitlines() if l.startswith("| [")]
+    assert [l.split("]")[0] for l in lines] == ["| [alpha", "| [beta", "| [gamma", "| [gamma"]  # cpu before gpu
+    gamma_cpu = lines[2]
+    assert "**not reproduced**" in gamma_cpu and "+1.2 points" in gamma_cpu and "Paper of gamma" in gamma_cpu
+    assert "`reslab reproduce gamma --preset cpu`" in gamma_cpu and "ours: not reproduced with Δ=0.4" in gamma_cpu
+    assert "beats residual \\| by a lot" in gamma_cpu  # a '|' in a claim cannot break the table
+    assert "missing: mean ± std, Welch p, steps-to-target" in lines[1] and "| ✓ |" in lines[0]
+    assert "1 of 2 targets met" in text and "| `rezero` | gpt | time | ≤ 1.01× | 1.050× | **miss** |" in text
+
+
+def test_missing_stats_reads_any_results_shape():
+    assert sb.missing_stats({"results": {"arms": {"a": {"acc_std": 0.1, "steps_to_target_per_seed": [3, 4]}}}}) == [
+        "Welch p"]
+    assert sb.missing_stats({"results": [{"welch_p_fd_cls": 0.2}]}) == ["mean ± std", "steps-to-target"]
+    assert sb.missing_stats({}) == list(sb.STATS)
+
+
+def test_scoreboard_rewrites_only_the_marked_readme_block(results_dir):
+    top = results_dir.parent / "README.md"
+    top.write_text("# Title\nintro\n<!-- scoreboard:start -->\nold rows\n<!-- scoreboard:end -->\ntail\n")
+    assert main(["bench", "scoreboard", "--results", str(results_dir), "--readme"]) == 0
+    text = top.read_text()
+    assert text.startswith("# Title\nintro\n<!-- scoreboard:start -->\n") and text.endswith("<!-- scoreboard:end -->\ntail\n")
+    assert "old rows" not in text
+    assert "| [gamma](results/gamma/) |" in text and "**not reproduced** (cpu); reproduced (gpu)" in text
+    assert "[results/README.md](results/README.md)" in text and "1 of 2 targets met" in text
+    sb.write_scoreboard(results_dir, readme=True, log=lambda *_: None)
+    assert top.read_text() == text  # idempotent
+
+
+def test_scoreboard_without_markers_leaves_readme_alone(results_dir):
+    top = results_dir.parent / "README.md"
+    top.write_text("# Title\nno markers here\n")
+    msgs = []
+    sb.write_scoreboard(results_dir, readme=True, log=msgs.append)
+    assert top.read_text() == "# Title\nno markers here\n"
+    assert any("left unchanged" in m for m in msgs)
+    assert (results_dir / "README.md").exists()
+
+
+def test_scoreboard_bad_summaries_are_named(results_dir):
+    (results_dir / "broken").mkdir()
+    (results_dir / "broken" / "summary.json").write_text(json.dumps({"experiment": "broken", "claim": "x"}))
+    with pytest.raises(ValueError, match=r"broken.*lacks verdict, command"):
+        sb.load_summaries(results_dir)
+    (results_dir / "broken" / "summary.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        sb.load_summaries(results_dir)
+    with pytest.raises(ValueError, match="does not exist"):
+        sb.load_summaries(results_dir / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused stream ops the overhead work introduced (reslab/connections/_fused.py): same values as the
+# plain expressions (bit for bit forward), same gradients
+
+
+def _chain(fused: bool, xs0, W, blocks_w):
+    """A 3-call ANCRe-like chain: h_{j+1} = (h_j + f_j(h_j)) + sum_{i<=j} W[j, i] h_i, f_j(h) = tanh(h * w_j)."""
+    from reslab.connections._fused import _plain_sum, weighted_sum
+
+    hs, h, pending = [xs0], xs0, {}
+    for j, w in enumerate(blocks_w):
+        out = torch.tanh(h * w)
+        if fused:
+            h = weighted_sum([h, out], W[j, : j + 1], hs, pending, [(i, i == j) for i in range(j + 1)],
+                             last_call=j == len(blocks_w) - 1)
+        else:
+            h = _plain_sum([h, out], W[j, : j + 1], hs)
+        hs.append(h)
+    return h, hs
+
+
+def test_weighted_sum_matches_plain_autograd():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    ws = [torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    res = {}
+    for fused in (False, True):
+        y, _ = _chain(fused, x, W, ws)
+        grads = torch.autograd.grad((y.sin()).sum(), [x, W, *ws])
+        res[fused] = (y, grads)
+    assert torch.equal(res[True][0], res[False][0])  # same sums in the same order
+    for a, b in zip(res[True][1], res[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # a backward pass cut short (gradient w.r.t. an inner state, so the calls that would hand sources
+    # 0 and 1 their sums never run) must not leak into the next pass over the same graph
+    y, hs = _chain(True, x, W, ws)
+    torch.autograd.grad(y.sum(), [hs[2]], retain_graph=True)
+    full = torch.autograd.grad((y.sin()).sum(), [x, W, *ws])
+    for a, b in zip(full, res[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_scaled_add_matches_plain_autograd():
+    from reslab.connections._fused import scaled_add
+
+    g = torch.Generator().manual_seed(1)
+    x, f = (torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    a, b = (torch.randn((), generator=g, requires_grad=True) for _ in range(2))  # float32 scalars, as in LAuReL
+    for fused, plain in ((scaled_add(x, f, a, b), b * x + a * f), (scaled_add(x, f, a), x + a * f)):
+        # addcmul may fuse the multiply-add (one rounding instead of two): equal to the last bit or so
+        torch.testing.assert_close(fused, plain, rtol=1e-15, atol=1e-15)
+        assert fused.dtype == torch.float64
+        gf = torch.autograd.grad(fused.pow(2).sum(), [x, f, a, b], allow_unused=True)
+        gp = torch.autograd.grad(plain.pow(2).sum(), [x, f, a, b], allow_unused=True)
+        for u, v in zip(gf, gp):
+            assert (u is None) == (v is None)
+            if u is not None:
+                assert u.dtype == v.dtype
+                torch.testing.assert_close(u, v)
