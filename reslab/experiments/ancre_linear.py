@@ -20,6 +20,7 @@ from torch import nn
 
 from ..connections import connection
 from ..data import get_task
+from ..report import mean_std, welch_p
 from . import Experiment
 from .common import plot_lines
 
@@ -101,6 +102,15 @@ def run(s: dict, out: Path, log) -> dict:
             arms[name] = {"steps_to_target_per_seed": per_seed, "median_steps": ranked[len(ranked) // 2],
                           "curve_seed0": curves[0], "curve_stride": max(1, len(curves[0]))}
             log(f"K={K} {name:>9}: steps to {s['target']:g} per seed {per_seed}")
+        # statistics over seeds ("not reached" counts as the budget, a lower bound): mean ± std of the steps
+        # and Welch's t-test on log10(steps) against the cascaded layout, the standard residual net
+        capped = {n: [v if v is not None else s["max_steps"] + 1 for v in a["steps_to_target_per_seed"]]
+                  for n, a in arms.items()}
+        for n, a in arms.items():
+            a["steps_mean"], a["steps_std"] = mean_std(capped[n])
+            a["welch_p_vs_cascaded"] = (None if n == "cascaded" else
+                                        welch_p([math.log10(v) for v in capped[n]],
+                                                [math.log10(v) for v in capped["cascaded"]]))
         res["K"][str(K)] = arms
         plot_lines({n: a["curve_seed0"] for n, a in arms.items()}, out / f"loss_K{K}.png",
                    title=f"deep linear net, K={K} (seed 0)", ylabel="loss", logy=True, xlabel="step (subsampled)")
