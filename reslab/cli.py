@@ -174,7 +174,7 @@ def cmd_compare(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     out = args.out or f"runs/compare-{cfg.task.replace(':', '_').replace('/', '_')}-{cfg.model}"
-    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line())
+    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line(args))
     return 0
 
 
@@ -185,7 +185,7 @@ def cmd_reproduce(args) -> int:
         for name, exp in experiments().items():
             print(f"{name}: {exp.claim} [{exp.paper}] presets: {', '.join(exp.presets)}")
         return 0
-    reproduce(args.name, args.preset, args.out, command=_command_line())
+    reproduce(args.name, args.preset, args.out, command=_command_line(args))
     return 0
 
 
@@ -202,8 +202,9 @@ def _plugins(package: str):
             yield mod
 
 
-def _command_line() -> str:
-    return "reslab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command_line(args) -> str:
+    """The command as the user typed it (recorded in results so they can be re-run)."""
+    return "reslab " + " ".join(shlex.quote(a) for a in args.argv)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -247,7 +248,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except TrainingDiverged as e:

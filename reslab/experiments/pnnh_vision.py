@@ -1,0 +1,348 @@
+"""pnnh-vision: deep plain CNNs with an internal path (PNNH) match ResNets without any skip-add.
+
+Claim (Zhang et al., arXiv:2402.08645; digest /work/shared/papers/pnnh.md §3, §6 P4-P6): plain
+(VGG-style) networks degrade as they get deeper; PNNH networks -- plain, no residual connections, a
+learner plus a weight-shared coder -- are on par with ResNets, with up to 2x better parameter
+efficiency and up to "0.3x" higher training throughput (the paper's wording; its meaning is unclear).
+
+Arms, Fashion-MNIST, same optimiser / schedule / data for all (reslab's trainer):
+
+    plain          reslab ResNet with connection "plain": the same convs, BN and ReLUs, no adds (VGG-style)
+    resnet         reslab ResNet with connection "residual" (pre-activation, 1x1 projection at stage changes)
+    pnnh-fixed     PNNHCNN coder=fixed   (C = I: the sign-split identity code, no coder parameters)
+    pnnh-shared    PNNHCNN coder=shared  (one learned 1x1 coder per stage)
+    pnnh-unshared  PNNHCNN coder=unshared (a learned coder per layer: the sharing ablation)
+    pnnh-none      PNNHCNN coder=none    (optional: plain net at the PNNH state's width)
+
+PNNH = our reconstruction (reslab/models/pnnh.py); every PNNH model built is checked on its traced
+graph (``skip_add_report``): no add of a tensor and a function of it, and every path from the input
+crosses the same number of ReLUs.
+
+Also measured: accuracy against parameters at ``sweep_depth`` (width sweep, resnet vs pnnh-shared) and
+training throughput (images/s = batch / median step time of the runs, relative to the ResNet at the
+same depth; the runs share the machine, so read it as a rough ratio).
+
+Verdict (code: :func:`verdict`), seed means, accuracy in points:
+  A  plain degrades with depth: the deepest plain is below the shallowest plain, and at least
+     ``PLAIN_GAP`` (3) points below the ResNet at the deepest depth or its final training loss is
+     at least ``LOSS_RATIO`` (1.5) x the ResNet's (digest P4);
+  B  the best PNNH variant is within ``MATCH`` (1) point of the ResNet at every depth >= 20
+     (``match_from_depth``; the quick preset uses 14), and every PNNH model passed the no-skip-add
+     graph check.
+Reproduced = A and B; partial = one; not reproduced = neither. Parameter efficiency (the paper's 2x:
+PNNH-shared reaching the ResNet's accuracy with <= ``PARAM_RATIO`` (0.6) x its parameters, digest P5)
+and the throughput ratio are reported with their own yes/no, outside the verdict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..report import mean_std
+from ..train import TrainConfig, TrainingDiverged, read_log, train
+from . import Experiment
+
+PLAIN_GAP = 3.0
+LOSS_RATIO = 1.5
+MATCH = 1.0
+PARAM_RATIO = 0.6
+MATCH_FROM_DEPTH = 20
+PNNH_ARMS = ("pnnh-fixed", "pnnh-shared", "pnnh-unshared", "pnnh-none")
+ARMS = {
+    "plain": ("resnet", "plain", {}),
+    "resnet": ("resnet", "residual", {}),
+    "pnnh-fixed": ("pnnh_cnn", "plain", {"coder": "fixed"}),
+    "pnnh-shared": ("pnnh_cnn", "plain", {"coder": "shared"}),
+    "pnnh-unshared": ("pnnh_cnn", "plain", {"coder": "unshared"}),
+    "pnnh-none": ("pnnh_cnn", "plain", {"coder": "none"}),
+}
+
+
+def _train_or_reuse(cfg: TrainConfig, log) -> dict:
+    """Train, or reuse the finished run with the same config in ``cfg.out_dir`` (resumable experiment)."""
+    path = Path(cfg.out_dir) / "summary.json"
+    if path.exists():
+        try:
+            s = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            s = {}
+        if s.get("config") == json.loads(json.dumps(cfg.to_dict())) and s.get("status") in ("completed", "diverged"):
+            log(f"  reusing {cfg.out_dir}")
+            return s
+        # a finished run with other settings (e.g. fewer steps): start afresh rather than resume its checkpoint
+        cfg = dataclasses.replace(cfg, resume=False)
+    try:
+        return train(cfg)
+    except TrainingDiverged as e:
+        log(f"  diverged: {e}")
+        return json.loads(path.read_text())
+
+
+def _final_train_loss(out_dir: str, last: int = 5) -> float:
+    rows = [r["loss"] for r in read_log(out_dir) if "loss" in r]
+    return statistics.fmean(rows[-last:]) if rows else float("nan")
+
+
+def _config(settings: dict, arm: str, depth: int, width: float, seed: int, out_dir: Path) -> TrainConfig:
+    model, conn, extra = ARMS[arm]
+    model_args = {"depth": depth, "width": width, **extra, **settings.get("pnnh_args", {})} if model == "pnnh_cnn" \
+        else {"depth": depth, "width": width}
+    return TrainConfig(
+        task="fashion_mnist", task_args=dict(settings["task_args"]), model=model, model_args=model_args,
+        connection=conn, steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
+        warmup_steps=settings["warmup_steps"], weight_decay=settings["weight_decay"], eval_every=settings["steps"],
+        eval_batches=settings["eval_batches"], log_every=max(1, settings["steps"] // 20), seed=seed,
+        threads=settings.get("threads", 0), progress=False, tensorboard=False,
+        out_dir=str(out_dir / "runs" / arm / f"depth{depth}" / f"width{width:g}" / f"seed{seed}"))
+
+
+def _graph_check(arm: str, depth: int, width: float, settings: dict) -> dict:
+    """No-skip-add certificate of one arm's model (built as the trainer builds it), on a 2-image batch."""
+    from ..models import build_model
+    from ..models.pnnh import skip_add_report
+
+    r = settings["task_args"].get("resize") or 28
+    info = {"n_classes": 10, "input_shape": (1, r, r)}
+    cfg = _config(settings, arm, depth, width, 0, Path("."))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, info, cfg.connection, **cfg.model_args)
+    rep = skip_add_report(model, torch.randn(2, 1, r, r))
+    return {"plain": rep["plain"], "skip_adds": len(rep["skip_adds"]), "mixed_depth": len(rep["mixed_depth"]),
+            "relu_depth": rep["depth"]}
+
+
+def _summ(runs: list[dict], batch: int) -> dict:
+    ok = [r for r in runs if r.get("status") == "completed"]
+    accs = [100 * r["final_val_metric"] for r in ok]
+    times = [r["median_step_time"] for r in ok if r.get("median_step_time")]
+    m, sd = mean_std(accs)
+    return {"acc": accs, "acc_mean": m, "acc_std": sd, "diverged": sum(r.get("status") == "diverged" for r in runs),
+            "train_loss": [r["train_loss"] for r in ok], "train_loss_mean": mean_std([r["train_loss"] for r in ok])[0],
+            "params": runs[0].get("params") if runs else None,
+            "img_per_s": batch / statistics.median(times) if times else float("nan")}
+
+
+def run(settings: dict, out_dir: Path, log) -> dict:
+    arms = list(settings["arms"])
+    for a in arms:
+        if a not in ARMS:
+            raise ValueError(f"pnnh-vision: unknown arm {a!r}; valid: {', '.join(ARMS)}")
+    if "resnet" not in arms:
+        raise ValueError("pnnh-vision: the arms must include 'resnet' (the reference)")
+    depths, width, seeds = list(settings["depths"]), settings["width"], settings["seeds"]
+    cache: dict[tuple, dict] = {}
+
+    def runs_of(arm: str, depth: int, w: float) -> dict:
+        key = (arm, depth, w)
+        if key not in cache:
+            rs = []
+            for seed in range(seeds):
+                cfg = _config(settings, arm, depth, w, seed, out_dir)
+                log(f"[{arm}] depth {depth} width {w:g} seed {seed}")
+                s = _train_or_reuse(cfg, log)
+                s = {k: v for k, v in s.items() if k != "config"}
+                s["train_loss"] = _final_train_loss(cfg.out_dir)
+                if s.get("status") == "completed":
+                    log(f"  val acc {s['final_val_metric']:.4f}, train loss {s['train_loss']:.4f}, "
+                        f"{s['params']} params, {1000 * (s.get('median_step_time') or math.nan):.0f} ms/step")
+                rs.append(s)
+            cache[key] = _summ(rs, settings["batch_size"])
+        return cache[key]
+
+    table = {arm: {str(d): runs_of(arm, d, width) for d in depths} for arm in arms}
+    sweep = {}
+    for arm in ("resnet", "pnnh-shared"):
+        if arm in arms:
+            sweep[arm] = [dict(width=w, **runs_of(arm, settings["sweep_depth"], w)) for w in settings["sweep_widths"]]
+    graph = {arm: {str(d): _graph_check(arm, d, width, settings) for d in depths} for arm in arms}
+    results = {"arms": arms, "depths": depths, "width": width, "seeds": seeds, "table": table, "sweep": sweep,
+               "sweep_depth": settings["sweep_depth"], "graph_check": graph,
+               "thresholds": {"plain_gap": PLAIN_GAP, "loss_ratio": LOSS_RATIO, "match": MATCH,
+                              "param_ratio": PARAM_RATIO,
+                              "match_from_depth": settings.get("match_from_depth", MATCH_FROM_DEPTH)}}
+    results["param_efficiency"] = param_efficiency(sweep)
+    results["throughput"] = {arm: {d: (table[arm][d]["img_per_s"] / table["resnet"][d]["img_per_s"])
+                                   for d in table[arm]} for arm in arms}
+    _plot(results, out_dir / "pnnh_vision.png")
+    v, why = verdict(results)
+    (out_dir / "README.md").write_text(_readme(results, settings, v, why))
+    return results
+
+
+def _interp_params(points: list[tuple[float, float]], target: float) -> float | None:
+    """Parameters at which a curve of (params, acc) first reaches ``target``: linear in log(params) on
+    the running maximum of accuracy (sorted by params); None if never reached."""
+    pts = sorted(points)
+    best, env = -math.inf, []
+    for p, a in pts:
+        best = max(best, a)
+        env.append((p, best))
+    if not env or env[-1][1] < target:
+        return None
+    if env[0][1] >= target:
+        return env[0][0]
+    for (p0, a0), (p1, a1) in zip(env, env[1:]):
+        if a1 >= target > a0:
+            t = (target - a0) / (a1 - a0)
+            return math.exp(math.log(p0) + t * (math.log(p1) - math.log(p0)))
+    return None
+
+
+def param_efficiency(sweep: dict) -> dict:
+    """For every ResNet width: PNNH-shared parameters needed for the ResNet's accuracy / the ResNet's parameters.
+    A ratio < 1 means PNNH-shared is more parameter-efficient (the paper's 2x would be 0.5). Below the smallest
+    PNNH model the ratio is an upper bound (PNNH's smallest model already reaches it)."""
+    if "resnet" not in sweep or "pnnh-shared" not in sweep:
+        return {"ratios": [], "median_ratio": None, "efficient_2x": None}
+    pn = [(p["params"], p["acc_mean"]) for p in sweep["pnnh-shared"] if math.isfinite(p["acc_mean"])]
+    out = []
+    for r in sweep["resnet"]:
+        if not math.isfinite(r["acc_mean"]):
+            continue
+        need = _interp_params(pn, r["acc_mean"])
+        out.append({"resnet_width": r["width"], "resnet_params": r["params"], "resnet_acc": r["acc_mean"],
+                    "pnnh_params_needed": need, "ratio": need / r["params"] if need else None,
+                    "upper_bound": bool(need is not None and pn and need == min(p for p, _ in pn))})
+    ratios = [o["ratio"] for o in out if o["ratio"] is not None]
+    med = statistics.median(ratios) if ratios else None
+    return {"ratios": out, "median_ratio": med, "efficient_2x": (med is not None and med <= PARAM_RATIO)}
+
+
+def verdict(results: dict) -> tuple[str, str]:
+    t, depths = results["table"], results["depths"]
+    lo, hi = depths[0], depths[-1]
+    acc = lambda arm, d: t[arm][str(d)]["acc_mean"]  # noqa: E731
+    parts = []
+    a = False
+    if "plain" in t:
+        gap = acc("resnet", hi) - acc("plain", hi)
+        lr = t["plain"][str(hi)]["train_loss_mean"] / t["resnet"][str(hi)]["train_loss_mean"]
+        drops = acc("plain", hi) < acc("plain", lo)
+        a = bool(drops and (gap >= PLAIN_GAP or lr >= LOSS_RATIO))
+        parts.append(f"A plain degrades with depth: {'yes' if a else 'no'} (plain {lo}->{hi}: "
+                     f"{acc('plain', lo):.2f}->{acc('plain', hi):.2f}; ResNet-{hi} minus plain-{hi} {gap:+.2f} pts; "
+                     f"train-loss ratio {lr:.2f})")
+    pn = [arm for arm in results["arms"] if arm in PNNH_ARMS]
+    from_depth = results["thresholds"]["match_from_depth"]
+    deep = [d for d in depths if d >= from_depth]
+    b = bool(pn and deep)
+    details = []
+    for d in deep:
+        best = max(pn, key=lambda arm: acc(arm, d) if math.isfinite(acc(arm, d)) else -math.inf)
+        diff = acc(best, d) - acc("resnet", d)
+        b = b and diff >= -MATCH
+        details.append(f"d{d}: {best} {acc(best, d):.2f} vs ResNet {acc('resnet', d):.2f} ({diff:+.2f})")
+    certified = all(g["plain"] for arm in pn for g in results["graph_check"][arm].values())
+    b = b and certified
+    check = "passed" if certified else "FAILED"
+    parts.append(f"B best PNNH within {MATCH:g} pt of ResNet at depth >= {from_depth} with no skip-adds: "
+                 f"{'yes' if b else 'no'} (" + "; ".join(details) + f"; graph check {check})")
+    pe = results.get("param_efficiency", {})
+    if pe.get("median_ratio") is not None:
+        parts.append(f"parameter efficiency: PNNH-shared needs {pe['median_ratio']:.2f}x the ResNet's parameters for "
+                     f"its accuracy (median over widths; 2x claim <= {PARAM_RATIO}: "
+                     f"{'yes' if pe['efficient_2x'] else 'no'})")
+    elif pe.get("ratios"):
+        parts.append("parameter efficiency: PNNH-shared did not reach the ResNet's accuracy in the sweep")
+    thr = results.get("throughput", {})
+    for arm in pn:
+        vals = [v for v in thr.get(arm, {}).values() if math.isfinite(v)]
+        if vals:
+            parts.append(f"{arm} throughput {min(vals):.2f}-{max(vals):.2f}x ResNet")
+    v = "reproduced" if a and b else ("partial" if a or b else "not reproduced")
+    return v, "; ".join(parts) + "."
+
+
+def _plot(results: dict, path: Path) -> None:
+    from ..report import plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    t, depths = results["table"], results["depths"]
+    for arm in results["arms"]:
+        ys = [t[arm][str(d)]["acc_mean"] for d in depths]
+        es = [t[arm][str(d)]["acc_std"] for d in depths]
+        axes[0].errorbar(depths, ys, yerr=es, marker="o", capsize=3, label=arm)
+        axes[1].plot(depths, [t[arm][str(d)]["train_loss_mean"] for d in depths], marker="o", label=arm)
+        axes[3].plot(depths, [results["throughput"][arm][str(d)] for d in depths], marker="o", label=arm)
+    for arm, pts in results["sweep"].items():
+        axes[2].plot([p["params"] for p in pts], [p["acc_mean"] for p in pts], marker="o", label=arm)
+    axes[2].set_xscale("log")
+    labels = [("depth", "val accuracy (%)", "accuracy vs depth"),
+              ("depth", "final train loss", "train loss vs depth"),
+              ("parameters", "val accuracy (%)", f"accuracy vs params (depth {results['sweep_depth']})"),
+              ("depth", "images/s relative to ResNet", "training throughput")]
+    for ax, (xl, yl, title) in zip(axes, labels):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _readme(results: dict, settings: dict, v: str, why: str) -> str:
+    t, depths = results["table"], results["depths"]
+    head = "| arm | " + " | ".join(f"depth {d}" for d in depths) + " |"
+    lines = [f"# pnnh-vision ({v})", "", why, "", f"Settings: {json.dumps(settings)}", "",
+             "## Validation accuracy (%, mean ± std over seeds)", "", head, "|---" * (len(depths) + 1) + "|"]
+    for arm in results["arms"]:
+        lines.append(f"| {arm} | " + " | ".join(f"{t[arm][str(d)]['acc_mean']:.2f} ± {t[arm][str(d)]['acc_std']:.2f}"
+                                             for d in depths) + " |")
+    lines += ["", "## Final training loss / parameters / images per second", "", head, "|---" * (len(depths) + 1) + "|"]
+    for arm in results["arms"]:
+        lines.append(f"| {arm} | " + " | ".join(
+            f"{t[arm][str(d)]['train_loss_mean']:.3f} / {t[arm][str(d)]['params']} / {t[arm][str(d)]['img_per_s']:.0f}"
+            for d in depths) + " |")
+    lines += ["", f"## Accuracy vs parameters (depth {results['sweep_depth']})", "",
+              "| arm | width | params | acc (%) |", "|---|---|---|---|"]
+    for arm, pts in results["sweep"].items():
+        for p in pts:
+            lines.append(f"| {arm} | {p['width']:g} | {p['params']} | {p['acc_mean']:.2f} ± {p['acc_std']:.2f} |")
+    lines += ["", "## No-skip-add graph check (all PNNH models must pass; ResNet must not)", "",
+              "| arm | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---" * (len(depths) + 1) + "|"]
+    for arm, per in results["graph_check"].items():
+        lines.append(f"| {arm} | " + " | ".join(
+            f"{'plain' if g['plain'] else 'skip'} ({g['skip_adds']} skip-adds, {g['mixed_depth']} mixed)"
+            for g in per.values()) + " |")
+    lines += ["", "![results](pnnh_vision.png)", ""]
+    return "\n".join(lines)
+
+
+EXPERIMENT = Experiment(
+    name="pnnh-vision",
+    paper="Zhang, Yan, Li, Chen 2024, Peeking Behind the Curtains of Residual Learning (arXiv:2402.08645)",
+    claim="Plain CNNs degrade with depth; PNNH CNNs (plain, no skip-adds, learner + weight-shared coder) are on "
+          "par with ResNets at every depth, with up to 2x better parameter efficiency and higher training "
+          "throughput.",
+    paper_number="'on-par' accuracy with ResNets on CIFAR-10/100 and ImageNet-1K; up to 2x parameter efficiency; "
+                 "up to '0.3x' higher training throughput (abstract). Thresholds here: digest §6 P4-P6.",
+    presets={
+        "quick": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared"], depths=[8, 14],
+                      match_from_depth=14, width=0.25, seeds=1, steps=6, batch_size=32, lr=2e-3, warmup_steps=2,
+                      weight_decay=5e-4, eval_batches=4, task_args={"n_train": 256, "n_val": 64, "resize": 8},
+                      sweep_depth=8, sweep_widths=[0.125, 0.25]),
+        "cpu": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared", "pnnh-unshared"], depths=[8, 20, 32, 56],
+                    width=0.5, seeds=2, steps=300, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=5e-4,
+                    eval_batches=16, task_args={"n_train": 10000, "n_val": 1000, "resize": 16},
+                    sweep_depth=20, sweep_widths=[0.25, 0.5, 1.0], threads=1),
+        "gpu": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared", "pnnh-unshared", "pnnh-none"],
+                    depths=[8, 20, 32, 56, 110], width=1, seeds=3, steps=8000, batch_size=128, lr=2e-3,
+                    warmup_steps=400, weight_decay=5e-4, eval_batches=79, task_args={},
+                    sweep_depth=20, sweep_widths=[0.5, 1, 2]),
+    },
+    run=run,
+    verdict=verdict,
+    notes="PNNH is our reconstruction (reslab/models/pnnh.py, docs/pnnh.md). The cpu preset is scaled down to fit "
+          "~1 h on 2 cores: Fashion-MNIST 10k-image training subset resized to 16x16, 1k validation images, width "
+          "0.5 (stages 8/16/32 learner channels), 300 AdamW steps of batch 64 (~2 epochs), 2 seeds; the paper "
+          "used CIFAR/ImageNet at full width and schedule. Throughput = batch / median trainer step time on a "
+          "shared machine: a rough ratio.",
+    tags=["pnnh", "vision", "plain"],
+)
