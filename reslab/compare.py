@@ -64,16 +64,7 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         for seed in range(seeds):
             cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
-            summary = _reuse(cfg)
-            if summary is None:
-                log(f"[{arm} seed {cfg.seed}] training {cfg.steps} steps ...")
-                try:
-                    summary = train(cfg)
-                except TrainingDiverged as e:
-                    log(f"[{arm} seed {cfg.seed}] diverged: {e}")
-                    summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
-            else:
-                log(f"[{arm} seed {cfg.seed}] reusing finished run in {cfg.out_dir}")
+            summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
             results[arm].append(summary)
             if summary.get("status") == "completed":
                 log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
@@ -95,14 +86,24 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
     return report
 
 
-def _reuse(cfg: TrainConfig) -> dict | None:
-    """A finished run with exactly this config, if the folder holds one."""
+def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:
+    """Train one run, or reuse the finished (completed or diverged) run with exactly this config in its
+    folder; a diverged run returns its summary with status "diverged". A folder holding a finished run
+    of *other* settings starts afresh instead of resuming that run's checkpoint; an unfinished run
+    (a checkpoint, no summary) resumes."""
     path = Path(cfg.out_dir) / "summary.json"
-    if not path.exists():
-        return None
+    if path.exists():
+        try:
+            s = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            s = {}
+        if s.get("config") == json.loads(json.dumps(cfg.to_dict())) and s.get("status") in ("completed", "diverged"):
+            log(f"{tag} reusing finished run in {cfg.out_dir} ({s['status']})")
+            return s
+        cfg = dataclasses.replace(cfg, resume=False)
+    log(f"{tag} training {cfg.steps} steps ...")
     try:
-        s = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    same = s.get("config") == json.loads(json.dumps(cfg.to_dict()))
-    return s if same and s.get("status") in ("completed", "diverged") else None
+        return train(cfg)
+    except TrainingDiverged as e:
+        log(f"{tag} diverged: {e}")
+        return json.loads(path.read_text())

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from reslab.cli import build_config, main, make_parser
 from reslab.models import build_model

@@ -35,7 +35,6 @@ and the throughput ratio are reported with their own yes/no, outside the verdict
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -43,8 +42,9 @@ from pathlib import Path
 
 import torch
 
+from ..compare import train_or_reuse
 from ..report import mean_std
-from ..train import TrainConfig, TrainingDiverged, read_log, train
+from ..train import TrainConfig, read_log
 from . import Experiment
 
 PLAIN_GAP = 3.0
@@ -61,26 +61,6 @@ ARMS = {
     "pnnh-unshared": ("pnnh_cnn", "plain", {"coder": "unshared"}),
     "pnnh-none": ("pnnh_cnn", "plain", {"coder": "none"}),
 }
-
-
-def _train_or_reuse(cfg: TrainConfig, log) -> dict:
-    """Train, or reuse the finished run with the same config in ``cfg.out_dir`` (resumable experiment)."""
-    path = Path(cfg.out_dir) / "summary.json"
-    if path.exists():
-        try:
-            s = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            s = {}
-        if s.get("config") == json.loads(json.dumps(cfg.to_dict())) and s.get("status") in ("completed", "diverged"):
-            log(f"  reusing {cfg.out_dir}")
-            return s
-        # a finished run with other settings (e.g. fewer steps): start afresh rather than resume its checkpoint
-        cfg = dataclasses.replace(cfg, resume=False)
-    try:
-        return train(cfg)
-    except TrainingDiverged as e:
-        log(f"  diverged: {e}")
-        return json.loads(path.read_text())
 
 
 def _final_train_loss(out_dir: str, last: int = 5) -> float:
@@ -144,7 +124,7 @@ def run(settings: dict, out_dir: Path, log) -> dict:
             for seed in range(seeds):
                 cfg = _config(settings, arm, depth, w, seed, out_dir)
                 log(f"[{arm}] depth {depth} width {w:g} seed {seed}")
-                s = _train_or_reuse(cfg, log)
+                s = train_or_reuse(cfg, log)
                 s = {k: v for k, v in s.items() if k != "config"}
                 s["train_loss"] = _final_train_loss(cfg.out_dir)
                 if s.get("status") == "completed":

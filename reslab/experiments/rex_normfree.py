@@ -34,9 +34,9 @@ import math
 import statistics
 from pathlib import Path
 
-from ..compare import slug
+from ..compare import slug, train_or_reuse
 from ..report import mean_std, plot_curves, summarize_arms
-from ..train import TrainConfig, TrainingDiverged, train
+from ..train import TrainConfig
 from . import Experiment
 
 CHANCE = 0.1
@@ -62,25 +62,6 @@ def arm_config(arm: str, depth: int) -> tuple[str, dict]:
     if arm not in table:
         raise ValueError(f"rex-normfree: unknown arm {arm!r}; valid: {', '.join(table)}")
     return table[arm]
-
-
-def train_or_reuse(cfg: TrainConfig, log) -> dict:
-    """Train one run, or reuse the finished (completed or diverged) run with the same config in its
-    folder, as ``reslab compare`` does; a diverged run returns its summary with status "diverged"."""
-    path = Path(cfg.out_dir) / "summary.json"
-    if path.exists():
-        try:
-            s = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            s = {}
-        if s.get("config") == json.loads(json.dumps(cfg.to_dict())) and s.get("status") in ("completed", "diverged"):
-            log(f"  reusing {cfg.out_dir} ({s['status']})")
-            return s
-    try:
-        return train(cfg)
-    except TrainingDiverged as e:
-        log(f"  diverged: {e}")
-        return json.loads(path.read_text())
 
 
 def run(settings: dict, out_dir: Path, log) -> dict:
