@@ -342,3 +342,38 @@ def test_resnet_extra_blocks_adds_blocks_to_the_named_stage():
     assert plus(torch.randn(2, 1, 16, 16)).shape == (2, 10)
     with pytest.raises(ValueError, match="extra_blocks"):
         ResNet(depth=8, extra_blocks=(0, 1))
+
+
+FAMILIES = {
+    "gpt": lambda c: build_model("gpt", {"vocab_size": 11, "block_size": 8}, c, n_layer=3, n_head=2, d_model=16),
+    "resnet": lambda c: build_model("resnet", {"input_shape": (1, 8, 8), "n_classes": 3}, c, depth=14),
+    "mlp": lambda c: build_model("mlp", {"in_dim": 5, "out_dim": 2}, c, width=8, n_blocks=3),
+}
+INPUTS = {"gpt": lambda: torch.randint(0, 11, (2, 8)), "resnet": lambda: torch.randn(2, 1, 8, 8),
+          "mlp": lambda: torch.randn(4, 5)}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_registered_connection_trains_in_every_family(family):
+    x = INPUTS[family]()
+    for info in reslab.list_connections():
+        model = FAMILIES[family](info.example)
+        out = model(x)
+        assert torch.isfinite(out).all(), info.example
+        out.float().pow(2).mean().backward()
+        conn_params = [p for m in model.modules() if isinstance(m, Connection) for p in m.parameters()
+                       if p.requires_grad]
+        assert all(p.grad is not None for p in conn_params), f"{info.example} in {family}: a parameter got no grad"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("spec", ["laurel(rw)", "laurel(lr)", "laurel(pa)", "laurel(rw, lr)", "laurel(rw, pa)",
+                                  "laurel(lr, pa)", "laurel(rw, lr, pa)", "laurel(rw, unit=branch)",
+                                  "denseformer", "rezero(init=1)", "skipinit(init=1)", "scaled(lam=1)"])
+def test_schemes_that_start_as_the_baseline_equal_residual_models_at_init(family, spec):
+    torch.manual_seed(0)
+    base = FAMILIES[family]("residual").eval()
+    torch.manual_seed(0)
+    model = FAMILIES[family](spec).eval()
+    x = INPUTS[family]()
+    torch.testing.assert_close(model(x), base(x), rtol=1e-5, atol=1e-5)
