@@ -317,3 +317,27 @@ def test_recording_sees_every_state():
     with reslab.record(conn) as rec:
         conn(x_input(), blocks)
     assert len(rec.states["connection"]) == K + 1 and len(rec.branch_stats()) == 2 * K
+
+
+@pytest.mark.parametrize("spec", ["ancre(tau=0.5)", "ancre(form=theory)", "ancre(norm=outgoing)", "denseformer"])
+def test_fused_path_gives_the_plain_gradients_in_a_model_even_with_two_forwards(spec, monkeypatch):
+    """The fused weighted sums keep per-forward state for their backward; two forward passes feeding one
+    loss (and random, non-init coefficients) must still give exactly the plain expression's gradients."""
+    from reslab.models import build_model
+
+    def grads(plain: bool):
+        torch.manual_seed(0)
+        model = build_model("gpt", {"vocab_size": 13, "block_size": 8}, spec, n_layer=4, n_head=2, d_model=16)
+        with torch.no_grad():
+            for p in model.connection.parameters():
+                p.copy_(torch.randn_like(p))
+        if plain:
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        x1, x2 = torch.randint(0, 13, (2, 8)), torch.randint(0, 13, (3, 8))
+        (model(x1).pow(2).mean() + model(x2).mean()).backward()
+        monkeypatch.undo()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused, plain = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
