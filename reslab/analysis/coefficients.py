@@ -37,13 +37,14 @@ def plot_coefficients(rows: list[dict], path: str | Path, title: str = "") -> li
     fig, axes = plt.subplots(len(hist), 1, figsize=(7, 2.6 * len(hist)), squeeze=False)
     for ax, (name, (steps, vals)) in zip(axes[:, 0], hist.items()):
         flat = vals.reshape(len(steps), -1)
-        labels = [str(np.unravel_index(i, vals.shape[1:])) for i in range(flat.shape[1])] if vals.ndim > 1 else [""]
+        labels = ([",".join(str(int(k)) for k in np.unravel_index(i, vals.shape[1:])) for i in range(flat.shape[1])]
+                  if vals.ndim > 1 else [""])
         for i in range(min(flat.shape[1], 24)):
             ax.plot(steps, flat[:, i], label=labels[i] if flat.shape[1] <= 12 else None, lw=1)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
         if flat.shape[1] <= 12 and vals.ndim > 1:
-            ax.legend(fontsize=6, ncol=4, title="(block[, slot])", title_fontsize=6)
+            ax.legend(fontsize=6, ncol=6, title="block[,slot]", title_fontsize=6, loc="best", framealpha=0.5)
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
