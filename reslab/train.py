@@ -502,7 +502,8 @@ def _tensorboard(out: Path):
 def _progress(cfg: TrainConfig, start: int, main: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and main), leave=False,
+    # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, nohup), so logs stay readable
+    return tqdm(total=cfg.steps, initial=start, disable=None if (cfg.progress and main) else True, leave=False,
                 desc=f"{cfg.model}/{cfg.connection}", dynamic_ncols=True)
 
 
