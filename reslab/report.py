@@ -122,11 +122,16 @@ def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", 
             vals = [[c[i][key] for c in curves] for i in range(len(mean))]
             ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15,
                             color=line.get_color())
-    ax.set_xlabel("step")
-    ax.set_ylabel(key.replace("_", " "))
+    finish_line_plot(fig, ax, path, "step", key.replace("_", " "), title)
+
+
+def finish_line_plot(fig, ax, path, xlabel: str, ylabel: str, title: str, dpi: int = 120) -> None:
+    """The common ending of every line plot: labels, grid, legend, tight layout, save, free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -7,16 +7,13 @@ import math
 from pathlib import Path
 
 from ..presets import get_preset
-from ..report import mean_std
+from ..report import finish_line_plot, mean_std
 from ..train import TrainConfig
 
 
 def plot_lines(series: dict[str, list[float]], path: str | Path, title: str = "", ylabel: str = "",
                xlabel: str = "step", logy: bool = False) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # report.py has selected the Agg backend
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, ys in series.items():
@@ -24,14 +21,7 @@ def plot_lines(series: dict[str, list[float]], path: str | Path, title: str = ""
         ax.plot(range(len(ys)), ys, label=name)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_line_plot(fig, ax, path, xlabel, ylabel, title)
 
 
 def train_config(task: str, model: str, preset: str | None = None, **overrides) -> TrainConfig:
