@@ -12,27 +12,20 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Callable
 
 from torch import nn
 
 from .gpt import GPT, GPTConfig
 from .mlp import ResidualMLP
 from .resnet import ResNet
+from .task_info import need, vector_io
 
 
 def _ranked(word: str, valid: list[str]) -> str:
     """Valid names, the closest to ``word`` first."""
     return ", ".join(difflib.get_close_matches(word, valid, n=len(valid), cutoff=0.0))
-
-
-def _need(task_info: dict, key: str, model: str, what: str) -> Any:
-    if key not in task_info:
-        raise ValueError(f"model {model!r} needs task_info[{key!r}] ({what}); the task gives "
-                         f"{sorted(task_info) or 'nothing'}")
-    return task_info[key]
 
 
 def _check_kwargs(model: str, kwargs: dict, valid: list[str]) -> None:
@@ -47,36 +40,27 @@ def _init_params(cls: type, exclude: set[str]) -> list[str]:
 
 def _build_gpt(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     _check_kwargs("gpt", kwargs, [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "connection")])
-    vocab = _need(task_info, "vocab_size", "gpt", "a language-modelling task")
+    vocab = need(task_info, "vocab_size", "gpt", "a language-modelling task")
     if "block_size" not in kwargs:
-        kwargs["block_size"] = _need(task_info, "block_size", "gpt", "or pass block_size=...")
+        kwargs["block_size"] = need(task_info, "block_size", "gpt", "or pass block_size=...")
     return GPT(GPTConfig(vocab_size=int(vocab), connection=connection, **kwargs))
 
 
 def _build_resnet(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     _check_kwargs("resnet", kwargs, _init_params(ResNet, {"in_channels", "n_classes", "connection"}))
-    shape = tuple(_need(task_info, "input_shape", "resnet", "an image-classification task"))
+    shape = tuple(need(task_info, "input_shape", "resnet", "an image-classification task"))
     if len(shape) not in (2, 3):
         raise ValueError(f"model 'resnet' needs images, input_shape (C, H, W) or (H, W); got {shape}; "
                          "use model 'mlp' for vector inputs")
-    n_classes = _need(task_info, "n_classes", "resnet", "a classification task")
+    n_classes = need(task_info, "n_classes", "resnet", "a classification task")
     return ResNet(in_channels=shape[0] if len(shape) == 3 else 1, n_classes=int(n_classes),
                   connection=connection, **kwargs)
 
 
 def _build_mlp(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     _check_kwargs("mlp", kwargs, _init_params(ResidualMLP, {"in_dim", "out_dim", "connection"}))
-    if "in_dim" in task_info:
-        in_dim = int(task_info["in_dim"])
-    else:
-        shape = tuple(_need(task_info, "input_shape", "mlp", "or in_dim"))
-        in_dim = math.prod(shape)
-        kwargs.setdefault("flatten_input", len(shape) > 1)
-    if "n_classes" in task_info:
-        out_dim = task_info["n_classes"]
-    else:
-        out_dim = _need(task_info, "out_dim", "mlp", "or n_classes")
-    return ResidualMLP(in_dim=in_dim, out_dim=int(out_dim), connection=connection, **kwargs)
+    in_dim, out_dim = vector_io(task_info, "mlp", kwargs)
+    return ResidualMLP(in_dim=in_dim, out_dim=out_dim, connection=connection, **kwargs)
 
 
 _BUILDERS: dict[str, Callable[[dict, str, dict], nn.Module]] = {

@@ -66,12 +66,13 @@ learned T initialised the same way; one T per stage change in every mode.
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .task_info import need, vector_io
 
 CODERS = ("fixed", "shared", "unshared", "none")
 NORMS = ("learner", "all", "none")
@@ -605,44 +606,30 @@ def _builder_checks(model: str, cls: type, connection, kwargs: dict, exclude: se
             raise ValueError(f"model {model!r}: unknown option {k!r}; valid: {ranked}")
 
 
-def _need(task_info: dict, key: str, model: str, what: str):
-    if key not in task_info:
-        raise ValueError(f"model {model!r} needs task_info[{key!r}] ({what}); the task gives "
-                         f"{sorted(task_info) or 'nothing'}")
-    return task_info[key]
-
-
 def build_pnnh_mlp(task_info: dict, connection, kwargs: dict) -> nn.Module:
     """``build_model("pnnh_mlp", ...)``: vector tasks (in_dim/out_dim) or images (flattened)."""
     _builder_checks("pnnh_mlp", PNNHMLP, connection, kwargs, {"in_dim", "out_dim"})
-    if "in_dim" in task_info:
-        in_dim = int(task_info["in_dim"])
-    else:
-        shape = tuple(_need(task_info, "input_shape", "pnnh_mlp", "or in_dim"))
-        in_dim = math.prod(shape)
-        kwargs.setdefault("flatten_input", len(shape) > 1)
-    out_dim = task_info["n_classes"] if "n_classes" in task_info else _need(task_info, "out_dim", "pnnh_mlp",
-                                                                            "or n_classes")
-    return PNNHMLP(in_dim=in_dim, out_dim=int(out_dim), **kwargs)
+    in_dim, out_dim = vector_io(task_info, "pnnh_mlp", kwargs)
+    return PNNHMLP(in_dim=in_dim, out_dim=out_dim, **kwargs)
 
 
 def build_pnnh_cnn(task_info: dict, connection, kwargs: dict) -> nn.Module:
     """``build_model("pnnh_cnn", ...)``: image classification, input_shape (C, H, W) or (H, W)."""
     _builder_checks("pnnh_cnn", PNNHCNN, connection, kwargs, {"in_channels", "n_classes"})
-    shape = tuple(_need(task_info, "input_shape", "pnnh_cnn", "an image-classification task"))
+    shape = tuple(need(task_info, "input_shape", "pnnh_cnn", "an image-classification task"))
     if len(shape) not in (2, 3):
         raise ValueError(f"model 'pnnh_cnn' needs images, input_shape (C, H, W) or (H, W); got {shape}; "
                          "use model 'pnnh_mlp' for vector inputs")
-    n_classes = _need(task_info, "n_classes", "pnnh_cnn", "a classification task")
+    n_classes = need(task_info, "n_classes", "pnnh_cnn", "a classification task")
     return PNNHCNN(in_channels=shape[0] if len(shape) == 3 else 1, n_classes=int(n_classes), **kwargs)
 
 
 def build_pnnh_gpt(task_info: dict, connection, kwargs: dict) -> nn.Module:
     """``build_model("pnnh_gpt", ...)``: language modelling (vocab_size, block_size)."""
     _builder_checks("pnnh_gpt", PNNHGPT, connection, kwargs, {"vocab_size"})
-    vocab = _need(task_info, "vocab_size", "pnnh_gpt", "a language-modelling task")
+    vocab = need(task_info, "vocab_size", "pnnh_gpt", "a language-modelling task")
     if "block_size" not in kwargs:
-        kwargs["block_size"] = _need(task_info, "block_size", "pnnh_gpt", "or pass block_size=...")
+        kwargs["block_size"] = need(task_info, "block_size", "pnnh_gpt", "or pass block_size=...")
     return PNNHGPT(vocab_size=int(vocab), **kwargs)
 
 
