@@ -42,6 +42,18 @@ def steps_to_target(curve: Sequence[dict], target: float, key: str = "val_loss")
     return None
 
 
+def trailing_mean_curve(rows: Sequence[dict], key: str = "loss", window: int = 5,
+                        out_key: str = "train_loss") -> list[dict]:
+    """A logged training-loss curve smoothed by a trailing mean over ``window`` points: single-batch losses
+    are too noisy to say when a run first reaches a target. Rows without ``key`` are skipped."""
+    pts = [(int(r["step"]), float(r[key])) for r in rows if key in r and r[key] is not None]
+    out = []
+    for i, (step, _) in enumerate(pts):
+        tail = [v for _, v in pts[max(0, i + 1 - window):i + 1]]
+        out.append({"step": step, out_key: statistics.fmean(tail)})
+    return out
+
+
 def mean_curve(runs: Sequence[dict], key: str = "val_loss") -> list[dict]:
     """Seed-averaged evaluation curve of completed runs (truncated to the shortest)."""
     curves = [r["curve"] for r in runs if r.get("curve")]

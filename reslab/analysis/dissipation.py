@@ -391,26 +391,32 @@ def load_inputs(data: str, n: int, resize: int = 8, seed: int = 0) -> tuple[Tens
 
 
 def fit(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 1e-3, batch_size: int = 128,
-        seed: int = 0, grad_clip: float = 1.0) -> dict:
+        seed: int = 0, grad_clip: float = 1.0, curve_every: int = 10) -> dict:
     """A short AdamW classification run (constant lr, clipping) so the diagnostics can be repeated
-    after training; returns the last 20 steps' mean loss and whether it stayed finite."""
+    after training; returns the last 20 steps' mean loss, whether it stayed finite, and the loss curve
+    (every ``curve_every`` steps, the mean of the last 20 steps' losses: the same smoothing as the final
+    loss, so a run "reaches" another's final loss on a comparable scale)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
-    losses = []
+    losses, curve = [], []
     for _ in range(steps):
         ix = torch.randint(x.shape[0], (batch_size,), generator=g)
         loss = F.cross_entropy(model(x[ix]), y[ix])
         if not torch.isfinite(loss):
-            return {"final_loss": float("nan"), "finite": False, "steps": len(losses)}
+            return {"final_loss": float("nan"), "finite": False, "steps": len(losses), "curve": curve}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
+        if len(losses) % curve_every == 0 or len(losses) == steps:
+            tail = losses[-20:]
+            curve.append({"step": len(losses), "train_loss": sum(tail) / len(tail)})
     tail = losses[-20:]
-    return {"final_loss": sum(tail) / len(tail) if tail else float("nan"), "finite": True, "steps": len(losses)}
+    return {"final_loss": sum(tail) / len(tail) if tail else float("nan"), "finite": True, "steps": len(losses),
+            "curve": curve}
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ PRESETS = {
                   model_args={"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
                               "eval_timesteps": 4},
                   n_samples=30, ddim_steps=8, grid_per_class=2, classifier_steps=20, classifier_n_train=256),
-    "cpu": dict(_COMMON, seeds=2, steps=2000, batch_size=64, warmup_steps=100, eval_every=250, eval_batches=8,
+    "cpu": dict(_COMMON, threads=1, seeds=2, steps=2000, batch_size=64, warmup_steps=100, eval_every=250, eval_batches=8,
                 task_args={"resize": 14},
                 model_args={"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.999,
                             "eval_timesteps": 10},
@@ -66,7 +66,8 @@ def _base_config(s: dict, out: Path):
                        model_args=dict(s["model_args"]), steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
                        min_lr_ratio=s["min_lr_ratio"], warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
                        grad_clip=s["grad_clip"], eval_every=s["eval_every"], eval_batches=s["eval_batches"],
-                       log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False)
+                       log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False,
+                       threads=s.get("threads", 0))
 
 
 def _load_model(cfg, task_info: dict, run_dir: Path):
@@ -145,6 +146,8 @@ def run(s: dict, out: Path, log) -> dict:
     from ..data import get_task
     from ..report import mean_std, welch_p
 
+    if s.get("threads"):  # also for the classifier, sampling and fd_cls, which run outside the trainer
+        torch.set_num_threads(s["threads"])
     base = _base_config(s, out)
     report = compare(base, list(s["arms"]), s["seeds"], out, baseline=s["baseline"],
                      command="reslab reproduce ancre-diffusion", log=log)

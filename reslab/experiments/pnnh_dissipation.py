@@ -46,6 +46,7 @@ import torch
 
 from ..analysis.dissipation import (KINDS, THEOREM_3_2, ProbeNet, accuracy, fit, load_inputs, plot_profiles,
                                     profile, table, theorem_3_2_check)
+from ..report import mean_curve, mean_std, steps_to_target, welch_p
 from . import Experiment
 
 LOSE_R2 = 0.1
@@ -110,9 +111,11 @@ def _one_dataset(settings: dict, data: str, out_dir: Path, log) -> dict:
             trained[kind][str(d)] = {"rows": _mean_rows(ok) if ok else None,
                                      "val_acc": [r["val_acc"] for r in runs],
                                      "final_loss": [r["final_loss"] for r in runs],
-                                     "finite": [r["finite"] for r in runs]}
+                                     "finite": [r["finite"] for r in runs],
+                                     "curves": [r["curve"] for r in runs]}
     res = {"data": data, "kinds": kinds, "max_depth": depth, "lose_layer": min(settings["lose_layer"], depth),
            "keep_layer": min(settings["keep_layer"], depth), "init": init, "trained": trained}
+    res["statistics"] = statistics_of(res)
     res["facts"] = _facts(res)
     curves = {f"{k} (init)": init[k]["rows"] for k in kinds}
     plot_profiles(curves, out_dir / f"dissipation_init_{data}.png",
@@ -139,6 +142,49 @@ def run(settings: dict, out_dir: Path, log) -> dict:
 def _at(res: dict, kind: str, layer: int, key: str = "probe_r2") -> float:
     rows = res["init"].get(kind, {}).get("rows") or []
     return next((r[key] for r in rows if r["layer"] == layer), float("nan"))
+
+
+def statistics_of(res: dict) -> dict:
+    """Seed statistics behind the checks. At init, per kind: probe R² at the lose and keep layers,
+    mean ± std over seeds and Welch's p against the plain net. After training, per kind and depth: val
+    accuracy and final loss mean ± std, Welch's p of the accuracy against the (post-activation) residual
+    net, and steps-to-target: the first step at which the seed-mean training-loss curve reaches the
+    residual net's final loss."""
+    lose, keep = res["lose_layer"], res["keep_layer"]
+
+    def r2_seeds(kind: str, layer: int) -> list[float]:
+        rows = res["init"].get(kind, {}).get("rows") or []
+        return next((list(r["probe_r2_seeds"]) for r in rows if r["layer"] == layer), [])
+
+    init = {}
+    for kind in res["init"]:
+        e = {}
+        for name, layer in (("lose", lose), ("keep", keep)):
+            xs = r2_seeds(kind, layer)
+            e[f"r2_{name}_layer"] = layer
+            e[f"r2_{name}_mean"], e[f"r2_{name}_std"] = mean_std(xs)
+            e[f"welch_p_r2_{name}_vs_plain"] = None if kind == "plain" else welch_p(xs, r2_seeds("plain", layer))
+        init[kind] = e
+    trained = {}
+    for kind, per_depth in res["trained"].items():
+        trained[kind] = {}
+        for d, tr in per_depth.items():
+            ref = res["trained"].get("residual", {}).get(d)
+            accs = [a for a in tr["val_acc"] if math.isfinite(a)]
+            e = {"val_acc_mean": mean_std(accs)[0], "val_acc_std": mean_std(accs)[1],
+                 "final_loss_mean": mean_std(tr["final_loss"])[0], "final_loss_std": mean_std(tr["final_loss"])[1]}
+            e["welch_p_acc_vs_residual"] = (None if kind == "residual" or ref is None
+                                            else welch_p(tr["val_acc"], ref["val_acc"]))
+            target = mean_std(ref["final_loss"])[0] if ref is not None else float("nan")
+            curves = [c for c, ok in zip(tr.get("curves", []), tr["finite"]) if ok and c]
+            e["target_loss"] = target
+            e["steps_to_target"] = (steps_to_target(mean_curve([{"curve": c} for c in curves], "train_loss"),
+                                                    target, "train_loss")
+                                    if curves and math.isfinite(target) else None)
+            e["steps_to_target_per_seed"] = [steps_to_target(c, target, "train_loss") for c in curves] \
+                if math.isfinite(target) else []
+            trained[kind][d] = e
+    return {"init": init, "trained": trained}
 
 
 def _facts(res: dict) -> dict:
@@ -212,6 +258,27 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
                 lines += [head, ""]
                 if tr["rows"]:
                     lines += [table(tr["rows"], [l for l in show if l <= int(d)]), ""]
+        st = res.get("statistics")
+        if st:
+            fmt = lambda x, spec=".3g": "—" if x is None or not math.isfinite(x) else format(x, spec)  # noqa: E731
+            lines += [f"## {data}: seed statistics", "",
+                      f"At init: probe R² at layers {res['lose_layer']} / {res['keep_layer']} (mean ± std), Welch p "
+                      "against plain.", "", "| kind | R² lose layer | R² keep layer | Welch p (lose, keep) |",
+                      "|---|---|---|---|"]
+            for k, e in st["init"].items():
+                lines.append(f"| {k} | {fmt(e['r2_lose_mean'], '.3f')} ± {fmt(e['r2_lose_std'], '.3f')} | "
+                             f"{fmt(e['r2_keep_mean'], '.3f')} ± {fmt(e['r2_keep_std'], '.3f')} | "
+                             f"{fmt(e['welch_p_r2_lose_vs_plain'])}, {fmt(e['welch_p_r2_keep_vs_plain'])} |")
+            lines += ["", "After training: val accuracy and final loss (mean ± std), Welch p of the accuracy against "
+                      "the residual net, steps until the seed-mean loss reaches the residual net's final loss.", "",
+                      "| kind | depth | val acc | final loss | Welch p | steps to target |", "|---|---|---|---|---|---|"]
+            for k, per in st["trained"].items():
+                for d, e in per.items():
+                    lines.append(f"| {k} | {d} | {fmt(e['val_acc_mean'], '.3f')} ± {fmt(e['val_acc_std'], '.3f')} | "
+                                 f"{fmt(e['final_loss_mean'], '.3f')} ± {fmt(e['final_loss_std'], '.3f')} | "
+                                 f"{fmt(e['welch_p_acc_vs_residual'])} | "
+                                 f"{'—' if e['steps_to_target'] is None else e['steps_to_target']} |")
+            lines.append("")
         lines += [f"![init {data}](dissipation_init_{data}.png)", "",
                   f"![trained {data}](dissipation_trained_{data}.png)", ""]
     return "\n".join(lines)

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ..compare import train_or_reuse
-from ..report import mean_std
+from ..report import mean_curve, mean_std, steps_to_target, trailing_mean_curve, welch_p
 from ..train import TrainConfig, read_log
 from . import Experiment
 
@@ -63,9 +63,10 @@ ARMS = {
 }
 
 
-def _final_train_loss(out_dir: str, last: int = 5) -> float:
-    rows = [r["loss"] for r in read_log(out_dir) if "loss" in r]
-    return statistics.fmean(rows[-last:]) if rows else float("nan")
+def _train_curve(out_dir: str, last: int = 5) -> list[dict]:
+    """The run's training loss, trailing mean over ``last`` logged points; its last point is the run's
+    "final training loss" (single-batch losses are noisy)."""
+    return trailing_mean_curve(read_log(out_dir), window=last)
 
 
 def _config(settings: dict, arm: str, depth: int, width: float, seed: int, out_dir: Path) -> TrainConfig:
@@ -103,6 +104,7 @@ def _summ(runs: list[dict], batch: int) -> dict:
     m, sd = mean_std(accs)
     return {"acc": accs, "acc_mean": m, "acc_std": sd, "diverged": sum(r.get("status") == "diverged" for r in runs),
             "train_loss": [r["train_loss"] for r in ok], "train_loss_mean": mean_std([r["train_loss"] for r in ok])[0],
+            "train_curves": [r["train_curve"] for r in ok],
             "params": runs[0].get("params") if runs else None,
             "img_per_s": batch / statistics.median(times) if times else float("nan")}
 
@@ -126,7 +128,8 @@ def run(settings: dict, out_dir: Path, log) -> dict:
                 log(f"[{arm}] depth {depth} width {w:g} seed {seed}")
                 s = train_or_reuse(cfg, log)
                 s = {k: v for k, v in s.items() if k != "config"}
-                s["train_loss"] = _final_train_loss(cfg.out_dir)
+                s["train_curve"] = _train_curve(cfg.out_dir)
+                s["train_loss"] = s["train_curve"][-1]["train_loss"] if s["train_curve"] else float("nan")
                 if s.get("status") == "completed":
                     log(f"  val acc {s['final_val_metric']:.4f}, train loss {s['train_loss']:.4f}, "
                         f"{s['params']} params, {1000 * (s.get('median_step_time') or math.nan):.0f} ms/step")
@@ -139,6 +142,7 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     for arm in ("resnet", "pnnh-shared"):
         if arm in arms:
             sweep[arm] = [dict(width=w, **runs_of(arm, settings["sweep_depth"], w)) for w in settings["sweep_widths"]]
+    add_statistics(table)
     graph = {arm: {str(d): _graph_check(arm, d, width, settings) for d in depths} for arm in arms}
     results = {"arms": arms, "depths": depths, "width": width, "seeds": seeds, "table": table, "sweep": sweep,
                "sweep_depth": settings["sweep_depth"], "graph_check": graph,
@@ -152,6 +156,23 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     v, why = verdict(results)
     (out_dir / "README.md").write_text(_readme(results, settings, v, why))
     return results
+
+
+def add_statistics(table: dict) -> None:
+    """Per arm and depth, against the ResNet of the same depth: Welch's p of the seed accuracies, and
+    steps-to-target -- the first logged step at which the seed-mean (smoothed) training loss reaches the
+    ResNet's final training loss (there is one validation point per run, so the training curve is used)."""
+    for arm, per_depth in table.items():
+        for d, e in per_depth.items():
+            base = table["resnet"][d]
+            target = base["train_loss_mean"]
+            curves = e.get("train_curves") or []
+            e["welch_p_acc_vs_resnet"] = None if arm == "resnet" else welch_p(e["acc"], base["acc"])
+            e["target_train_loss"] = target
+            ok = math.isfinite(target) and bool(curves)
+            e["steps_to_target"] = (steps_to_target(mean_curve([{"curve": c} for c in curves], "train_loss"),
+                                                    target, "train_loss") if ok else None)
+            e["steps_to_target_per_seed"] = [steps_to_target(c, target, "train_loss") for c in curves] if ok else []
 
 
 def _interp_params(points: list[tuple[float, float]], target: float) -> float | None:
@@ -280,6 +301,18 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
         lines.append(f"| {arm} | " + " | ".join(
             f"{t[arm][str(d)]['train_loss_mean']:.3f} / {t[arm][str(d)]['params']} / {t[arm][str(d)]['img_per_s']:.0f}"
             for d in depths) + " |")
+    lines += ["", "## Against the ResNet of the same depth: Welch p (accuracy) / steps to its final train loss", "",
+              "Steps: first logged step at which the seed-mean training loss (trailing mean of 5 logged points) "
+              "reaches the ResNet's final one; — = never within the run.", "", head,
+              "|---" * (len(depths) + 1) + "|"]
+    for arm in results["arms"]:
+        cells = []
+        for d in depths:
+            e = t[arm][str(d)]
+            p = e.get("welch_p_acc_vs_resnet")
+            cells.append(f"{'—' if p is None else format(p, '.3g')} / "
+                         f"{'—' if e.get('steps_to_target') is None else e['steps_to_target']}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", f"## Accuracy vs parameters (depth {results['sweep_depth']})", "",
               "| arm | width | params | acc (%) |", "|---|---|---|---|"]
     for arm, pts in results["sweep"].items():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..analysis.expansion import geometric_complexity, load_run
 from ..compare import compare, slug
-from ..report import mean_std
+from ..report import mean_std, welch_p
 from ..train import TrainConfig
 from . import Experiment
 
@@ -72,13 +72,28 @@ def run(settings: dict, out_dir: Path, log) -> dict:
             entry["gc_final"].append(_gc(run_dir, "final", settings["gc_images"]) if r["status"] == "completed" else None)
             log(f"[{arm} seed {r['seed']}] GC init {entry['gc_init'][-1]:.4g}, final {entry['gc_final'][-1]}")
         per_lam.append(entry)
+    add_statistics(per_lam)
     results = {"depth": depth, "n_branches": n, "lams": lams, "lam_1_over_n": lams[0],
                "lam_1_over_sqrt_n": lams[(len(lams) - 1) // 2] if len(lams) % 2 else None,
-               "per_lam": per_lam, "peak_margin": PEAK_MARGIN}
+               "per_lam": per_lam, "peak_margin": PEAK_MARGIN,
+               # reslab.compare's rows: val loss mean ± std, Welch p and steps-to-target against λ = 1/sqrt(n)
+               "compare_rows": [{k: v for k, v in r.items()} for r in report["rows"]],
+               "compare_baseline": baseline}
     _plot(results, out_dir / "gc_accuracy_vs_lambda.png")
     v, why = verdict(results)
     (out_dir / "README.md").write_text(_readme(results, settings, v, why))
     return results
+
+
+def add_statistics(per_lam: list[dict]) -> None:
+    """Seed mean ± std of accuracy and final GC per λ, and Welch's p of each λ's accuracies against λ = 1/n
+    (the first grid point: claim B compares 1/sqrt(n) with it)."""
+    ref = [a for a in per_lam[0]["acc"] if a is not None]
+    for i, e in enumerate(per_lam):
+        accs = [a for a in e["acc"] if a is not None]
+        e["acc_mean"], e["acc_std"] = mean_std(accs)
+        e["gc_final_mean"], e["gc_final_std"] = mean_std([g for g in e["gc_final"] if g is not None])
+        e["welch_p_acc_vs_1_over_n"] = None if i == 0 else welch_p(accs, ref)
 
 
 def _gc(run_dir: Path, which: str, n_images: int) -> float:
@@ -109,11 +124,12 @@ def verdict(results: dict) -> tuple[str, str]:
     e_mid = next((e for e in per if e["lam"] == mid), None)
     acc_sqrt = _mean(e_mid["acc"]) if e_mid else float("nan")
     claim_b = math.isfinite(acc_n) and math.isfinite(acc_sqrt) and acc_sqrt >= acc_n
+    p_b = e_mid.get("welch_p_acc_vs_1_over_n") if e_mid else None
     accs = ", ".join(f"{e['lam']:g}: {_mean(e['acc']):.3f}" for e in per)
     v = "reproduced" if claim_a and claim_b else ("partial" if claim_a or claim_b else "not reproduced")
     return v, (f"A (GC unimodal in λ): {'yes' if claim_a else 'no'} — {why_a}; "
                f"B (accuracy at 1/sqrt(n) >= at 1/n): {'yes' if claim_b else 'no'} — "
-               f"{acc_sqrt:.3f} vs {acc_n:.3f}. Accuracy by λ: {accs}."
+               f"{acc_sqrt:.3f} vs {acc_n:.3f}" + ("" if p_b is None else f" (Welch p {p_b:.2g})") + f". Accuracy by λ: {accs}."
                + (f" Diverged (stability edge) at λ = {', '.join(f'{v:g}' for v in edge)}." if edge else ""))
 
 
@@ -155,13 +171,15 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
     lines = ["# rex-capacity: λ as capacity control (Dherin & Munn 2025)", "", f"**Verdict: {v}** — {why}", "",
              f"ResNet-{results['depth']} on Fashion-MNIST, no normalisation, n = {results['n_branches']} residual "
              "branches; mean ± std over seeds.", "",
-             "| λ | connection | GC at init | GC after training | val accuracy | diverged |", "|---|---|---|---|---|---|"]
+             "| λ | connection | GC at init | GC after training | val accuracy | Welch p (acc vs 1/n) | diverged |",
+             "|---|---|---|---|---|---|---|"]
     for e in results["per_lam"]:
         gi, gf, acc = (mean_std([x for x in e[k] if x is not None]) for k in ("gc_init", "gc_final", "acc"))
         fmt = lambda m, s, p=".4g": "—" if not math.isfinite(m) else f"{m:{p}} ± {s:.2g}"  # noqa: E731
         div = sum(s == "diverged" for s in e["status"])
+        p = e.get("welch_p_acc_vs_1_over_n")
         lines.append(f"| {e['lam']:g} | `{e['connection']}` | {fmt(*gi)} | {fmt(*gf)} | {fmt(*acc, '.3f')} | "
-                     f"{div}/{len(e['status'])} |")
+                     f"{'—' if p is None else format(p, '.3g')} | {div}/{len(e['status'])} |")
     lines += ["", f"Settings: `{json.dumps(settings)}`", "", "![GC and accuracy vs λ](gc_accuracy_vs_lambda.png)",
               "", "Per-run curves and the compare table: [runs/results.md](runs/results.md)", ""]
     return "\n".join(lines)

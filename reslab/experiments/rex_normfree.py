@@ -247,7 +247,7 @@ EXPERIMENT = Experiment(
         "quick": dict(depths=[8, 14], width=0.25, seeds=1, steps=30, batch_size=32, warmup_steps=5, eval_every=15,
                       eval_batches=4, task_args={"n_train": 512, "n_val": 256, "resize": 14}, **_COMMON),
         "cpu": dict(depths=[20, 56, 110], width=0.5, seeds=2, steps=600, batch_size=64, warmup_steps=30,
-                    eval_every=100, eval_batches=16, threads=2,
+                    eval_every=100, eval_batches=16, threads=1,
                     task_args={"n_train": 20000, "n_val": 2000, "resize": 14}, **_COMMON),
         "gpu": dict(depths=[20, 56, 110, 218], width=1, seeds=3, steps=8000, batch_size=128, warmup_steps=400,
                     eval_every=1000, eval_batches=79, task_args={}, **_COMMON),

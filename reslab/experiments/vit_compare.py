@@ -37,7 +37,7 @@ PRESETS = {
     "quick": dict(_COMMON, seeds=2, steps=16, batch_size=16, warmup_steps=4, eval_every=8, eval_batches=2,
                   task_args={"n_train": 256, "n_val": 64},
                   model_args={"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2}),
-    "cpu": dict(_COMMON, seeds=2, steps=2000, batch_size=128, warmup_steps=100, eval_every=250, eval_batches=20,
+    "cpu": dict(_COMMON, threads=1, seeds=2, steps=2000, batch_size=128, warmup_steps=100, eval_every=250, eval_batches=20,
                 task_args={}, model_args={"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}),
     "gpu": dict(_COMMON, seeds=3, steps=20000, batch_size=256, warmup_steps=1000, eval_every=1000, eval_batches=40,
                 task_args={}, model_args={"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3}),
@@ -80,7 +80,8 @@ def run(s: dict, out: Path, log) -> dict:
                        model_args=dict(s["model_args"]), steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
                        min_lr_ratio=s["min_lr_ratio"], warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
                        grad_clip=s["grad_clip"], eval_every=s["eval_every"], eval_batches=s["eval_batches"],
-                       log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False)
+                       log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False,
+                       threads=s.get("threads", 0))
     report = compare(base, arms, s["seeds"], out, baseline=s["baseline"],
                      command="reslab reproduce vit-compare", log=log)
     rows = {r["arm"]: r for r in report["rows"]}
