@@ -254,7 +254,8 @@ EXPERIMENT = Experiment(
     },
     run=run,
     verdict=verdict,
-    notes="cpu preset scaled down to fit ~45 min on 2 cores: width 0.5 (8/16/32 channels), images average-pooled "
+    notes="cpu preset scaled down to fit ~45 min on one of the 2 cores (one torch thread, so a second experiment "
+          "can run beside it): width 0.5 (8/16/32 channels), images average-pooled "
           "to 14x14, a 20k-image training subset and 2k test images, 600 steps of batch 64 (~1.9 epochs of the "
           "subset), 2 seeds, depths 20/56/110 only (no 1000-layer run). One LR (AdamW 2e-3, warmup 30, cosine) "
           "for every arm, grad clipping 1.0, as the trainer does; the paper's recipe is unknown (digest §2). "
