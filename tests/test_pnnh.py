@@ -18,7 +18,7 @@ from torch import nn
 
 from reslab.analysis import dissipation as D
 from reslab.models import build_model
-from reslab.models.pnnh import (PNNHCNN, PNNHGPT, PNNHMLP, Coder, PNNHLayer, pnnh_layers_per_stage,
+from reslab.models.pnnh import (PNNHCNN, PNNHGPT, PNNHMLP, PNNHViT, Coder, PNNHLayer, pnnh_layers_per_stage,
                                 skip_add_report)
 
 IMG = {"n_classes": 10, "input_shape": (1, 8, 8)}
@@ -241,6 +241,15 @@ def test_build_model_entry_points():
     assert mlp(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     gpt = build_model("pnnh_gpt", {"vocab_size": 11, "block_size": 8}, "plain", n_layer=1, d_model=16, n_head=2)
     assert gpt(torch.randint(0, 11, (2, 8))).shape == (2, 8, 11)
+    vit = build_model("pnnh_vit", {"n_classes": 10, "input_shape": (1, 8, 8)}, "plain", patch_size=4, n_layer=1,
+                      d_model=8, d_code=16, n_head=2)
+    assert vit(torch.randn(2, 1, 8, 8)).shape == (2, 10) and vit.d_code == 16
+    with pytest.raises(ValueError, match="square images"):
+        build_model("pnnh_vit", {"n_classes": 10, "input_shape": (1, 8, 6)}, "plain", patch_size=2)
+    with pytest.raises(ValueError, match="patch_size=3 must divide image_size=8"):
+        PNNHViT(image_size=8, patch_size=3)
+    with pytest.raises(ValueError, match="connection='ancre'"):
+        build_model("pnnh_vit", {"n_classes": 10, "input_shape": (1, 8, 8)}, "ancre", patch_size=4)
 
 
 # ------------------------------------------------------------------------------ the graph check
@@ -266,6 +275,9 @@ def test_no_layer_output_is_an_add_of_its_input():
     mlp = PNNHMLP(6, 3, width=8, n_layers=4, norm="none", zero_init_write=False)
     assert skip_add_report(mlp, torch.randn(2, 6))["plain"]
     assert skip_add_report(PNNHGPT(13, 8, n_layer=2, d_model=16, n_head=2), torch.randint(0, 13, (2, 8)))["plain"]
+    vit = PNNHViT(image_size=8, patch_size=4, n_layer=2, d_model=8, d_code=16, n_head=2)
+    rep = skip_add_report(vit, torch.randn(2, 1, 8, 8))  # the position table is added before the first ReLU
+    assert rep["plain"] and rep["depth"] == 1 + 3 * 2 + 1
     assert skip_add_report(build_model("resnet", IMG, "plain", depth=8, width=0.25), x)["plain"]
     # ... and it catches every kind of skip: ResNet's x + F(x), option-B projections, a linear branch
     res = skip_add_report(build_model("resnet", IMG, "residual", depth=8, width=0.25), x)
@@ -287,6 +299,32 @@ def test_pnnh_gpt_trains_a_little():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 0.2  # memorises the fixed batch
+
+
+def test_pnnh_vit_is_bidirectional_and_trains_a_little():
+    torch.manual_seed(0)
+    net = PNNHViT(image_size=8, patch_size=4, n_layer=2, d_model=16, d_code=16, n_head=2, coder="shared")
+    x = torch.randn(16, 1, 8, 8)
+    # bidirectional attention: changing only the last patch changes the first token after the first
+    # (attention) layer; a causal mask would keep it
+    seen = []
+    hook = net.layers[0].register_forward_hook(lambda mod, inp, out: seen.append(out[:, 0].detach()))
+    x2 = x.clone()
+    x2[:, :, 4:, 4:] += 1.0
+    with torch.no_grad():
+        net(x), net(x2)
+    hook.remove()
+    assert not torch.allclose(seen[0], seen[1])
+    y = torch.randint(0, 10, (16,))
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.5  # memorises the fixed batch
 
 
 # ----------------------------------------------------------------------------------- experiments

@@ -5,6 +5,7 @@ Nothing here reads the real Fashion-MNIST: tests that need the task write tiny i
 """
 from __future__ import annotations
 
+import json
 import math
 import struct
 
@@ -357,6 +358,10 @@ def test_quick_presets_run(fake_fmnist, name):
         assert set(per_arm) == {"residual", "ancre(tau=0.1)", "ancre(tau=0.01)"}
         assert all(len(d["fd_cls"]) == 2 and all(math.isfinite(v) for v in d["fd_cls"]) for d in per_arm.values())
         assert (out / "samples_residual.png").exists() and (out / "routing_ancre_tau=0.1.png").exists()
+    else:  # every arm ran, PNNH as its own model (PNNHViT) with the ViT's depth and patches
+        assert not summary["results"]["skipped"] and "pnnh" in summary["results"]["accuracy"]
+        cfg = json.loads((out / "pnnh" / "seed0" / "summary.json").read_text())["config"]
+        assert cfg["model"] == "pnnh_vit" and cfg["connection"] == "plain" and cfg["model_args"]["n_layer"] == 2
 
 
 # -------------------------------------------------------------------------- verdict rules

@@ -8,10 +8,10 @@ how three claims *transfer* to a ViT, at equal steps, data order and seeds:
 * ANCRe (arXiv:2602.09009) and LAuReL (arXiv:2411.07501): a learned connection is at least on par with
   the residual stream -> the better of ``ancre`` / ``laurel(rw, lr)`` matches or beats ``residual``;
 * PNNH, claim: its plain Transformers are on par with vision Transformers -> ``pnnh`` matches
-  ``residual`` -- only when reslab has a ``pnnh`` *connection* that builds inside a ViT; otherwise the
-  arm is skipped and the results say why. (At the time of writing reslab's PNNH is a model family,
-  :mod:`reslab.models.pnnh`, whose state [h | p | q] is wider than the stream a Connection carries,
-  with MLP, CNN and GPT forms and no ViT form, so the arm is skipped.)
+  ``residual``. PNNH is a model family, not a Connection (its state [h | p | q] is wider than the
+  stream a Connection carries), so the ``pnnh`` arm swaps the model: :class:`reslab.models.PNNHViT`
+  (our reconstruction) with the ViT's depth, heads and patches, code width = the ViT's d_model and
+  learner width half of it (close to the ViT's parameter count; ``pnnh_args`` overrides).
 
 ``scaled`` (REX, fixed 1/sqrt(n) branch scaling) is reported without a claim: its paper is about
 normalisation-free nets, and this ViT is pre-norm.
@@ -44,6 +44,19 @@ PRESETS = {
 }
 
 
+#: arms that swap the model instead of the connection: label -> model name
+MODEL_ARMS = {"pnnh": "pnnh_vit"}
+
+
+def pnnh_model_args(model_args: dict, overrides: dict | None = None) -> dict:
+    """PNNHViT options for the ``pnnh`` arm: the ViT's patches, depth and heads; code width = the ViT's
+    d_model (the code plays the residual stream), learner width half of it."""
+    d = model_args.get("d_model", 64)
+    out = {"patch_size": model_args.get("patch_size", 7), "n_layer": model_args.get("n_layer", 6),
+           "n_head": model_args.get("n_head", 4), "d_model": d // 2, "d_code": d}
+    return out | dict(overrides or {})
+
+
 def available_arms(arms: list[str], model_args: dict, log) -> tuple[list[str], dict[str, str]]:
     """The arms that exist and build inside a (tiny) ViT; the others with the reason they were skipped."""
     import torch
@@ -53,6 +66,9 @@ def available_arms(arms: list[str], model_args: dict, log) -> tuple[list[str], d
 
     keep, skipped = [], {}
     for arm in arms:
+        if arm in MODEL_ARMS:
+            keep.append(arm)
+            continue
         name = arm.split("(", 1)[0].strip()
         if name not in connection_names():
             skipped[arm] = f"no connection named {name!r} is registered in this reslab"
@@ -71,7 +87,9 @@ def available_arms(arms: list[str], model_args: dict, log) -> tuple[list[str], d
 
 
 def run(s: dict, out: Path, log) -> dict:
-    from ..compare import compare
+    import dataclasses
+
+    from ..compare import run_arms
     from ..report import markdown_table
     from ..train import TrainConfig
 
@@ -82,8 +100,13 @@ def run(s: dict, out: Path, log) -> dict:
                        grad_clip=s["grad_clip"], eval_every=s["eval_every"], eval_batches=s["eval_batches"],
                        log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False,
                        threads=s.get("threads", 0))
-    report = compare(base, arms, s["seeds"], out, baseline=s["baseline"],
-                     command="reslab reproduce vit-compare", log=log)
+    configs = {arm: (dataclasses.replace(base, model=MODEL_ARMS[arm], connection="plain",
+                                         model_args=pnnh_model_args(s["model_args"], s.get("pnnh_args")))
+                     if arm in MODEL_ARMS else dataclasses.replace(base, connection=arm)) for arm in arms}
+    if s["baseline"] not in configs:
+        raise ValueError(f"vit-compare: baseline {s['baseline']!r} is not one of the arms {arms}")
+    report = run_arms(configs, s["seeds"], out, s["baseline"], command="reslab reproduce vit-compare",
+                      title=f"fashion_mnist / vit: {s['seeds']} seed(s), {s['steps']} steps", log=log)
     rows = {r["arm"]: r for r in report["rows"]}
     results = {"baseline": s["baseline"], "arms": report["arms"], "skipped": skipped, "seeds": s["seeds"],
                "accuracy": {a: {"mean": r["metric_mean"], "std": r["metric_std"], "completed": r["completed"],
@@ -96,7 +119,9 @@ def run(s: dict, out: Path, log) -> dict:
         f"# vit-compare: every connection on a ViT, Fashion-MNIST\n\n**Verdict: {v}** — {why}\n\n"
         f"{EXPERIMENT.claim}\n\nSetup: ViT {s['model_args']}, {s['steps']} steps, batch {s['batch_size']}, "
         f"AdamW lr {s['lr']}, weight decay {s['weight_decay']}, {s['seeds']} seeds; test accuracy on "
-        f"{s['eval_batches']} x {s['batch_size']} test images.\n\n{table}\n{skipped_text}\n![curves](curves.png)\n")
+        f"{s['eval_batches']} x {s['batch_size']} test images. `pnnh` = PNNHViT "
+        f"{pnnh_model_args(s['model_args'], s.get('pnnh_args'))} (our reconstruction; no skip-adds).\n\n"
+        f"{table}\n{skipped_text}\n![curves](curves.png)\n")
     return results
 
 
@@ -147,7 +172,9 @@ EXPERIMENT = Experiment(
     presets=PRESETS,
     run=run,
     verdict=verdict,
-    notes="Fashion-MNIST 28x28, patch 7 (16 tokens) in the cpu preset; accuracy on the official test set "
-          "(eval_batches x batch_size images of it).",
+    notes="Fashion-MNIST 28x28, patch 7 (16 tokens) in the cpu preset, one torch thread; accuracy on the "
+          "official test set (eval_batches x batch_size images of it). The pnnh arm is a different model "
+          "(PNNHViT, our reconstruction of PNNH's Transformer form: learner width d_model/2, code width d_model, "
+          "mean pooling), trained with the same recipe.",
     tags=["vit", "compare"],
 )

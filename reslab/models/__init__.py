@@ -91,7 +91,7 @@ __all__ += ["DiT", "ViT"]
 
 # PNNH (our reconstruction of Zhang et al. 2024): plain nets with an internal path; a model family, not a Connection.
 from .pnnh import BUILDERS as _PNNH_BUILDERS  # noqa: E402
-from .pnnh import PNNHCNN, PNNHGPT, PNNHMLP  # noqa: E402
+from .pnnh import PNNHCNN, PNNHGPT, PNNHMLP, PNNHViT  # noqa: E402
 
 _BUILDERS.update(_PNNH_BUILDERS)
-__all__ += ["PNNHCNN", "PNNHGPT", "PNNHMLP"]
+__all__ += ["PNNHCNN", "PNNHGPT", "PNNHMLP", "PNNHViT"]

@@ -459,9 +459,11 @@ class _PNNHAttentionLayer(nn.Module):
     code by the *next* layer's linear write-back, so no tensor is ever code + f(code) with f
     non-linear (that would be ReLU(x + f(x)), the post-activation residual)."""
 
-    def __init__(self, l_in: int, c: int, l_out: int, n_head: int, coder: Coder, rotary: nn.Module):
+    def __init__(self, l_in: int, c: int, l_out: int, n_head: int, coder: Coder, rotary: nn.Module | None,
+                 causal: bool = True):
         super().__init__()
-        self.rotary = rotary  # shared RoPE tables (buffers only), as in reslab's GPT
+        self.rotary = rotary  # shared RoPE tables (buffers only), as in reslab's GPT; None: positions come in
+        self.causal = causal  # with the embedding (the ViT form) and attention is bidirectional
         self.l_in, self.c, self.l_out, self.n_head = l_in, c, l_out, n_head
         self.c_out = c
         self.coder = coder
@@ -476,8 +478,9 @@ class _PNNHAttentionLayer(nn.Module):
         dec = p - q
         qkv = self.qkv(self.norm(torch.cat([h, dec], dim=-1)))
         qh, kh, vh = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in qkv.split(self.l_out, dim=-1))
-        qh, kh = self.rotary(qh), self.rotary(kh)
-        a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True).transpose(1, 2).reshape(B, T, self.l_out)
+        if self.rotary is not None:
+            qh, kh = self.rotary(qh), self.rotary(kh)
+        a = F.scaled_dot_product_attention(qh, kh, vh, is_causal=self.causal).transpose(1, 2).reshape(B, T, self.l_out)
         z_c = F.linear(dec, self.coder.weight)
         return self.act(torch.cat([self.proj(a), z_c, -z_c], dim=-1))
 
@@ -501,6 +504,35 @@ class _PNNHTokenLayer(nn.Module):
         u = torch.cat([h, p - q], dim=-1)
         z_c = F.linear(u, torch.cat([self.write, self.coder.weight], dim=1))
         return self.act(torch.cat([self.learner(self.norm(u)), z_c, -z_c], dim=-1))
+
+
+def _transformer_layers(n_layer: int, n_head: int, d_model: int, c: int, mlp_ratio: int, coder: str,
+                        coder_init: str, zero_init_write: bool, rotary: nn.Module | None, causal: bool) -> nn.ModuleList:
+    """The plain layer stack of the Transformer forms: per block [attention, MLP up, MLP down], then one
+    position-wise layer that writes the last block's output into the code (see :class:`PNNHGPT`)."""
+    hid = mlp_ratio * d_model
+    shared = Coder(c, c, learned=coder != "fixed", init=coder_init) if coder != "unshared" else None
+
+    def cod() -> Coder:
+        return shared if shared is not None else Coder(c, c, learned=True, init=coder_init)
+
+    layers: list[nn.Module] = []
+    for _ in range(n_layer):
+        layers += [_PNNHAttentionLayer(d_model, c, d_model, n_head, cod(), rotary, causal=causal),
+                   _PNNHTokenLayer(d_model, c, hid, cod(), zero_init_write),
+                   _PNNHTokenLayer(hid, c, d_model, cod(), zero_init_write)]
+    layers.append(_PNNHTokenLayer(d_model, c, d_model, cod(), zero_init_write))
+    return nn.ModuleList(layers)
+
+
+def _normal_init(model: nn.Module) -> None:
+    """GPT-2 style: every linear / embedding weight ~ N(0, 0.02), biases 0 (the coders keep their identity
+    init: they are Coder parameters, not nn.Linear)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
 
 
 class PNNHGPT(_PNNHBase):
@@ -536,12 +568,6 @@ class PNNHGPT(_PNNHBase):
         c = d_code if d_code is not None else d_model
         _positive_int("PNNHGPT", "d_code", c)
         self.block_size, self.d_model, self.d_code = block_size, d_model, c
-        hid = mlp_ratio * d_model
-        shared = Coder(c, c, learned=coder != "fixed", init=coder_init) if coder != "unshared" else None
-
-        def cod() -> Coder:
-            return shared if shared is not None else Coder(c, c, learned=True, init=coder_init)
-
         if (d_model // n_head) % 2:
             raise ValueError(f"PNNHGPT: head size d_model/n_head={d_model // n_head} must be even for rotary "
                              "embeddings; change d_model or n_head")
@@ -550,20 +576,11 @@ class PNNHGPT(_PNNHBase):
         self.rotary = Rotary(d_model // n_head, block_size)
         self.wte = nn.Embedding(vocab_size, d_model + c)
         self.embed_act = nn.ReLU()
-        layers: list[nn.Module] = []
-        for _ in range(n_layer):
-            layers += [_PNNHAttentionLayer(d_model, c, d_model, n_head, cod(), self.rotary),
-                       _PNNHTokenLayer(d_model, c, hid, cod(), zero_init_write),
-                       _PNNHTokenLayer(hid, c, d_model, cod(), zero_init_write)]
-        layers.append(_PNNHTokenLayer(d_model, c, d_model, cod(), zero_init_write))  # writes the last h3
-        self.layers = nn.ModuleList(layers)
+        self.layers = _transformer_layers(n_layer, n_head, d_model, c, mlp_ratio, coder, coder_init, zero_init_write,
+                                          self.rotary, causal=True)
         self.norm = nn.LayerNorm(d_model + c)
         self.lm_head = nn.Linear(d_model + c, vocab_size, bias=False)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        _normal_init(self)
 
     def diagnostic_layers(self) -> list[nn.Module]:
         return list(self.layers)
@@ -580,6 +597,61 @@ class PNNHGPT(_PNNHBase):
             s = layer(s)
         h, p, q = s.split([self.d_model, self.d_code, self.d_code], dim=-1)
         return self.lm_head(self.norm(torch.cat([h, p - q], dim=-1)))
+
+
+class PNNHViT(_PNNHBase):
+    """Vision-Transformer form: the layer stack of :class:`PNNHGPT` with bidirectional attention, on
+    patch tokens. ``forward(x: (B, C, H, W)) -> logits (B, n_classes)``.
+
+    Embedding: a P x P patch projection to ``d_model + d_code`` channels plus a learned position table
+    (ViT's choice; positions are added to the projection *before* the first ReLU, so no state is ever
+    added to a function of itself), then ``[ReLU(h); ReLU(code); ReLU(-code)]``. The head reads
+    LN([h; p - q]) averaged over the tokens (mean pooling, no class token). ``d_code`` defaults to
+    ``d_model``; with ``d_model`` halved the parameter count is close to a residual ViT of width
+    ``d_code`` (the code plays the residual stream). Our reconstruction, like every PNNH model here."""
+
+    def __init__(self, image_size: int = 28, in_channels: int = 1, n_classes: int = 10, patch_size: int = 7,
+                 n_layer: int = 6, n_head: int = 4, d_model: int = 64, d_code: int | None = None,
+                 mlp_ratio: int = 4, coder: str = "shared", coder_init: str = "identity",
+                 zero_init_write: bool = True):
+        super().__init__()
+        from .vit import patch_grid
+
+        for k, v in (("in_channels", in_channels), ("n_classes", n_classes), ("n_layer", n_layer),
+                     ("n_head", n_head), ("d_model", d_model), ("mlp_ratio", mlp_ratio)):
+            _positive_int("PNNHViT", k, v)
+        _choice("PNNHViT", "coder", coder, ("fixed", "shared", "unshared"))
+        _choice("PNNHViT", "coder_init", coder_init, CODER_INITS)
+        if d_model % n_head:
+            raise ValueError(f"PNNHViT: d_model={d_model} is not divisible by n_head={n_head}")
+        c = d_code if d_code is not None else d_model
+        _positive_int("PNNHViT", "d_code", c)
+        grid = patch_grid(image_size, patch_size, "PNNHViT")
+        self.image_size, self.d_model, self.d_code = image_size, d_model, c
+        self.patch_embed = nn.Conv2d(in_channels, d_model + c, patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, d_model + c))
+        self.embed_act = nn.ReLU()
+        self.layers = _transformer_layers(n_layer, n_head, d_model, c, mlp_ratio, coder, coder_init, zero_init_write,
+                                          None, causal=False)
+        self.norm = nn.LayerNorm(d_model + c)
+        self.head = nn.Linear(d_model + c, n_classes)
+        _normal_init(self)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    def diagnostic_layers(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(f"PNNHViT expects images (B, C, {self.image_size}, {self.image_size}), got "
+                             f"{tuple(x.shape)}; build it with image_size matching the task (task option resize)")
+        e = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        h, code = e.split([self.d_model, self.d_code], dim=-1)
+        s = torch.cat([self.embed_act(h), self.embed_act(code), self.embed_act(-code)], dim=-1)
+        for layer in self.layers:
+            s = layer(s)
+        h, p, q = s.split([self.d_model, self.d_code, self.d_code], dim=-1)
+        return self.head(self.norm(torch.cat([h, p - q], dim=-1)).mean(dim=1))
 
 
 # ------------------------------------------------------------------------------- build_model entry points
@@ -633,8 +705,19 @@ def build_pnnh_gpt(task_info: dict, connection, kwargs: dict) -> nn.Module:
     return PNNHGPT(vocab_size=int(vocab), **kwargs)
 
 
+def build_pnnh_vit(task_info: dict, connection, kwargs: dict) -> nn.Module:
+    """``build_model("pnnh_vit", ...)``: image classification with square images, input_shape (C, H, H)."""
+    _builder_checks("pnnh_vit", PNNHViT, connection, kwargs, {"image_size", "in_channels", "n_classes"})
+    shape = tuple(need(task_info, "input_shape", "pnnh_vit", "an image-classification task"))
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"model 'pnnh_vit' needs square images, input_shape (C, H, H); got {shape}")
+    n_classes = need(task_info, "n_classes", "pnnh_vit", "a classification task")
+    return PNNHViT(image_size=shape[-1], in_channels=shape[0], n_classes=int(n_classes), **kwargs)
+
+
 #: what reslab.models.build_model registers
-BUILDERS = {"pnnh_mlp": build_pnnh_mlp, "pnnh_cnn": build_pnnh_cnn, "pnnh_gpt": build_pnnh_gpt}
+BUILDERS = {"pnnh_mlp": build_pnnh_mlp, "pnnh_cnn": build_pnnh_cnn, "pnnh_gpt": build_pnnh_gpt,
+            "pnnh_vit": build_pnnh_vit}
 
 
 # ------------------------------------------------------------------------ the structural (graph) check
