@@ -245,7 +245,18 @@ def verdict(results: dict) -> tuple[str, str]:
                      f"{100 * results['paper_relative_fid_gain']:+.1f}%)")
     # the best tau decides: the claim is that ANCRe (with a tuned tau) helps
     best = next((v for v in ("reproduced", "partial") if v in outcomes), "not reproduced")
-    return best, "; ".join(lines) + f". Real-data fd_cls floor {results['fd_real_floor']:.3f}."
+    text = "; ".join(lines) + f". Real-data fd_cls floor {results['fd_real_floor']:.3f}."
+    # the rule is "better on every paired seed"; say plainly when the unpaired test does not back it
+    ps = {arm: [d.get(k) for k in ("welch_p_denoise_loss", "welch_p_fd_cls")]
+          for arm, d in results["per_arm"].items() if arm != results["baseline"]}
+    ps = {arm: [p for p in v if p is not None] for arm, v in ps.items()}
+    if best != "not reproduced" and any(v and min(v) >= 0.05 for v in ps.values()):
+        n = results.get("seeds", len(base["seeds"]))
+        text += (f" Caveat: {n} seeds; Welch p " + ", ".join(f"{arm} {min(v):.2g}-{max(v):.2g}" for arm, v in ps.items()
+                                                              if v)
+                 + ": the improvements hold on every paired seed but are not significant between seeds, "
+                   "so this is weak evidence.")
+    return best, text
 
 
 def _write_readme(out: Path, s: dict, results: dict, verdict_: str, why: str) -> None:
