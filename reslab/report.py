@@ -137,13 +137,23 @@ def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", 
     finish_line_plot(fig, ax, path, "step", key.replace("_", " "), title)
 
 
-def finish_line_plot(fig, ax, path, xlabel: str, ylabel: str, title: str, dpi: int = 120) -> None:
-    """The common ending of every line plot: labels, grid, legend, tight layout, save, free the figure."""
+def label_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
+    """Labels, title, a light grid and a legend: the look of every line plot here."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
+
+
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """Tight layout, save, free the figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def finish_line_plot(fig, ax, path, xlabel: str, ylabel: str, title: str, dpi: int = 120) -> None:
+    """The common ending of every single-axes line plot."""
+    label_axes(ax, xlabel, ylabel, title)
+    save_figure(fig, path, dpi)

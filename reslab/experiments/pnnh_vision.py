@@ -260,7 +260,7 @@ def verdict(results: dict) -> tuple[str, str]:
 
 
 def _plot(results: dict, path: Path) -> None:
-    from ..report import plt
+    from ..report import label_axes, plt, save_figure
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     t, depths = results["table"], results["depths"]
@@ -278,14 +278,8 @@ def _plot(results: dict, path: Path) -> None:
               ("parameters", "val accuracy (%)", f"accuracy vs params (depth {results['sweep_depth']})"),
               ("depth", "images/s relative to ResNet", "training throughput")]
     for ax, (xl, yl, title) in zip(axes, labels):
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        label_axes(ax, xl, yl, title, legend_size=7)
+    save_figure(fig, path, dpi=110)
 
 
 def _readme(results: dict, settings: dict, v: str, why: str) -> str:

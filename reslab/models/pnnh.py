@@ -535,7 +535,38 @@ def _normal_init(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class PNNHGPT(_PNNHBase):
+class _PNNHTransformer(_PNNHBase):
+    """What the Transformer forms share: option checks, the sign-split embedding and the read-out."""
+
+    @staticmethod
+    def _checked_code_width(model: str, ints: dict, n_head: int, d_model: int, d_code: int | None, coder: str,
+                            coder_init: str) -> int:
+        """Validate the common options (``ints``: name -> value that must be a positive int); return the
+        code width (``d_code``, default ``d_model``)."""
+        for k, v in ints.items():
+            _positive_int(model, k, v)
+        _choice(model, "coder", coder, ("fixed", "shared", "unshared"))
+        _choice(model, "coder_init", coder_init, CODER_INITS)
+        if d_model % n_head:
+            raise ValueError(f"{model}: d_model={d_model} is not divisible by n_head={n_head}")
+        c = d_code if d_code is not None else d_model
+        _positive_int(model, "d_code", c)
+        return c
+
+    def diagnostic_layers(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def _run(self, e: Tensor) -> Tensor:
+        """Embedded tokens e = [h | code] (pre-activation) -> LN([h; p - q]) after the plain layer stack."""
+        h, code = e.split([self.d_model, self.d_code], dim=-1)
+        s = torch.cat([self.embed_act(h), self.embed_act(code), self.embed_act(-code)], dim=-1)
+        for layer in self.layers:
+            s = layer(s)
+        h, p, q = s.split([self.d_model, self.d_code, self.d_code], dim=-1)
+        return self.norm(torch.cat([h, p - q], dim=-1))
+
+
+class PNNHGPT(_PNNHTransformer):
     """Transformer form (an attempt; see docs/pnnh.md for how it trained). Char-LM:
     ``forward(idx: (B, T)) -> logits (B, T, vocab)``.
 
@@ -558,15 +589,9 @@ class PNNHGPT(_PNNHBase):
                  d_model: int = 128, d_code: int | None = None, mlp_ratio: int = 4, coder: str = "shared",
                  coder_init: str = "identity", zero_init_write: bool = True):
         super().__init__()
-        for k, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
-                     ("n_head", n_head), ("d_model", d_model), ("mlp_ratio", mlp_ratio)):
-            _positive_int("PNNHGPT", k, v)
-        _choice("PNNHGPT", "coder", coder, ("fixed", "shared", "unshared"))
-        _choice("PNNHGPT", "coder_init", coder_init, CODER_INITS)
-        if d_model % n_head:
-            raise ValueError(f"PNNHGPT: d_model={d_model} is not divisible by n_head={n_head}")
-        c = d_code if d_code is not None else d_model
-        _positive_int("PNNHGPT", "d_code", c)
+        c = self._checked_code_width("PNNHGPT", {"vocab_size": vocab_size, "block_size": block_size,
+                                                 "n_layer": n_layer, "n_head": n_head, "d_model": d_model,
+                                                 "mlp_ratio": mlp_ratio}, n_head, d_model, d_code, coder, coder_init)
         self.block_size, self.d_model, self.d_code = block_size, d_model, c
         if (d_model // n_head) % 2:
             raise ValueError(f"PNNHGPT: head size d_model/n_head={d_model // n_head} must be even for rotary "
@@ -582,24 +607,16 @@ class PNNHGPT(_PNNHBase):
         self.lm_head = nn.Linear(d_model + c, vocab_size, bias=False)
         _normal_init(self)
 
-    def diagnostic_layers(self) -> list[nn.Module]:
-        return list(self.layers)
-
     def forward(self, idx: Tensor) -> Tensor:
         if idx.ndim != 2:
             raise ValueError(f"PNNHGPT expects token ids (B, T), got shape {tuple(idx.shape)}")
         T = idx.shape[1]
         if T > self.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.block_size}")
-        h, code = self.wte(idx).split([self.d_model, self.d_code], dim=-1)
-        s = torch.cat([self.embed_act(h), self.embed_act(code), self.embed_act(-code)], dim=-1)
-        for layer in self.layers:
-            s = layer(s)
-        h, p, q = s.split([self.d_model, self.d_code, self.d_code], dim=-1)
-        return self.lm_head(self.norm(torch.cat([h, p - q], dim=-1)))
+        return self.lm_head(self._run(self.wte(idx)))
 
 
-class PNNHViT(_PNNHBase):
+class PNNHViT(_PNNHTransformer):
     """Vision-Transformer form: the layer stack of :class:`PNNHGPT` with bidirectional attention, on
     patch tokens. ``forward(x: (B, C, H, W)) -> logits (B, n_classes)``.
 
@@ -617,15 +634,9 @@ class PNNHViT(_PNNHBase):
         super().__init__()
         from .vit import patch_grid
 
-        for k, v in (("in_channels", in_channels), ("n_classes", n_classes), ("n_layer", n_layer),
-                     ("n_head", n_head), ("d_model", d_model), ("mlp_ratio", mlp_ratio)):
-            _positive_int("PNNHViT", k, v)
-        _choice("PNNHViT", "coder", coder, ("fixed", "shared", "unshared"))
-        _choice("PNNHViT", "coder_init", coder_init, CODER_INITS)
-        if d_model % n_head:
-            raise ValueError(f"PNNHViT: d_model={d_model} is not divisible by n_head={n_head}")
-        c = d_code if d_code is not None else d_model
-        _positive_int("PNNHViT", "d_code", c)
+        c = self._checked_code_width("PNNHViT", {"in_channels": in_channels, "n_classes": n_classes,
+                                                 "n_layer": n_layer, "n_head": n_head, "d_model": d_model,
+                                                 "mlp_ratio": mlp_ratio}, n_head, d_model, d_code, coder, coder_init)
         grid = patch_grid(image_size, patch_size, "PNNHViT")
         self.image_size, self.d_model, self.d_code = image_size, d_model, c
         self.patch_embed = nn.Conv2d(in_channels, d_model + c, patch_size, stride=patch_size)
@@ -638,20 +649,11 @@ class PNNHViT(_PNNHBase):
         _normal_init(self)
         nn.init.normal_(self.pos_embed, std=0.02)
 
-    def diagnostic_layers(self) -> list[nn.Module]:
-        return list(self.layers)
-
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"PNNHViT expects images (B, C, {self.image_size}, {self.image_size}), got "
                              f"{tuple(x.shape)}; build it with image_size matching the task (task option resize)")
-        e = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
-        h, code = e.split([self.d_model, self.d_code], dim=-1)
-        s = torch.cat([self.embed_act(h), self.embed_act(code), self.embed_act(-code)], dim=-1)
-        for layer in self.layers:
-            s = layer(s)
-        h, p, q = s.split([self.d_model, self.d_code, self.d_code], dim=-1)
-        return self.head(self.norm(torch.cat([h, p - q], dim=-1)).mean(dim=1))
+        return self.head(self._run(self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed).mean(dim=1))
 
 
 # ------------------------------------------------------------------------------- build_model entry points
