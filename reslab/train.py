@@ -25,9 +25,13 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import signal
+import socket
 import statistics
+import sys
 import subprocess
 import time
 from contextlib import nullcontext
@@ -49,6 +53,21 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read (corrupt, truncated, or not written by reslab)."""
+
+
+class RunLocked(RuntimeError):
+    """Another live process is training into the same out_dir."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the run stopped at a step boundary and saved a checkpoint there; the message says what was kept."""
+
+    def __init__(self, message: str, out_dir: str = "", step: int = 0):
+        super().__init__(message)
+        self.out_dir, self.step = out_dir, step
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @dataclass
@@ -88,7 +107,9 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # comparisons below would raise TypeError on a string or a list
+            raise ValueError("bad training config: " + "; ".join(problems))
         for name in ("steps", "batch_size", "eval_batches", "log_every", "eval_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -108,11 +129,35 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+_KIND_WORD = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a table of key = value"}
+
+
+def _type_problems(cfg: TrainConfig) -> list[str]:
+    """Each field must have its default's type (an int is fine where a float is due; a bool is not an int)."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = type(f.default) if f.default is not dataclasses.MISSING else dict
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, kind) and not isinstance(value, bool) if kind is int else isinstance(value, kind))
+        if not ok:
+            problems.append(f"{f.name} expects {_KIND_WORD[kind]}, got {value!r}")
+        elif kind is dict and not all(isinstance(k, str) for k in value):
+            problems.append(f"{f.name} keys must be names, got {sorted(map(repr, value))}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------
 # small pieces
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device={name!r} but {why}; use --device cpu (or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' but MPS is not available on this machine; use --device cpu (or auto)")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -188,13 +233,20 @@ def _loss(call: nn.Module, model: nn.Module, kind: str, x, y):
     return loss_and_metric(kind, call(x), y)
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:  # an exception or Ctrl-C mid-write: no temp file left behind
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -204,11 +256,79 @@ def atomic_write_json(path: Path, obj) -> None:
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file in the same folder, then an atomic rename: a crash mid-write never
     leaves a truncated checkpoint behind."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _tmp_name(path)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Temp files ``.NAME.tmp<PID>`` left by a writer that was killed (SIGKILL cannot be caught), i.e. whose
+    process no longer runs. Returns what was removed."""
+    removed = []
+    for p in folder.glob(".*.tmp*"):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class OutDirLock:
+    """``out_dir/.lock`` holds the pid (and host) of the process training there. A second run into the same
+    folder -- e.g. a resume started while the workers of a killed ``torchrun`` launcher still train -- gets
+    a clear error instead of both writing the same checkpoint and logs. A lock whose process is gone is stale
+    and taken over."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _pid_alive(owner):
+                    raise RunLocked(f"{self.path.parent} is in use by another reslab run (pid {owner}, lock file "
+                                    f"{self.path}); wait for it or stop it (kill {owner}), or use another out_dir. "
+                                    f"If no such run exists, delete {self.path}")
+                self.path.unlink(missing_ok=True)  # stale: its process is gone (or it is our own leftover)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return
+        raise RunLocked(f"could not take the lock {self.path}: another process keeps creating it")
+
+    def _owner(self) -> int | None:
+        try:
+            text = self.path.read_text().split()
+            host = text[1] if len(text) > 1 else socket.gethostname()
+            return int(text[0]) if host == socket.gethostname() else -1
+        except (OSError, ValueError, IndexError):
+            return None  # empty or half-written: treat as stale
+
+    def release(self) -> None:
+        if self.held and self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
 
 
 _CKPT_KEYS = ("model", "optimizer", "generator", "torch_rng", "step", "config")
@@ -220,9 +340,12 @@ def load_checkpoint(path: Path, cfg: TrainConfig | None = None) -> dict:
     fix = "delete it, pass resume=false, or use a new out_dir to start the run afresh"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated or not a checkpoint at all
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); the file is corrupt "
-                              f"or not a reslab checkpoint: {fix}") from None
+    except pickle.UnpicklingError:  # torch's text here suggests weights_only=False: never do that for a stranger's file
+        raise CheckpointError(f"{path} is not a reslab checkpoint: it holds Python objects other than tensors and "
+                              f"plain values, which reslab refuses to load (loading them could run code): {fix}") from None
+    except Exception as e:  # truncated, random bytes, not a zip/pickle at all
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a reslab "
+                              f"checkpoint ({type(e).__name__}): {fix}") from None
     missing = [k for k in _CKPT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by reslab's trainer: {fix}")
@@ -276,17 +399,37 @@ class _Dist:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train one model; return (and write) its summary."""
+    """Train one model; return (and write) its summary.
+
+    Ctrl-C (single process) finishes the current step, saves a checkpoint there and raises
+    :class:`TrainingInterrupted`; calling ``train`` again with the same config continues from it."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    dist = _Dist(device)
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} is an existing file, not a folder; pass another --out-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = OutDirLock(out)
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 owns the folder: it writes checkpoints and logs
+        lock.acquire()
+    dist = None
+    try:
+        if lock.held:
+            remove_stale_temp_files(out)
+        dist = _Dist(device)
+        return _run(cfg, device, dist, out)
+    finally:
+        lock.release()
+        if dist is not None:
+            dist.close()
+
+
+def _run(cfg: TrainConfig, device: torch.device, dist: "_Dist", out: Path) -> dict:
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({dist.world})")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
 
     # --- data, model, optimiser (every rank builds the same model from the same seed) ---
@@ -306,6 +449,10 @@ def train(cfg: TrainConfig) -> dict:
     start, log_rows = 0, []
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, cfg)
+        if int(state["step"]) > cfg.steps:
+            raise ValueError(f"{out} holds this run trained to step {int(state['step'])}, more than steps={cfg.steps}: "
+                             f"a resume only continues a run. Ask for steps >= {int(state['step'])} to continue it, "
+                             f"or use a new out_dir (or resume=false) to start a shorter run afresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
@@ -321,8 +468,6 @@ def train(cfg: TrainConfig) -> dict:
         fwd_model = nn.parallel.DistributedDataParallel(
             fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    writer = _tensorboard(out) if (cfg.tensorboard and dist.main) else None
-    crash_at = int(os.environ.get("RESLAB_CRASH_AT_STEP", "0"))  # fault injection for the resume test
     local_bs = cfg.batch_size // dist.world
     step_times, first_loss, evals, status = [], None, [], "completed"
     for row in log_rows:
@@ -343,79 +488,161 @@ def train(cfg: TrainConfig) -> dict:
         model.train()
         return tot_loss / len(eval_set), tot_metric / len(eval_set)
 
-    bar = _progress(cfg, start, dist.main)
+    # fault injection for the resume tests: the loop stops before step RESLAB_CRASH_AT_STEP, then SIGKILL
+    crash_at = int(os.environ.get("RESLAB_CRASH_AT_STEP", "0"))
+    end = crash_at if start < crash_at < cfg.steps else cfg.steps
+    items = cfg.batch_size * (task.block_size if task.kind == "lm" else 1)
+    status_line = _StatusLine(cfg, start, items, "tok" if task.kind == "lm" else "samples",
+                              enabled=cfg.progress and dist.main and not _isatty())
+    writer = bar = None
+    stop = _CtrlC(enabled=not dist.enabled)
     model.train()
-    step = start
+    step = done = start
     try:
-        for step in range(start, cfg.steps):
-            if crash_at and step == crash_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            t0 = time.perf_counter()
-            lrf = lr_factor(step, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * lrf * g["lr_mult"]
-            x, y = task.get_batch("train", cfg.batch_size, gen)
-            x = x[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
-            y = y[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
-            with autocast:
-                loss, _ = _loss(fwd_model, model, task.kind, x, y)
-            loss.backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
-                         else torch.tensor(float("nan")))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if hasattr(model, "after_step"):  # e.g. an EMA of the weights (diffusion models)
-                model.after_step()
-            loss_v = float(loss.detach())
-            if dist.enabled:  # report the global-batch loss, identical on every rank
-                t = torch.tensor([loss_v], device=device)
-                torch.distributed.all_reduce(t)
-                loss_v = float(t) / dist.world
-            step_times.append(time.perf_counter() - t0)
-            first_loss = loss_v if first_loss is None else first_loss
-            _check_divergence(loss_v, first_loss, step + 1, cfg)
+        writer = _tensorboard(out) if (cfg.tensorboard and dist.main) else None
+        bar = _progress(cfg, start, dist.main)
+        with stop:
+            for step in range(start, end):
+                t0 = time.perf_counter()
+                lrf = lr_factor(step, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * lrf * g["lr_mult"]
+                x, y = task.get_batch("train", cfg.batch_size, gen)
+                x = x[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
+                y = y[dist.rank * local_bs:(dist.rank + 1) * local_bs].to(device)
+                with autocast:
+                    loss, _ = _loss(fwd_model, model, task.kind, x, y)
+                loss.backward()
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
+                             else torch.tensor(float("nan")))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if hasattr(model, "after_step"):  # e.g. an EMA of the weights (diffusion models)
+                    model.after_step()
+                loss_v = float(loss.detach())
+                if dist.enabled:  # report the global-batch loss, identical on every rank
+                    t = torch.tensor([loss_v], device=device)
+                    torch.distributed.all_reduce(t)
+                    loss_v = float(t) / dist.world
+                step_times.append(time.perf_counter() - t0)
+                first_loss = loss_v if first_loss is None else first_loss
+                done = step + 1
+                _check_divergence(loss_v, first_loss, done, cfg)
 
-            done = step + 1
-            row = None
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                row = {"step": done, "loss": loss_v, "lr": cfg.lr * lrf, "grad_norm": float(grad_norm),
-                       "step_time": step_times[-1]}
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                vl, vm = evaluate()
-                row = (row or {"step": done}) | {"val_loss": vl, f"val_{metric_name}": vm}
-                coefs = _coefficients(model)
-                if coefs:  # learned mixing coefficients over training (alpha/beta/gamma, routing, lambda)
-                    row["coefficients"] = coefs
-                evals.append(row)
-            if row is not None:
-                _append_log(log_path, row, dist.main)
-                if writer is not None:
-                    for k, v in row.items():
-                        if k not in ("step", "coefficients"):
-                            writer.add_scalar(k, v, done)
-                bar.set_postfix(loss=f"{loss_v:.4f}", **({"val": f"{row['val_loss']:.4f}"} if "val_loss" in row else {}))
-            bar.update(1)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and dist.main:
+                row = None
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    row = {"step": done, "loss": loss_v, "lr": cfg.lr * lrf, "grad_norm": float(grad_norm),
+                           "step_time": step_times[-1]}
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    vl, vm = evaluate()
+                    row = (row or {"step": done}) | {"val_loss": vl, f"val_{metric_name}": vm}
+                    coefs = _coefficients(model)
+                    if coefs:  # learned mixing coefficients over training (alpha/beta/gamma, routing, lambda)
+                        row["coefficients"] = coefs
+                    evals.append(row)
+                if row is not None:
+                    _append_log(log_path, row, dist.main)
+                    if writer is not None:
+                        for k, v in row.items():
+                            if k not in ("step", "coefficients"):
+                                writer.add_scalar(k, v, done)
+                    bar.set_postfix(loss=f"{loss_v:.4f}",
+                                    **({"val": f"{row['val_loss']:.4f}"} if "val_loss" in row else {}))
+                bar.update(1)
+                status_line.update(done, loss_v, step_times[-1])
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and dist.main:
+                    save_checkpoint(ckpt_path, _state(model, optimizer, gen, done, cfg))
+                if stop.requested:
+                    break
+        if stop.requested and done < cfg.steps:
+            if dist.main:
                 save_checkpoint(ckpt_path, _state(model, optimizer, gen, done, cfg))
+            raise TrainingInterrupted(f"interrupted at step {done}/{cfg.steps}; checkpoint saved in {out}: run the "
+                                      f"same command again to continue from step {done}", str(out), done)
+        if end < cfg.steps:
+            os.kill(os.getpid(), signal.SIGKILL)
     except TrainingDiverged as e:
         status = "diverged"
         _append_log(log_path, {"step": step + 1, "diverged": str(e)}, dist.main)
         if dist.main:
             atomic_write_json(out / "summary.json", _summary(cfg, task, metric_name, status, evals, step_times, n_params,
                                                              n_conn, step + 1, str(e)))
-        bar.close()
-        dist.close()
         raise
-    bar.close()
+    finally:  # every exit path: progress bar, TensorBoard writer (the process group: train())
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
     if dist.main:
         save_checkpoint(ckpt_path, _state(model, optimizer, gen, cfg.steps, cfg))
-    if writer is not None:
-        writer.close()
     summary = _summary(cfg, task, metric_name, status, evals, step_times, n_params, n_conn, cfg.steps)
     if dist.main:
         atomic_write_json(out / "summary.json", summary)
-    dist.close()
     return summary
+
+
+def _isatty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _StatusLine:
+    """Without a terminal (CI, nohup) the progress bar is off: print one line every ``RESLAB_STATUS_EVERY``
+    seconds (default 30) and at the end, e.g. ``gpt/residual step 120/400 loss 2.5123 3.1k tok/s ETA 1m02s``."""
+
+    def __init__(self, cfg: TrainConfig, start: int, items_per_step: int, unit: str, enabled: bool):
+        self.cfg, self.start, self.items, self.unit, self.enabled = cfg, start, items_per_step, unit, enabled
+        self.every = float(os.environ.get("RESLAB_STATUS_EVERY", "30"))
+        self.t_start = self.t_last = time.perf_counter()
+
+    def update(self, done: int, loss: float, step_time: float) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.t_last < self.every and done < self.cfg.steps):
+            return
+        self.t_last = now
+        per_step = (now - self.t_start) / max(1, done - self.start)
+        eta = per_step * (self.cfg.steps - done)
+        print(f"{self.cfg.model}/{self.cfg.connection} step {done}/{self.cfg.steps} loss {loss:.4f} "
+              f"{_si(self.items / per_step)} {self.unit}/s ETA {_duration(eta)}", file=sys.stderr, flush=True)
+
+
+def _si(x: float) -> str:
+    return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _CtrlC:
+    """While active, the first Ctrl-C (SIGINT) only sets ``requested`` so the loop stops at a step boundary and
+    checkpoints; a second one interrupts at once. Only the main thread of a single process installs it."""
+
+    def __init__(self, enabled: bool):
+        import threading
+
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if self.enabled:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 def _coefficients(model: nn.Module, max_numel: int = 1024) -> dict:
