@@ -167,14 +167,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, parse_arms
+    from .compare import compare, parse_arms, parse_tune
 
     arms = parse_arms(args.connections)
     cfg = build_config(args)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     out = args.out or f"runs/compare-{cfg.task.replace(':', '_').replace('/', '_')}-{cfg.model}"
-    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line(args))
+    tune = parse_tune(args.tune)
+    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line(args), tune=tune)
     return 0
 
 
@@ -184,6 +185,13 @@ def cmd_reproduce(args) -> int:
     if args.name == "list":
         for name, exp in experiments().items():
             print(f"{name}: {exp.claim} [{exp.paper}] presets: {', '.join(exp.presets)}")
+        return 0
+    if args.resummarize:
+        from pathlib import Path
+
+        from .experiments import default_out, resummarize
+
+        resummarize(Path(args.out or default_out(args.name, args.preset)) / "summary.json")
         return 0
     reproduce(args.name, args.preset, args.out, command=_command_line(args))
     return 0
@@ -225,12 +233,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--baseline", default=None, help="arm the others are tested against (default: residual)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<task>-<model>)")
+    p.add_argument("--tune", action="append", default=[], metavar="KEY=v1,v2,...",
+                   help="tune KEY (a train flag such as lr, or model_args.NAME) per arm on a tuning seed by validation "
+                        "loss, then run each arm's seeds at its own best value; repeat for several keys")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="run one paper-claim experiment and write its summary with a verdict")
     p.add_argument("name", help="experiment name, or 'list'")
     p.add_argument("--preset", default="cpu", choices=("quick", "cpu", "gpu"))
-    p.add_argument("--out", default=None, help="output folder (default results/<name> for cpu, runs/ for quick)")
+    p.add_argument("--out", default=None, help="output folder (default results/<name> for cpu, runs/ for quick); "
+                                               "raw runs go to runs/reproduce/<name>-<preset> (OUT/runs with --out)")
+    p.add_argument("--resummarize", action="store_true",
+                   help="train nothing: re-apply the current verdict rule to the summary.json already in the output "
+                        "folder (its per-seed values) and rewrite its verdict")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("analyze", help="diagnostics: " + ", ".join(m.__name__.rsplit(".", 1)[1]

@@ -39,23 +39,29 @@ def slug(spec: str) -> str:
 
 
 def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path, baseline: str | None = None,
-            command: str = "", log=print) -> dict:
-    """Every arm is ``base`` with another connection."""
+            command: str = "", log=print, tune: dict[str, list] | None = None) -> dict:
+    """Every arm is ``base`` with another connection; with ``tune`` each arm first gets its own best value of
+    every tuned key (:func:`tune_arms`)."""
     baseline = baseline or ("residual" if "residual" in arms else arms[0])
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the arms {arms}")
     configs = {arm: dataclasses.replace(base, connection=arm) for arm in arms}
     title = f"{base.task} / {base.model}: {seeds} seed(s), {base.steps} steps"
-    return run_arms(configs, seeds, out_dir, baseline, command=command, title=title, log=log)
+    return run_arms(configs, seeds, out_dir, baseline, command=command, title=title, log=log, tune=tune)
 
 
 def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, baseline: str, command: str = "",
-             title: str = "", log=print) -> dict:
+             title: str = "", log=print, tune: dict[str, list] | None = None) -> dict:
     """Train each labelled config for ``seeds`` seeds (seed, seed+1, ...) under ``out_dir/<label>/seed<s>``,
     then write results.json / results.md / curves.png. Arms may differ in anything (connection, depth...);
-    experiments use this directly, ``compare`` for connection-only arms."""
+    experiments use this directly, ``compare`` for connection-only arms. ``tune`` ({key: [values]}): every
+    arm, baseline included, is first tuned alike on the same grid (:func:`tune_arms`), then runs its seeds at
+    its own best values."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tuning = {}
+    if tune:
+        configs, tuning = tune_arms(configs, tune, out, log=log)
     labels = [baseline] + [a for a in configs if a != baseline]  # the table reads against its first row
     results: dict[str, list[dict]] = {}
     for arm in labels:
@@ -70,6 +76,9 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
                 log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
                     f"{summary['metric']} {summary['final_val_metric']:.4f}")
     rows = summarize_arms(results, baseline)
+    for r in rows:
+        if r["arm"] in tuning:
+            r["tuned"] = tuning[r["arm"]]["chosen"]
     table = markdown_table(rows, baseline)
     plot_curves(results, out / "curves.png", title=title)
     first = configs[baseline]
@@ -78,32 +87,174 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         "seeds": seeds, "baseline": baseline, "arms": labels, "rows": rows,
         "runs": {a: [{k: v for k, v in r.items() if k != "config"} for r in rs] for a, rs in results.items()},
         "configs": {a: dataclasses.asdict(c) for a, c in configs.items()},
+        "tuning": tuning,
     }
     atomic_write_json(out / "results.json", report)
-    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n![curves](curves.png)\n")
+    tune_md = tuning_markdown(tuning) if tuning else ""
+    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n{tune_md}![curves](curves.png)\n")
     log("\n" + table)
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
     return report
 
 
+TUNE_SEED_OFFSET = 1000  # tuning runs use seed base.seed + 1000: never one of the seeds that are reported
+
+
+def parse_value(text: str):
+    """``"3e-3"`` -> 0.003, ``"4"`` -> 4, ``"true"`` -> True, anything else stays a string."""
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_tune(items: list[str] | str | None) -> dict[str, list]:
+    """``["lr=1e-3,3e-3,1e-2", "weight_decay=0,0.1"]`` -> {"lr": [...], "weight_decay": [...]}. A key is a
+    TrainConfig field or ``model_args.NAME`` / ``task_args.NAME``; each needs at least two distinct values."""
+    if isinstance(items, str):
+        items = [items]
+    grid: dict[str, list] = {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise ValueError(f"--tune {item!r}: expected KEY=v1,v2,... (e.g. lr=1e-3,3e-3,1e-2)")
+        group, dot, name = key.partition(".")
+        if (dot and group not in ("model_args", "task_args")) or (not dot and key not in fields):
+            raise ValueError(f"--tune key {key!r} is not a TrainConfig field nor model_args.NAME / task_args.NAME; "
+                             f"fields: {', '.join(sorted(fields))}")
+        if key in ("seed", "out_dir", "connection"):
+            raise ValueError(f"--tune {key}: tune a hyper-parameter, not {key}")
+        vals = [parse_value(v) for v in values.split(",") if v.strip()]
+        if len(set(map(str, vals))) < 2:
+            raise ValueError(f"--tune {key}: give at least two distinct values, got {vals}")
+        if key in grid:
+            raise ValueError(f"--tune {key} given twice")
+        grid[key] = vals
+    return grid
+
+
+def with_values(cfg: TrainConfig, values: dict) -> TrainConfig:
+    """``cfg`` with tuned values set (``model_args.NAME`` / ``task_args.NAME`` merge into their dict)."""
+    changes: dict = {}
+    for key, v in values.items():
+        group, dot, name = key.partition(".")
+        if dot:
+            changes[group] = dict(changes.get(group, getattr(cfg, group))) | {name: v}
+        else:
+            changes[key] = v
+    return dataclasses.replace(cfg, **changes)
+
+
+def tune_arms(configs: dict[str, TrainConfig], grid: dict[str, list], out_dir: str | Path,
+              seed: int | None = None, log=print) -> tuple[dict[str, TrainConfig], dict]:
+    """Tune every arm alike: each arm trains once per point of the same grid (the product of ``grid``'s values) on
+    one tuning seed (default: the arm's seed + TUNE_SEED_OFFSET, never a reported seed) and keeps the point with
+    the lowest final validation loss (a diverged run counts as +inf). Returns the arms' configs at their own best
+    point, and per arm the grid, the validation loss of every point and the chosen point."""
+    import itertools
+    import math
+
+    keys = list(grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    tuned, report = {}, {}
+    for arm, cfg in configs.items():
+        tseed = cfg.seed + TUNE_SEED_OFFSET if seed is None else seed
+        scores = []
+        for point in points:
+            name = ",".join(f"{k}={v}" for k, v in point.items())
+            run = dataclasses.replace(with_values(cfg, point), seed=tseed,
+                                      out_dir=str(Path(out_dir) / "tune" / slug(arm) / slug(name)))
+            s = train_or_reuse(run, log, tag=f"[tune {arm} {name}]")
+            loss = s.get("final_val_loss") if s.get("status") == "completed" else None
+            scores.append(loss if loss is not None and math.isfinite(loss) else math.inf)
+        best = min(range(len(points)), key=lambda i: scores[i])
+        tuned[arm] = with_values(cfg, points[best])
+        report[arm] = {"grid": grid, "seed": tseed, "metric": "final_val_loss",
+                       "points": [{"values": p, "val_loss": None if math.isinf(v) else v} for p, v in zip(points, scores)],
+                       "chosen": points[best]}
+        log(f"[tune {arm}] chose {points[best]} (val loss "
+            + ", ".join("inf" if math.isinf(v) else f"{v:.4f}" for v in scores) + ")")
+    return tuned, report
+
+
+def tuning_markdown(tuning: dict) -> str:
+    """One line per arm: the validation loss at every grid point on the tuning seed, and the chosen point."""
+    lines = ["Tuning (every arm on the same grid, tuning seed, lowest final validation loss chosen):", ""]
+    for arm, t in tuning.items():
+        pts = "; ".join(",".join(f"{k}={v}" for k, v in p["values"].items()) + " → "
+                        + ("diverged" if p["val_loss"] is None else f"{p['val_loss']:.4f}") for p in t["points"])
+        lines.append(f"- `{arm}` (seed {t['seed']}): {pts}; chosen **"
+                     + ",".join(f"{k}={v}" for k, v in t["chosen"].items()) + "**")
+    return "\n".join(lines) + "\n\n"
+
+
+#: what a run's result depends on besides its config: the code that builds, feeds and trains the model
+CODE_PARTS = ("connections", "models", "patch", "data", "train.py", "diffusion.py")
+RUN_RECORD = "reslab_run.json"  # written beside a run's summary.json: code revision and training wall time
+
+
+def code_revision(parts=CODE_PARTS) -> str:
+    """A content hash (12 hex digits) of the source files a training run depends on: reused runs must match it,
+    so a run trained by older code is never mixed with new ones (committed or not)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for part in parts:
+        path = root / part
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else ([path] if path.exists() else []):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def run_records(root: str | Path) -> list[dict]:
+    """The run records (path, code revision, git revision, training wall time, status) of every run under ``root``."""
+    root = Path(root)
+    out = []
+    for rec in sorted(root.rglob(RUN_RECORD)):
+        try:
+            r = json.loads(rec.read_text())
+        except json.JSONDecodeError:
+            continue
+        out.append({"run": str(rec.parent.relative_to(root))} | r)
+    return out
+
+
 def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:
-    """Train one run, or reuse the finished (completed or diverged) run with exactly this config in its
-    folder; a diverged run returns its summary with status "diverged". A folder holding a finished run
-    of *other* settings starts afresh instead of resuming that run's checkpoint; an unfinished run
-    (a checkpoint, no summary) resumes."""
+    """Train one run, or reuse the finished (completed or diverged) run in its folder when both its config and
+    the code revision it was trained by (:func:`code_revision`) match; a diverged run returns its summary with
+    status "diverged". A folder holding a finished run of *other* settings or code starts afresh instead of
+    resuming that run's checkpoint; an unfinished run (a checkpoint, no summary) resumes."""
+    import time
+
     path = Path(cfg.out_dir) / "summary.json"
+    record = Path(cfg.out_dir) / RUN_RECORD
+    rev = code_revision()
     if path.exists():
         try:
             s = json.loads(path.read_text())
+            r = json.loads(record.read_text()) if record.exists() else {}
         except json.JSONDecodeError:
-            s = {}
-        if s.get("config") == json.loads(json.dumps(cfg.to_dict())) and s.get("status") in ("completed", "diverged"):
-            log(f"{tag} reusing finished run in {cfg.out_dir} ({s['status']})")
+            s, r = {}, {}
+        same_config = s.get("config") == json.loads(json.dumps(cfg.to_dict()))
+        if same_config and r.get("code_revision") == rev and s.get("status") in ("completed", "diverged"):
+            log(f"{tag} reusing finished run in {cfg.out_dir} ({s['status']}, code {rev})")
             return s
         cfg = dataclasses.replace(cfg, resume=False)
     log(f"{tag} training {cfg.steps} steps ...")
+    t0 = time.time()
     try:
-        return train(cfg)
+        s = train(cfg)
     except TrainingDiverged as e:
         log(f"{tag} diverged: {e}")
-        return json.loads(path.read_text())
+        s = json.loads(path.read_text())
+    atomic_write_json(record, {"code_revision": rev, "git": git_revision(), "status": s.get("status"),
+                               "wall_time_s": round(time.time() - t0, 1)})
+    return s

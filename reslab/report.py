@@ -104,14 +104,16 @@ def _fmt(x, spec=".4f") -> str:
 
 def markdown_table(rows: list[dict], baseline: str) -> str:
     metric = next((r["metric"] for r in rows if r["metric"]), "metric")
-    head = (f"| connection | val loss (mean ± std) | {metric} | params | extra params vs {baseline} | "
-            f"median step (ms) | steps to {baseline}'s loss | Welch p | seeds ok |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+    tuned = any(r.get("tuned") for r in rows)  # `compare --tune`: the value each arm chose for itself
+    head = (f"| connection |{' tuned |' if tuned else ''} val loss (mean ± std) | {metric} | params | "
+            f"extra params vs {baseline} | median step (ms) | steps to {baseline}'s loss | Welch p | seeds ok |\n"
+            f"|---|{'---|' if tuned else ''}---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         extra = r["extra_params"]
+        chosen = ", ".join(f"{k}={v}" for k, v in (r.get("tuned") or {}).items()) or "—"
         lines.append(
-            f"| `{r['arm']}` | {_fmt(r['val_loss_mean'])} ± {_fmt(r['val_loss_std'])} | "
+            f"| `{r['arm']}` |{f' {chosen} |' if tuned else ''} {_fmt(r['val_loss_mean'])} ± {_fmt(r['val_loss_std'])} | "
             f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])} | {r['params'] if r['params'] is not None else '—'} | "
             f"{'—' if extra is None else f'{extra:+d}'} | "
             f"{_fmt(None if r['median_step_time'] is None else 1000 * r['median_step_time'], '.1f')} | "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 START, END = "<!-- scoreboard:start -->", "<!-- scoreboard:end -->"
 REQUIRED = ("experiment", "claim", "verdict", "command")
-VERDICT_ORDER = ("reproduced", "partial", "not reproduced")
+VERDICT_ORDER = ("reproduced", "partial", "not reproduced", "inconclusive")
 PRESET_ORDER = {"cpu": 0, "gpu": 1, "quick": 2}
 OVERHEAD_DIR = "bench-overhead"
 

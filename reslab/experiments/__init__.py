@@ -4,8 +4,13 @@ Each module in this package defines ``EXPERIMENT = Experiment(...)`` for one pap
 and the paper's number, budgets per preset (``quick`` for tests, ``cpu`` for the committed results
 on 2 cores, ``gpu`` for paper-like sizes), a ``run`` function that trains the arms and returns
 plain-JSON results, and a ``verdict`` function that turns those results into ``reproduced``,
-``partial`` or ``not reproduced`` with the numbers. ``reslab reproduce NAME --preset P`` runs one
-and writes ``summary.json`` (command, git revision, machine, per-seed values, verdict) beside its plots.
+``partial`` or ``not reproduced`` with the numbers -- or ``inconclusive`` when the claim's premise does not
+hold at this scale, or when significance cannot be tested (fewer than 2 seeds).
+
+``reslab reproduce NAME --preset P`` trains under ``runs/reproduce/NAME-P/`` (raw runs, checkpoints; ignored
+by git) and publishes only what a reader needs to ``results/NAME/`` (cpu) or ``results/NAME-gpu/`` (gpu):
+``summary.json`` (command, git revision, machine, per-seed values, the code revision and training wall time
+of every run, the verdict), the markdown tables and the plots.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-VERDICTS = ("reproduced", "partial", "not reproduced")
+VERDICTS = ("reproduced", "partial", "not reproduced", "inconclusive")
 
 
 @dataclass
@@ -58,7 +63,8 @@ def get_experiment(name: str) -> Experiment:
 
 
 def default_out(name: str, preset: str) -> Path:
-    """Committed results live in results/<name>/ (cpu; gpu under results/<name>-gpu/); quick runs go to runs/."""
+    """Where a preset's published outputs go: results/<name>/ (cpu), results/<name>-gpu/ (gpu); quick and other
+    presets are never published, so they go to runs/."""
     if preset == "cpu":
         return Path("results") / name
     if preset == "gpu":
@@ -66,28 +72,84 @@ def default_out(name: str, preset: str) -> Path:
     return Path("runs") / "reproduce" / f"{name}-{preset}"
 
 
-def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command: str = "", log=print) -> dict:
+def default_runs(name: str, preset: str) -> Path:
+    """Where the raw runs of a preset live (ignored by git): reused by the next reproduce when their config and
+    code revision match, never committed."""
+    return Path("runs") / "reproduce" / f"{name}-{preset}"
+
+
+#: top-level files of a run folder that a reader needs; everything else (runs, checkpoints, logs) stays in runs/
+PUBLISHED = ("*.png", "*.md")
+
+
+def publish(raw: Path, out: Path) -> list[str]:
+    """Copy the tables and plots an experiment wrote at the top of ``raw`` into ``out``; returns their names."""
+    import shutil
+
+    names = []
+    if raw.resolve() == out.resolve():
+        return sorted(p.name for pat in PUBLISHED for p in raw.glob(pat))
+    for pat in PUBLISHED:
+        for p in sorted(raw.glob(pat)):
+            shutil.copy2(p, out / p.name)
+            names.append(p.name)
+    return sorted(names)
+
+
+def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command: str = "", log=print,
+              runs_dir: str | Path | None = None) -> dict:
+    """Run one experiment's preset: raw runs under ``runs_dir`` (default runs/reproduce/NAME-PRESET, or
+    OUT/runs when ``out_dir`` is given), published summary/tables/plots under ``out_dir``."""
+    from ..compare import run_records
     from ..train import atomic_write_json, git_revision, machine
 
     exp = get_experiment(name)
     if preset not in exp.presets:
         raise ValueError(f"experiment {name!r} has no preset {preset!r}; valid: {', '.join(exp.presets)}")
     out = Path(out_dir) if out_dir else default_out(name, preset)
+    raw = Path(runs_dir) if runs_dir else (out / "runs" if out_dir else default_runs(name, preset))
     out.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = exp.run(dict(exp.presets[preset]), out, log)
+    results = exp.run(dict(exp.presets[preset]), raw, log)
     verdict, explanation = exp.verdict(results)
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {name}: verdict {verdict!r} is not one of {VERDICTS}")
+    runs = run_records(raw)
     summary = {
         "experiment": name, "paper": exp.paper, "claim": exp.claim, "paper_number": exp.paper_number,
         "preset": preset, "settings": exp.presets[preset], "command": command or f"reslab reproduce {name} --preset {preset}",
         "git": git_revision(), "machine": machine(), "wall_time_s": round(time.time() - t0, 1),
+        "training_wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1),
         "verdict": verdict, "explanation": explanation, "notes": exp.notes, "results": results,
+        "runs": runs, "published": publish(raw, out),
     }
     atomic_write_json(out / "summary.json", summary)
-    log(f"\n{name} ({preset}): {verdict.upper()} — {explanation}\nwrote {out / 'summary.json'}")
+    log(f"\n{name} ({preset}): {verdict.upper()} — {explanation}\nwrote {out / 'summary.json'} (raw runs in {raw})")
     return summary
+
+
+def resummarize(path: str | Path, log=print) -> dict:
+    """Re-apply the experiment's *current* verdict rule to a committed summary's results (the per-seed values it
+    holds); nothing is trained and no number changes. The summary records that it was re-summarised, by which
+    git revision, and the verdict it had before."""
+    from ..train import atomic_write_json, git_revision
+
+    path = Path(path)
+    s = load_summary(path)
+    exp = get_experiment(s["experiment"])
+    verdict, explanation = exp.verdict(s["results"])
+    if verdict not in VERDICTS:
+        raise RuntimeError(f"experiment {exp.name}: verdict {verdict!r} is not one of {VERDICTS}")
+    if (verdict, explanation) != (s["verdict"], s["explanation"]):
+        s.setdefault("resummarized", []).append({"git": git_revision(), "previous_verdict": s["verdict"],
+                                                 "command": f"reslab reproduce {exp.name} --preset {s.get('preset', 'cpu')} --resummarize"})
+        s["verdict"], s["explanation"] = verdict, explanation
+        atomic_write_json(path, s)
+        log(f"{path}: {s['resummarized'][-1]['previous_verdict']} -> {verdict}")
+    else:
+        log(f"{path}: unchanged ({verdict})")
+    return s
 
 
 def load_summary(path: str | Path) -> dict:

@@ -71,3 +71,112 @@ def diagnose_run(run_dir: str | Path, out: Path, label: str) -> dict:
         plot_routing(P, out / f"routing_{slug(label)}.png", title=f"{label} (seed {cfg.seed})")
         d["routing"] = P.tolist()
     return d
+
+
+# ---- verdict statistics: every rule is built from these, so every rule can fail and none passes on noise ----
+
+ALPHA = 0.05  # two-sided Welch test level used by every verdict
+
+
+def _finite(xs) -> list[float]:
+    return [float(x) for x in xs if x is not None and math.isfinite(x)]
+
+
+def welch(a, b) -> float | None:
+    """Two-sided Welch p of a vs b; None when either side has < 2 values (significance cannot be tested). Two
+    spread-free samples with different means are an exact difference (p = 0), with equal means p = 1."""
+    from ..report import welch_p
+
+    a, b = _finite(a), _finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    p = welch_p(a, b)
+    if p is None:  # no spread on either side
+        return 0.0 if mean_std(a)[0] != mean_std(b)[0] else 1.0
+    return p
+
+
+def significantly(a, b, direction: str, alpha: float = ALPHA) -> tuple[bool | None, float | None]:
+    """Is a's mean significantly ``"lower"`` / ``"higher"`` than b's (Welch, two-sided, p < alpha)? Returns
+    (True/False, p), or (None, None) when a side has fewer than 2 seeds: such a check can never pass."""
+    p = welch(a, b)
+    if p is None:
+        return None, None
+    ma, mb = mean_std(_finite(a))[0], mean_std(_finite(b))[0]
+    right_way = ma < mb if direction == "lower" else ma > mb
+    return bool(right_way and p < alpha), p
+
+
+def diff_ci(a, b, level: float = 0.95) -> tuple[float, float] | None:
+    """mean(a) - mean(b) and the half-width of its Welch (Satterthwaite) confidence interval; None with < 2 seeds."""
+    from scipy import stats
+
+    a, b = _finite(a), _finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return ma - mb, 0.0
+    df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0))
+    return ma - mb, float(stats.t.ppf(0.5 + level / 2, df)) * se
+
+
+def noninferior(a, b, margin: float, higher_better: bool) -> tuple[bool | None, str]:
+    """Is a no worse than b by more than ``margin`` (a non-inferiority test on the 95% CI of the difference)?
+    True: the whole CI is on the good side of -margin. False: the CI lies wholly beyond it, or the test had the
+    power to show non-inferiority (CI half-width < margin) and did not. None: the CI is wider than the margin
+    (or < 2 seeds): the data cannot tell, so the check cannot pass."""
+    ci = diff_ci(a, b)
+    if ci is None:
+        return None, "fewer than 2 seeds"
+    d, h = ci
+    gain = d if higher_better else -d  # > 0: a better than b
+    text = f"{'+' if gain >= 0 else ''}{gain:.4g} ± {h:.2g} (95% CI) vs margin {margin:.3g}"
+    if gain - h > -margin:
+        return True, text
+    if gain + h < -margin or h < margin:
+        return False, text
+    return None, text + " — CI wider than the margin: untestable at this scale"
+
+
+def depth_premise(better, worse, higher_better: bool, k_se: float = 3.0) -> tuple[bool | None, str]:
+    """A premise such as 'the deeper/bigger model is better': better's mean beats worse's by more than ``k_se``
+    standard errors of the difference and Welch p < ALPHA. None with fewer than 2 seeds."""
+    ci = diff_ci(better, worse)
+    if ci is None:
+        return None, "fewer than 2 seeds"
+    d = ci[0] if higher_better else -ci[0]
+    a, b = _finite(better), _finite(worse)
+    se = math.sqrt(mean_std(a)[1] ** 2 / len(a) + mean_std(b)[1] ** 2 / len(b))
+    ok, p = significantly(better, worse, "higher" if higher_better else "lower")
+    n_se = d / se if se else (math.inf if d > 0 else -math.inf)
+    return bool(ok and n_se > k_se), f"gap {d:+.4g} = {n_se:.1f} SE (needs > {k_se:g}), Welch p={_p(p)}"
+
+
+def _p(p) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def decide(checks: list[tuple[str, bool | None, str]], premise: tuple[str, bool | None, str] | None = None
+           ) -> tuple[str, str]:
+    """The verdict from named checks (name, passed, text); passed None = could not be tested (too few seeds, CI
+    wider than the margin). A failed or untestable premise -> ``inconclusive``. Otherwise: every check passed ->
+    ``reproduced``; some passed -> ``partial``; none passed and at least one failed -> ``not reproduced``; none
+    could be tested -> ``inconclusive``."""
+    def fmt(name, ok, text):
+        return f"{name}: {'PASS' if ok else 'FAIL' if ok is False else 'UNTESTABLE'} ({text})"
+
+    parts = ([fmt("premise " + premise[0], premise[1], premise[2])] if premise else []) + [fmt(*c) for c in checks]
+    text = "; ".join(parts)
+    if premise is not None and not premise[1]:
+        return "inconclusive", text
+    results = [ok for _, ok, _ in checks]
+    if results and all(ok is True for ok in results):
+        return "reproduced", text
+    if any(ok is True for ok in results):
+        return "partial", text
+    if any(ok is False for ok in results):
+        return "not reproduced", text
+    return "inconclusive", text
