@@ -16,7 +16,8 @@ from pathlib import Path
 from .connections import connection, list_connections
 from .connections.registry import split_top
 from .report import markdown_table, plot_curves, summarize_arms
-from .train import TrainConfig, TrainingDiverged, atomic_write_json, git_revision, machine, train
+from .train import (TrainConfig, TrainingDiverged, TrainingInterrupted, atomic_write_json, git_revision, machine,
+                    train)
 
 
 def parse_arms(text: str) -> list[str]:
@@ -70,11 +71,16 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         for seed in range(seeds):
             cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
-            summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
+            try:
+                summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
+            except KeyboardInterrupt as e:
+                raise _interrupted(e, out, results, arm, cfg) from None
             results[arm].append(summary)
             if summary.get("status") == "completed":
                 log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
                     f"{summary['metric']} {summary['final_val_metric']:.4f}")
+        if arm != labels[-1]:  # a long comparison shows (and keeps) what it has so far
+            write_partial(out, results, baseline, len(labels), title, command)
     rows = summarize_arms(results, baseline)
     for r in rows:
         if r["arm"] in tuning:
@@ -225,6 +231,28 @@ def run_records(root: str | Path) -> list[dict]:
             continue
         out.append({"run": str(rec.parent.relative_to(root))} | r)
     return out
+
+
+def write_partial(out: Path, results: dict[str, list[dict]], baseline: str, n_arms: int, title: str,
+                  command: str) -> None:
+    """results.md and curves.png of the arms finished so far (the full report replaces them at the end)."""
+    done = {a: rs for a, rs in results.items() if rs}
+    table = markdown_table(summarize_arms(done, baseline), baseline)
+    plot_curves(done, out / "curves.png", title=f"{title} — partial: {len(done)} of {n_arms} arms")
+    (out / "results.md").write_text(f"# {title}\n\n**Partial: {len(done)} of {n_arms} arms finished**; run `{command}` "
+                                    f"again to continue.\n\n{table}\n![curves](curves.png)\n")
+
+
+def _interrupted(e: KeyboardInterrupt, out: Path, results: dict[str, list[dict]], arm: str,
+                 cfg: TrainConfig) -> TrainingInterrupted:
+    """One line for Ctrl-C during a comparison: what is kept and how to go on."""
+    finished = [a for a, rs in results.items() if rs and a != arm]
+    kept = (f"{out / 'results.md'} and curves.png hold the {len(finished)} finished arm(s)" if finished
+            else "no arm had finished")
+    here = (f"{arm} seed {cfg.seed} stopped at step {e.step} with a checkpoint" if isinstance(e, TrainingInterrupted)
+            else f"{arm} seed {cfg.seed} resumes from its last checkpoint, if any")
+    return TrainingInterrupted(f"interrupted: {kept}; {here}; run the same command again to continue "
+                               f"(finished runs are reused)", str(out), getattr(e, "step", 0))
 
 
 def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:

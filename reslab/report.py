@@ -105,7 +105,8 @@ def _fmt(x, spec=".4f") -> str:
 def markdown_table(rows: list[dict], baseline: str) -> str:
     metric = next((r["metric"] for r in rows if r["metric"]), "metric")
     tuned = any(r.get("tuned") for r in rows)  # `compare --tune`: the value each arm chose for itself
-    head = (f"| connection |{' tuned |' if tuned else ''} val loss (mean ± std) | {metric} | params | "
+    arrow = "↑" if metric in HIGHER_IS_BETTER else "↓"
+    head = (f"| connection |{' tuned |' if tuned else ''} val loss ↓ | {metric} {arrow} | params | "
             f"extra params vs {baseline} | median step (ms) | steps to {baseline}'s loss | Welch p | seeds ok |\n"
             f"|---|{'---|' if tuned else ''}---|---|---|---|---|---|---|---|\n")
     lines = []
@@ -113,18 +114,50 @@ def markdown_table(rows: list[dict], baseline: str) -> str:
         extra = r["extra_params"]
         chosen = ", ".join(f"{k}={v}" for k, v in (r.get("tuned") or {}).items()) or "—"
         lines.append(
-            f"| `{r['arm']}` |{f' {chosen} |' if tuned else ''} {_fmt(r['val_loss_mean'])} ± {_fmt(r['val_loss_std'])} | "
-            f"{_fmt(r['metric_mean'])} ± {_fmt(r['metric_std'])} | {r['params'] if r['params'] is not None else '—'} | "
+            f"| `{r['arm']}` |{f' {chosen} |' if tuned else ''} {_pm(r['val_loss_mean'], r['val_loss_std'], r['completed'])} | "
+            f"{_pm(r['metric_mean'], r['metric_std'], r['completed'])} | {r['params'] if r['params'] is not None else '—'} | "
             f"{'—' if extra is None else f'{extra:+d}'} | "
             f"{_fmt(None if r['median_step_time'] is None else 1000 * r['median_step_time'], '.1f')} | "
             f"{'—' if r['steps_to_target'] is None else int(r['steps_to_target'])} | {_fmt(r['welch_p_vs_baseline'], '.3g')} | "
             f"{r['completed']}/{r['seeds']}{' (' + str(r['diverged']) + ' diverged)' if r['diverged'] else ''} |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n\n" + table_key(metric, baseline) + "\n"
+
+
+#: metrics where a larger value is better; every other metric (losses, bits/char, MSE) is better lower
+HIGHER_IS_BETTER = ("accuracy", "val_accuracy")
+
+
+def _pm(mean, std, n: int) -> str:
+    """``mean ± std`` over seeds; with one seed there is no spread to show."""
+    if n <= 1:
+        return f"{_fmt(mean)} (n/a: 1 seed)" if n == 1 else "—"
+    return f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def table_key(metric: str, baseline: str) -> str:
+    """What each column of :func:`markdown_table` means."""
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    return (f"Key: ↓ lower is better, ↑ higher is better. *val loss*: final validation loss, mean ± std over seeds "
+            f"(n/a with one seed). *{metric}*: the task's second metric at the end ({better} is better). *params*: "
+            f"all parameters; *extra params*: more than `{baseline}`. *median step*: wall time of one training step. "
+            f"*steps to {baseline}'s loss*: first evaluation at which the arm's mean curve reaches `{baseline}`'s final "
+            f"mean validation loss (fewer is faster; — never). *Welch p*: two-sided Welch t-test of the arm's final "
+            f"losses against `{baseline}`'s (needs ≥ 2 seeds; small p: the difference is unlikely to be seed noise). "
+            f"*seeds ok*: runs that completed without diverging.\n")
 
 
 def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", key: str = "val_loss") -> None:
-    """Mean validation curve per arm (shaded: min–max over seeds)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Mean validation curve per arm (shaded: min–max over seeds). With several arms a second panel shows each
+    arm's curve minus the first arm's (the baseline) on a zoomed axis, so arms far apart (``plain``) do not
+    squeeze the others into a sliver; arms that leave that axis are named in its legend with their final gap."""
+    base = next(iter(arms), None)
+    two = len([a for a, rs in arms.items() if any(r.get("curve") for r in rs)]) > 1 and bool(mean_curve(arms[base], key))
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(13 if two else 7, 4.5))
+    ax = axes[0] if two else axes
+    if two:
+        _plot_relative(axes[1], arms, base, key)
+        label_axes(axes[1], "step", f"{key.replace('_', ' ')} minus {base}'s (lower is better)",
+                   f"relative to {base} (zoomed)")
     for arm, runs in arms.items():
         curves = [r["curve"] for r in runs if r.get("curve")]
         if not curves:
@@ -136,7 +169,33 @@ def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", 
             vals = [[c[i][key] for c in curves] for i in range(len(mean))]
             ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15,
                             color=line.get_color())
-    finish_line_plot(fig, ax, path, "step", key.replace("_", " "), title)
+    finish_line_plot(fig, ax, path, "step", key.replace("_", " ") + " (lower is better)", title)
+
+
+def _plot_relative(ax, arms: dict[str, list[dict]], base: str, key: str) -> None:
+    """Each arm's mean curve minus ``base``'s at the same steps; the y-range covers the arms whose final gap is
+    within 4x the median absolute final gap (at least the baseline's zero line), the others are clipped."""
+    ref = {row["step"]: row[key] for row in mean_curve(arms[base], key)}
+    diffs = {}
+    for arm, runs in arms.items():
+        pts = [(row["step"], row[key] - ref[row["step"]]) for row in mean_curve(runs, key) if row["step"] in ref]
+        pts = [(s, d) for s, d in pts if math.isfinite(d)]
+        if pts:
+            diffs[arm] = pts
+    finals = [abs(p[-1][1]) for a, p in diffs.items() if a != base]
+    scale = 4 * statistics.median(finals) if finals and statistics.median(finals) > 0 else None
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    inside = []
+    for arm, pts in diffs.items():
+        final = pts[-1][1]
+        off = scale is not None and abs(final) > scale
+        ax.plot([s for s, _ in pts], [d for _, d in pts], label=f"{arm} (off scale: {final:+.3f})" if off else arm)
+        if not off:  # the range follows the arms that stay in view, over their second half (early evals differ most)
+            inside.extend(d for _, d in pts[len(pts) // 2:])
+    if inside and scale is not None:
+        lo, hi = min(inside + [0.0]), max(inside + [0.0])
+        pad = 0.15 * (hi - lo or scale)
+        ax.set_ylim(lo - pad, hi + pad)
 
 
 def label_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
