@@ -340,7 +340,10 @@ def load_checkpoint(path: Path, cfg: TrainConfig | None = None) -> dict:
     fix = "delete it, pass resume=false, or use a new out_dir to start the run afresh"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text here suggests weights_only=False: never do that for a stranger's file
+    except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: never for a stranger's file
+        if "global" not in str(e).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a reslab "
+                                  f"checkpoint: {fix}") from None
         raise CheckpointError(f"{path} is not a reslab checkpoint: it holds Python objects other than tensors and "
                               f"plain values, which reslab refuses to load (loading them could run code): {fix}") from None
     except Exception as e:  # truncated, random bytes, not a zip/pickle at all
