@@ -301,10 +301,14 @@ def test_no_flags():
 def test_bad_rank_and_k():
     with pytest.raises(ValueError, match="rank"):
         reslab.connection("laurel(lr, rank=0)", 2, D)
-    with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+    # constructing the class directly is validated by the registry too, with the same message
+    with pytest.raises(ValueError, match="option 'rank': 0 is out of range"):
         Laurel(2, D, lr=True, rank=0)
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="option 'k': 0 is out of range"):
         Laurel(2, D, pa=True, k=0)
+    # a rank above the width is refused before anything is allocated
+    with pytest.raises(ValueError, match=r"rank=1000000 exceeds the stream's width D=32"):
+        reslab.connection("laurel(lr, rank=1000000)", 2, 32)
 
 
 def test_identity_pa_with_lr_rejected():

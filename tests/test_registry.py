@@ -35,7 +35,7 @@ def test_bad_specs_name_the_offender_and_what_is_valid(spec, match):
 
 
 def test_out_of_range_value_lists_the_range():
-    with pytest.raises(ValueError, match=r"out of range.*k=3 \(int in \[1, inf\]\)"):
+    with pytest.raises(ValueError, match=r"out of range.*k=3 \(int in \[1, 64\]\)"):
         resolve("laurel(pa, k=0)")
 
 

@@ -54,7 +54,7 @@ def randomize(conn):
     ("0.5", "blocks", 3, 2, 0.5),
 ])
 def test_scaled_lambda_rules(lam, count, k, branches, expected):
-    conn = connection(f"scaled(lam={lam}, count={count})", n_blocks=k, dim=D)
+    conn = connection(f"scaled(lam={lam}, count={count})", n_blocks=k, dim=D, branches_per_block=branches)
     x = torch.randn(B, T, D, dtype=torch.float64)
     y = conn(x, ones_blocks(k, branches))
     # every branch adds λ·1, and there are k*branches of them
@@ -63,11 +63,12 @@ def test_scaled_lambda_rules(lam, count, k, branches, expected):
     assert conn.extra_parameters() == 0 and len(list(conn.parameters())) == 0
 
 
-def test_scaled_default_is_inv_sqrt_branches_and_lambda_known_when_it_can_be():
-    conn = connection("scaled", n_blocks=2, dim=D)
-    assert conn.coefficients() == {}  # depends on the branch count, seen only at forward
-    conn(torch.randn(B, T, D), ones_blocks(2, 2))
+def test_scaled_default_is_inv_sqrt_network_branches_known_at_construction():
+    conn = connection("scaled", n_blocks=2, dim=D, branches_per_block=2)
     assert conn.coefficients()["lambda"].item() == pytest.approx(0.5)  # 1/sqrt(4)
+    # n is the network's branch count when the model passes it (a ResNet's stages share one n)
+    stage = connection("scaled(lam=1/n)", n_blocks=2, dim=D, network_branches=10)
+    assert stage.coefficients()["lambda"].item() == pytest.approx(0.1)
     assert connection("scaled(count=blocks)", 4, D).coefficients()["lambda"].item() == pytest.approx(0.5)
     assert connection("scaled(lam=0.3)", 4, D).coefficients()["lambda"].item() == pytest.approx(0.3)
 
@@ -80,7 +81,7 @@ def test_scaled_equals_hand_written_tower():
     h = h + lam * b[0][1](h)
     h = h + lam * b[1][0](h)
     expected = h + lam * b[1][1](h)
-    torch.testing.assert_close(connection("scaled", 2, D)(x, b), expected)
+    torch.testing.assert_close(connection("scaled", 2, D, branches_per_block=2)(x, b), expected)
 
 
 def test_scaled_lam_zero_is_identity_and_lam_one_is_residual():
@@ -176,7 +177,7 @@ def test_skipinit_params_and_branch_mismatch():
     with pytest.raises(ValueError, match=r"skipinit\(branches=2\)"):
         connection("skipinit", K, D)(x, make_blocks(branches=2))
     mixed = [[Tanh()], [Tanh(), Tanh()], [Tanh()]]
-    with pytest.raises(ValueError, match="same number of branches"):
+    with pytest.raises(ValueError, match="block 1 has 2"):
         connection("skipinit", K, D)(x, mixed)
     with pytest.raises(ValueError, match="branches"):
         connection("skipinit(branches=0)", K, D)
@@ -258,7 +259,7 @@ def test_registered_and_recorded(spec):
     name = spec.split("(")[0]
     info = {i.name: i for i in list_connections()}[name]
     assert "arXiv:" in info.paper and info.params
-    conn = randomize(connection(spec, K, D))
+    conn = randomize(connection(spec, K, D, branches_per_block=2))
     with reslab.record(conn) as rec:
         conn(torch.randn(B, T, D), make_blocks(branches=2))
     assert len(rec.states["connection"]) == K + 1 and len(rec.branch_stats()) == K * 2
@@ -272,7 +273,7 @@ def test_blocks_count_is_checked():
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_lesion_deletes_a_block_and_keeps_lambda(spec):
-    conn = randomize(connection(spec, K, D))
+    conn = randomize(connection(spec, K, D, branches_per_block=2))
     blocks, x = make_blocks(branches=2), torch.randn(B, T, D)
     zero = [lambda h: torch.zeros_like(h)] * 2
     expected = conn(x, [blocks[0], zero, blocks[2]])

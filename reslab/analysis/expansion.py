@@ -206,29 +206,18 @@ def order_contributions(x: Tensor, branches: Sequence[Branch], lam: Scales = 1.0
 
 
 def scaled_branches(conn, blocks) -> list[Branch]:
-    """The modules φ(h) = s · g(h) that a λ-style connection adds, so that ``tower(h, φ)`` equals
-    ``conn(h, blocks)``: ``residual`` (s = 1), ``scaled`` (its λ), ``rezero``/``skipinit`` (learned
-    scalars), ``layerscale`` (learned per-channel vectors). Other schemes are not towers of the form
-    h + s g(h) (they mix earlier states), so they are refused."""
-    name = getattr(conn, "name", type(conn).__name__)
+    """The modules φ(h) = s · g(h) that a tower-shaped connection adds, so that ``tower(h, φ)`` equals
+    ``conn(h, blocks)``; the scales come from the connection's :meth:`branch_scales` (``residual``: 1,
+    ``scaled``: its λ, ``rezero``/``skipinit``: learned scalars, ``layerscale``: per-channel vectors).
+    Schemes that mix earlier states are not towers h <- h + s·g(h) and are refused."""
+    scales = conn.branch_scales()
+    if scales is None:
+        raise ValueError(f"scaled_branches: connection {conn.spec!r} is not a tower h <- h + s·g(h) (it has no "
+                         "branch_scales()); towers: residual, scaled, rezero, skipinit, layerscale")
     flat = [(j, b, f) for j, block in enumerate(blocks) for b, f in enumerate(block)]
-    if name == "residual":
-        scales = [1.0 for _ in flat]
-    elif name == "scaled":
-        n = conn.n_blocks if conn.count == "blocks" else len(flat)
-        scales = [conn.lam_for(n) for _ in flat]
-    elif name == "rezero":
-        scales = [conn.alpha[j].detach() for j, _, _ in flat]
-    elif name == "skipinit":
-        scales = [conn.alpha[j, b].detach() for j, b, _ in flat]
-    elif name == "layerscale":
-        scales = [conn.scale[j, b].detach() for j, b, _ in flat]  # (D,), channels on the last axis
-        if conn.channel_dim not in (-1,):
-            raise ValueError("scaled_branches: layerscale towers are supported for channels-last streams only")
-    else:
-        raise ValueError(f"scaled_branches: connection {name!r} is not a tower h <- h + s·g(h); supported: "
-                         "residual, scaled, rezero, skipinit, layerscale")
-    return [(lambda h, f=f, s=s: s * f(h)) for (_, _, f), s in zip(flat, scales)]
+    if scales.ndim == 3 and conn.channel_dim != -1:
+        raise ValueError("scaled_branches: per-channel scales are supported for channels-last streams only")
+    return [(lambda h, f=f, s=scales[j, b]: s.to(h.dtype) * f(h)) for j, b, f in flat]
 
 
 def mlp_tower(model) -> tuple[Callable[[Tensor], Tensor], list[Branch], Callable[[Tensor], Tensor]]:

@@ -28,24 +28,21 @@ def _conventions(model: nn.Module) -> dict[str, tuple[str, float]]:
     """Per connection with a routing matrix: (convention, block_edge) for :func:`effective_depth`."""
     out = {}
     for name, c in connections_of(model).items():
-        if c.name == "denseformer":
-            out[name] = ("dwa", 0.0)
-        elif c.name == "residual" or "routing" in c.coefficients():
-            out[name] = ("shortcut", 1.0 if getattr(c, "form", None) == "repo" else 0.0)
+        r = c.routing()
+        if r is not None:
+            out[name] = (r[1], r[2])
     return out
 
 
 def routing_matrix(model: nn.Module) -> dict[str, np.ndarray]:
     """{connection name: K x (K+1) routing matrix} for every connection inside ``model`` (a model or a
-    single Connection) that has one; see the module docstring for the two conventions."""
+    single Connection) that routes earlier states (asked through ``Connection.routing()``); see the
+    module docstring for the two conventions."""
     out = {}
     for name, c in connections_of(model).items():
-        coeffs = c.coefficients()
-        if "routing" in coeffs:
-            out[name] = coeffs["routing"].detach().float().cpu().numpy()
-        elif c.name == "residual":
-            K = c.n_blocks
-            out[name] = np.eye(K, K + 1, dtype=np.float32)  # R[j-1, j-1] = 1: h_{j-1} -> h_j
+        r = c.routing()
+        if r is not None:
+            out[name] = r[0].detach().float().cpu().numpy()
     return out
 
 
@@ -147,7 +144,7 @@ def lesioned(conn, blocks: Iterable[int]):
 def layer_drop_sensitivity(model: nn.Module, loss_fn: Callable, batches) -> dict[str, np.ndarray]:
     """{connection name: array (K,)} of loss(block j lesioned) - loss(intact) for every block j of
     every connection in ``model``, one block at a time (the "delete the residual branch" lesion of
-    Veit et al. 2016, via ``Connection.effective_blocks``). ``loss_fn(model, batch)`` returns a scalar
+    Veit et al. 2016, via the lesion switch that ``Connection.step`` honours). ``loss_fn(model, batch)`` returns a scalar
     loss; losses are averaged over ``batches``. Runs in eval mode under no_grad; the model's mode and
     lesions are restored afterwards."""
     batches = list(batches)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ._fused import fused
 from .base import Block, Branch, Connection, as_blocks
-from .registry import REGISTRY, Option, SchemeInfo, canonical, parse_spec, register, resolve
+from .registry import REGISTRY, Option, SchemeInfo, Shape, canonical, parse_spec, register, resolve
 
-_INFRA = {"base", "registry"}
+_INFRA = {"base", "registry"}  # modules starting with "_" (e.g. _fused) are helpers, not schemes
 _loaded = False
 
 
@@ -26,25 +27,39 @@ def _load_all() -> None:
 
 
 def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int = -1, branches_per_block: int = 1,
-               **overrides) -> Connection:
+               network_branches: int | None = None, **overrides) -> Connection:
     """Build a connection from a spec string, e.g. ``connection("laurel(rw,lr,rank=16)", 8, 256)``.
 
-    ``branches_per_block`` is the model's block structure (2 for a transformer's [attention, mlp]),
-    not a choice of scheme: schemes that own a parameter per branch (``skipinit``, ``layerscale``,
-    ``laurel(unit=branch)``) take it as their ``branches`` option unless the spec sets one, so a
-    model can pass its shape once and stay ignorant of the scheme. ``overrides`` are options given
-    as keywords; they win over the string.
+    ``branches_per_block`` (2 for a transformer's [attention, mlp]) and ``network_branches`` (residual
+    branches in the whole network, REX's n; default ``n_blocks * branches_per_block``) describe the
+    model, not the scheme: a model passes its shape once and stays ignorant of the scheme. Schemes with
+    a ``branches`` option take it from ``branches_per_block`` unless the spec sets one. ``overrides``
+    are options given as keywords; they win over the string.
     """
     _load_all()
     if isinstance(spec, Connection):
         return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"connection spec must be a string such as 'residual' or 'ancre(tau=0.01)', got "
+                         f"{type(spec).__name__} {spec!r}; valid schemes: {', '.join(sorted(REGISTRY))}")
+    if isinstance(branches_per_block, bool) or not isinstance(branches_per_block, int) or branches_per_block < 1:
+        raise ValueError(f"connection {spec!r}: branches_per_block must be an integer >= 1, got {branches_per_block!r}")
     name, given = parse_spec(spec)
     if name in REGISTRY and "branches" in REGISTRY[name].options and "branches" not in given | overrides:
         overrides["branches"] = branches_per_block
     info, opts = resolve(spec, **overrides)
+    branches = int(opts.get("branches", branches_per_block))
     conn = info.cls(n_blocks=n_blocks, dim=dim, channel_dim=channel_dim, **opts)
+    conn.branches_per_block = branches
+    conn.network_branches = int(network_branches) if network_branches is not None else n_blocks * branches
     conn.spec = canonical(info.name, opts)
     return conn
+
+
+def scheme_info(conn: Connection) -> SchemeInfo:
+    """The registry entry of a built connection."""
+    _load_all()
+    return REGISTRY[conn.name]
 
 
 def list_connections() -> list[SchemeInfo]:
@@ -58,5 +73,5 @@ def connection_names() -> list[str]:
     return sorted(REGISTRY)
 
 
-__all__ = ["Block", "Branch", "Connection", "Option", "SchemeInfo", "as_blocks", "canonical", "connection",
-           "connection_names", "list_connections", "parse_spec", "register", "resolve"]
+__all__ = ["fused", "Block", "Branch", "Connection", "Option", "SchemeInfo", "as_blocks", "canonical", "connection",
+           "connection_names", "list_connections", "parse_spec", "register", "resolve", "scheme_info", "Shape"]

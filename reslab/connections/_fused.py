@@ -36,11 +36,34 @@ tracing).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+
+_ENABLED = False
+
+
+def fused_enabled() -> bool:
+    """Whether schemes take the fused fast path: only when switched on, never under torch.compile or
+    when a double backward / torch.func transform could need the plain expression's derivatives."""
+    return _ENABLED and not torch.compiler.is_compiling()
+
+
+@contextmanager
+def fused(enabled: bool = True) -> Iterator[None]:
+    """Switch the fused fast path on (or off) inside the ``with`` block. Off by default: the custom
+    autograd functions are once-differentiable and opaque to ``torch.func``, so the plain expressions
+    are what every scheme computes unless a user opts in for speed (``reslab bench overhead --fused``)."""
+    global _ENABLED
+    before, _ENABLED = _ENABLED, bool(enabled)
+    try:
+        yield
+    finally:
+        _ENABLED = before
 
 
 def _dot(g: Tensor, x: Tensor) -> Tensor:

@@ -25,11 +25,11 @@ Parameters: K(K+1)/2 shortcuts, minus the one whose softmax has a single entry a
 receive a gradient: K(K+1)/2 - 1 trainable scalars (0 with learn=false). Keep them out of weight decay
 and note that under Adam a small tau acts as a 1/tau learning-rate multiplier on the logits.
 
-Cost: one masked_scatter + one softmax per forward for all destinations, then K(K+1)/2 scaled adds,
-each destination's accumulated in place into one tensor by ``_fused.weighted_sum``, whose backward
-takes dL/dp as dot products and gathers each source's gradient in one buffer (no per-shortcut
-temporaries); the history is a Python list of the states autograd keeps anyway, never a stacked
-(K, batch, ...) tensor.
+Cost: one masked_scatter + one softmax per forward for all destinations, then K(K+1)/2 scaled adds;
+the history is a tuple of the states autograd keeps anyway, never a stacked (K, batch, ...) tensor.
+With ``reslab.connections.fused(True)`` each destination is accumulated in place into one tensor by
+``_fused.weighted_sum`` (dL/dp as dot products, one gradient buffer per source), which is faster but
+once-differentiable, so it is opt-in.
 """
 from __future__ import annotations
 
@@ -38,17 +38,24 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._fused import weighted_sum
+from ._fused import fused_enabled, weighted_sum
 from .base import Connection
 from .registry import Option, register
+
+
+def _param_count(opts: dict, shape) -> int:
+    K = shape.n_blocks
+    return max(K * (K + 1) // 2 - 1, 0) if opts["learn"] else 0
 
 
 @register(
     "ancre",
     paper="Zhang, Li, He, Giannakis 2026, ANCRe (arXiv:2602.09009)",
     params="K(K+1)/2 - 1 (0 with learn=false)",
+    param_count=_param_count,
+    coefficients={"routing": "K x (K+1) matrix, row j-1 = weights p_ij of the states h_i added to block j's output"},
     options=[
-        Option("tau", "float", 0.01, "softmax temperature (> 0); logits are c/tau"),
+        Option("tau", "float", 0.01, "softmax temperature; logits are c/tau", positive=True),
         Option("form", "choice", "repo", "repo: blocks keep inner residuals; theory: plain blocks",
                choices=("repo", "theory")),
         Option("learn", "bool", True, "false: logits frozen at 0 (fixed uniform average)"),
@@ -61,16 +68,9 @@ class ANCRe(Connection):
 
     def __init__(self, n_blocks, dim, channel_dim=-1, tau=0.01, form="repo", learn=True, norm="incoming"):
         super().__init__(n_blocks, dim, channel_dim)
-        tau = float(tau)
-        if not (tau > 0 and math.isfinite(tau)):
-            raise ValueError(f"ancre: option 'tau' must be a finite number > 0 (the logits are divided "
-                             f"by it), got {tau}; e.g. ancre(tau=0.01)")
-        for opt, val, valid in (("form", form, ("repo", "theory")), ("norm", norm, ("incoming", "outgoing"))):
-            if val not in valid:
-                raise ValueError(f"ancre: option {opt!r} must be one of {', '.join(valid)}, got {val!r}")
         self.form, self.norm, self.learn = form, norm, bool(learn)
         K = self.n_blocks
-        self.register_buffer("tau", torch.tensor(tau))
+        self.register_buffer("tau", torch.tensor(float(tau)))
         # Logit matrix L (K x K): row r = destination j = r+1, column i = source; valid iff i <= r.
         # (The routing matrix has K+1 columns but source K never feeds anything, so it is left out
         # here: then no softmax row/column is ever fully masked.)
@@ -90,42 +90,46 @@ class ANCRe(Connection):
         self._dim = 1 if norm == "incoming" else 0  # softmax over sources (per row) or destinations (per column)
 
     def extra_parameters(self) -> int:
-        # Overridden so the count is the scheme's formula by construction: the singleton logit is a
-        # constant that is never stored, and learn=false keeps its (zero) logits in a buffer.
+        # the singleton logit is a constant that is never stored; learn=false keeps its logits in a buffer
         return self.logits.numel() if isinstance(self.logits, torch.nn.Parameter) else 0
 
-    def routing(self) -> torch.Tensor:
+    def weights(self) -> torch.Tensor:
         """P (K x K) with P[j-1, i] = p_ij, differentiable in the logits."""
         full = self._fill.masked_scatter(self._mask, self.logits.to(self._fill.dtype))
         return torch.softmax(full / self.tau, dim=self._dim)
 
     def coefficients(self):
         # K x (K+1): column K (source h_K) is all zeros, everything above the diagonal too.
-        return {"routing": F.pad(self.routing().detach(), (0, 1))}
+        return {"routing": F.pad(self.weights().detach(), (0, 1))}
 
-    def forward(self, x, blocks):
-        self.check_blocks(blocks)
-        blocks = self.effective_blocks(blocks)
-        self._record_state(0, x)
-        if not blocks:
-            return x
-        P = self.routing()  # one softmax for every destination
-        repo = self.form == "repo"
-        hs = [x]  # h_0..h_{j-1}: the tensors autograd saves anyway
-        h = x
-        pending: dict = {}  # per-source gradient sums for weighted_sum's backward
-        for j, block in enumerate(blocks):  # block j builds destination j+1
-            out = None
-            for b, f in enumerate(block):
-                if out is not None:
-                    h = h + out if repo else out
-                out = f(h)
-                self._record_branch(j, b, h, out)
-            # h_{j+1} = B(h_j) + sum_{i<=j} p_{i,j+1} h_i, with the block's last "h + out" (repo) done in
-            # the same sum; source h_j is read first here, so this call hands it its gradient in backward
-            bases = [h] if out is None else ([h, out] if repo else [out])
-            h = weighted_sum(bases, P[j, : j + 1], hs, pending, [(i, i == j) for i in range(j + 1)],
-                             last_call=j + 1 == len(blocks))
-            hs.append(h)
-            self._record_state(j + 1, h)
-        return h
+    def routing(self):
+        # the shortcut sum is added to the block's output, which keeps its inner residual with form=repo
+        return self.coefficients()["routing"], "shortcut", 1.0 if self.form == "repo" else 0.0
+
+    # -- the steps. state = (hs: h_0..h_j, h: the running stream inside block j, P, pending) ---------------
+    def start(self, x0):
+        P = self.weights() if self.n_blocks else None  # one softmax for every destination
+        return (x0,), x0, P, ({} if fused_enabled() else None)
+
+    def branch_input(self, state, k, b):
+        return state[1]
+
+    def branch_output(self, state, k, b, x, out):
+        hs, h, P, pending = state
+        return hs, (h + out if self.form == "repo" else out), P, pending
+
+    def end_block(self, state, k):
+        # h_{k+1} = B(h_k) + sum_{i<=k} p_{i,k+1} h_i
+        hs, h, P, pending = state
+        w = P[k, : k + 1].to(h.dtype)
+        if pending is not None:  # the opt-in fused path: one buffer, dL/dp as dot products
+            new = weighted_sum([h], w, list(hs), pending, [(i, i == k) for i in range(k + 1)],
+                               last_call=k + 1 == self.n_blocks)
+        else:
+            new = h
+            for i, hi in enumerate(hs):
+                new = new + w[i] * hi
+        return hs + (new,), new, P, pending
+
+    def finish(self, state):
+        return state[1]

@@ -19,15 +19,15 @@ Sparse variants (the paper's "k x p" DenseFormer; this is our reading of the off
                 block outputs (never DWA outputs), also for blocks without a DWA step.
 Parameters: sum over DWA steps j of |S_j| = floor(j/k) + 1; K(K+3)/2 for k = p = 1.
 
-All alphas live in one packed parameter (row-major over (step j, source i)); the forward keeps a
-Python list of the states autograd saves anyway and accumulates each average in place into one
-tensor (``_fused.weighted_sum``: dL/dalpha as dot products, one gradient buffer per source).
+All alphas live in one packed parameter (row-major over (step j, source i)); the state keeps a tuple
+of the block outputs autograd saves anyway. ``reslab.connections.fused(True)`` accumulates each average
+in place into one tensor (``_fused.weighted_sum``), an opt-in fast path that is once-differentiable.
 """
 from __future__ import annotations
 
 import torch
 
-from ._fused import weighted_sum
+from ._fused import fused_enabled, weighted_sum
 from .base import Connection
 from .registry import Option, register
 
@@ -38,10 +38,18 @@ def dwa_sources(n_blocks: int, dilation: int, period: int) -> dict[int, list[int
             for j in range(1, n_blocks + 1) if j % period == 0}
 
 
+def _param_count(opts: dict, shape) -> int:
+    return sum(len(src) for src in dwa_sources(shape.n_blocks, opts["dilation"], opts["period"]).values())
+
+
 @register(
     "denseformer",
     paper="Pagliardini et al. 2024, DenseFormer (arXiv:2402.02622)",
     params="sum over DWA steps j (j % period == 0) of floor(j/dilation)+1; K(K+3)/2 for dilation=period=1",
+    param_count=_param_count,
+    coefficients={"routing": "K x (K+1) matrix, row j-1 = weights alpha_{j,i} of the block outputs h_i "
+                             "in the stream after block j"},
+    starts_as_residual=True,
     options=[
         Option("dilation", "int", 1, "average only states i = j (mod dilation)", min=1),
         Option("period", "int", 1, "a DWA step only after every period-th block", min=1),
@@ -52,12 +60,12 @@ class DenseFormer(Connection):
 
     def __init__(self, n_blocks, dim, channel_dim=-1, dilation=1, period=1):
         super().__init__(n_blocks, dim, channel_dim)
-        for opt, val in (("dilation", dilation), ("period", period)):
-            if int(val) != val or val < 1:
-                raise ValueError(f"denseformer: option {opt!r} must be an integer >= 1, got {val!r}; "
-                                 f"1 means dense (the default)")
         self.dilation, self.period = int(dilation), int(period)
         self._sources = dwa_sources(self.n_blocks, self.dilation, self.period)
+        self._first_reader = {}  # source -> the first DWA step that reads it (the last one in backward)
+        for j, src in self._sources.items():
+            for i in src:
+                self._first_reader.setdefault(i, j)
         # where each step's alphas start in the packed vector
         self._offset, n, init = {}, 0, []
         rows, cols = [], []
@@ -87,26 +95,37 @@ class DenseFormer(Connection):
         r[self._rows, self._cols] = self.alpha.detach()
         return {"routing": r}
 
-    def forward(self, x, blocks):
-        self.check_blocks(blocks)
-        blocks = self.effective_blocks(blocks)
-        self._record_state(0, x)
-        hs = [x]  # h_0..h_j: raw block outputs, as DWA averages them
-        pending: dict = {}  # per-source gradient sums for weighted_sum's backward
-        read: set[int] = set()  # sources some earlier DWA step already averaged
-        last = max(self._sources, default=0)
-        for j, block in enumerate(blocks, start=1):
-            for b, f in enumerate(block):
-                out = f(x)
-                self._record_branch(j - 1, b, x, out)
-                x = x + out
-            hs.append(x)
-            src = self._sources.get(j)
-            if src is not None:
-                o = self._offset[j]
-                # the first step to read a source is the last one in backward: it hands over its gradient
-                x = weighted_sum([], self.alpha[o: o + len(src)], [hs[i] for i in src], pending,
-                                 [(i, i not in read) for i in src], last_call=j == last)
-                read.update(src)
-            self._record_state(j, x)
-        return x
+    def routing(self):
+        return self.coefficients()["routing"], "dwa", 0.0
+
+    # -- the steps. state = (hs: the raw block outputs h_0..h_j, x: the stream, pending) -------------------
+    def start(self, x0):
+        return (x0,), x0, ({} if fused_enabled() else None)
+
+    def branch_input(self, state, k, b):
+        return state[1]
+
+    def branch_output(self, state, k, b, x, out):
+        hs, h, pending = state
+        return hs, h + out, pending
+
+    def end_block(self, state, k):
+        hs, h, pending = state
+        j = k + 1
+        hs = hs + (h,)
+        src = self._sources.get(j)
+        if src is None:
+            return hs, h, pending
+        o = self._offset[j]
+        w = self.alpha[o: o + len(src)].to(h.dtype)
+        if pending is not None:  # opt-in fused path; the first step to read a source hands it its gradient
+            x = weighted_sum([], w, [hs[i] for i in src], pending, [(i, self._first_reader[i] == j) for i in src],
+                             last_call=j == max(self._sources))
+        else:
+            x = None
+            for t, i in enumerate(src):
+                x = w[t] * hs[i] if x is None else x + w[t] * hs[i]
+        return hs, x, pending
+
+    def finish(self, state):
+        return state[1]

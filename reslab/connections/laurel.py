@@ -37,7 +37,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._fused import scaled_add
 from .base import Connection
 from .registry import Option, register
 
@@ -81,8 +80,29 @@ def _init_A(A: Tensor, how: str) -> None:
             a[torch.arange(D), torch.arange(D) % r] = 1.0 / math.sqrt(r * D)
 
 
+def _param_count(opts: dict, shape) -> int:
+    n = shape.n_blocks * (shape.branches if opts["unit"] == "branch" else 1)
+    return laurel_extra_params(opts["rw"], opts["lr"], opts["pa"], opts["rank"], opts["k"], shape.dim, n,
+                               opts["rw_param"], opts["rw_per_channel"], opts["pa_map"])
+
+
+def _check(opts: dict, shape) -> None:
+    if not (opts["rw"] or opts["lr"] or opts["pa"]):
+        raise ValueError("laurel: pick at least one of rw, lr, pa, e.g. laurel(rw) or laurel(rw, lr, rank=16)")
+    _resolve_pa_map(opts["lr"], opts["pa"], opts["pa_map"])
+    # A rank above the width adds parameters but no rank; the bound keeps a typo (rank=1000000) from
+    # allocating gigabytes, and max(D, 16) lets the default rank build on small test nets.
+    if opts["rank"] > max(shape.dim, 16):
+        raise ValueError(f"laurel: rank={opts['rank']} exceeds the stream's width D={shape.dim}; a low-rank map "
+                         f"has rank <= D, e.g. laurel(lr, rank={min(16, shape.dim)})")
+
+
 @register("laurel", paper=PAPER, params=PARAMS, summary="LAuReL: alpha*f(x) + learned linear g(x, x_{i-1}, ...)",
-          example="laurel(rw, lr)",
+          example="laurel(rw, lr)", param_count=_param_count, check=_check, starts_as_residual=True,
+          coefficients={"alpha": "(n,) or (n, D) weight of f(x) per instance (with rw)",
+                        "beta": "(n,) or (n, D) weight of g(x) per instance (with rw)",
+                        "gamma": "(n, k) weights of the previous activations (with pa)"},
+          per_branch=False,
           options=[
               Option("rw", "bool", False, "learned residual weights alpha, beta"),
               Option("lr", "bool", False, "low-rank term (x A) B on the skip path"),
@@ -93,11 +113,11 @@ def _init_A(A: Tensor, how: str) -> None:
               Option("rank", "int", 16, "rank r of the low-rank maps", min=1),
               Option("lr_init", "choice", "column_orthogonal", "init of A (B = 0)",
                      choices=("column_orthogonal", "xavier")),
-              Option("k", "int", 3, "previous activations used by PA (j = 0 is the current input)", min=1),
+              Option("k", "int", 3, "previous activations used by PA (j = 0 is the current input)", min=1, max=64),
               Option("pa_map", "choice", "auto", "h_j: auto = lowrank with lr, else identity",
                      choices=("auto", "identity", "lowrank")),
               Option("unit", "choice", "block", "one instance per block or per branch", choices=("block", "branch")),
-              Option("branches", "int", 1, "branches per block for unit=branch; reslab.connection() fills it from the model", min=1),
+              Option("branches", "int", 1, "branches per block for unit=branch; reslab.connection() fills it from the model", min=1, max=64),
           ])
 class Laurel(Connection):
     """LAuReL: x_{i+1} = alpha f(x_i) + g(x_i, x_{i-1}, ...), variants RW, LR, PA and their combinations."""
@@ -106,18 +126,10 @@ class Laurel(Connection):
                  rw_param="softmax2", rw_per_channel=False, rank=16, lr_init="column_orthogonal", k=3,
                  pa_map="auto", unit="block", branches=1):
         super().__init__(n_blocks, dim, channel_dim)
-        if not (rw or lr or pa):
-            raise ValueError("laurel: pick at least one of rw, lr, pa, e.g. laurel(rw) or laurel(rw, lr, rank=16)")
-        for name, val, ok in (("rw_param", rw_param, ("softmax2", "sigmoid", "single", "free")),
-                              ("lr_init", lr_init, ("column_orthogonal", "xavier")),
-                              ("unit", unit, ("block", "branch"))):
-            if val not in ok:
-                raise ValueError(f"laurel: {name}={val!r} is not one of {', '.join(ok)}")
-        for name, val in (("rank", rank), ("k", k), ("branches", branches)):
-            if int(val) < 1:
-                raise ValueError(f"laurel: {name} must be an integer >= 1, got {val}; e.g. laurel(lr, rank=16)")
         self.rw, self.lr, self.pa, self.rw_param, self.unit = bool(rw), bool(lr), bool(pa), rw_param, unit
         self.rank, self.k, self.branches = int(rank), int(k), int(branches)
+        self.branches_per_block = self.branches
+        self.per_branch = unit == "branch"  # one instance per branch: every block must have `branches` of them
         self.pa_map = _resolve_pa_map(self.lr, self.pa, pa_map)
         n, D, r = n_blocks * (self.branches if unit == "branch" else 1), self.dim, self.rank
         self.n_instances = n
@@ -139,6 +151,9 @@ class Laurel(Connection):
             self.lr_B = nn.Parameter(torch.zeros(n, r, D))
             with torch.no_grad():
                 _init_A(self.lr_A, lr_init)
+
+    def _branches_spec(self, n: int) -> str:
+        return f"laurel(unit=branch, branches={n})"
 
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
         """alpha, beta for every instance: (n,) or (n, D). Computed once per forward."""
@@ -164,68 +179,58 @@ class Laurel(Connection):
         return out
 
     def _lowrank(self, h: Tensor, A: Tensor, B: Tensor) -> Tensor:
-        """(h A) B along the channel axis: down- then up-projection, for (B, T, D) and (B, C, H, W) alike."""
+        """(h A) B along the channel axis: down- then up-projection, for (B, T, D) and (B, C, H, W) alike.
+        A and B are cast to the stream's dtype (a float64 analysis stream, a bf16 autocast stream)."""
+        A, B = A.to(h.dtype), B.to(h.dtype)
         cd = self.channel_dim % h.ndim
         if cd == h.ndim - 1:
             return (h @ A) @ B
-        if h.is_contiguous():
-            # channels inside (NCHW): on an (N, C, H*W) view, einsum runs each map as one (r x C) @ (C x N*H*W)
-            # product -- half the time of movedim + matmul, which copies h and runs N small products
-            hv = h.reshape(math.prod(h.shape[:cd]), h.shape[cd], -1)
-            z = torch.einsum("cr,ncp->nrp", A, hv)
-            return torch.einsum("rc,nrp->ncp", B, z).reshape(h.shape)
-        return torch.movedim((torch.movedim(h, cd, -1) @ A) @ B, -1, cd)
+        # channels inside (NCHW): on an (N, C, H*W) view, einsum runs each map as one (r x C) @ (C x N*H*W)
+        # product -- half the time of movedim + matmul, which copies h and runs N small products
+        hv = h.reshape(math.prod(h.shape[:cd]), h.shape[cd], -1)
+        z = torch.einsum("cr,ncp->nrp", A, hv)
+        return torch.einsum("rc,nrp->ncp", B, z).reshape(h.shape)
 
-    def _plus_lowrank(self, h: Tensor, A: Tensor, B: Tensor) -> Tensor:
-        """h + (h A) B; for channels-last streams one addmm adds the up-projection straight into a copy of h
-        (not under autocast, which would run the addmm -- and so the skip path h -- in half precision)."""
-        if (self.channel_dim % h.ndim != h.ndim - 1 or not h.is_contiguous()
-                or torch.is_autocast_enabled(h.device.type)):
-            return h + self._lowrank(h, A, B)
-        h2 = h.reshape(-1, h.shape[-1])
-        return torch.addmm(h2, h2 @ A, B).view(h.shape)
-
-    def _combine(self, t: int, fx: Tensor, x: Tensor, prev: list[Tensor], ab) -> Tensor:
+    def _combine(self, t: int, fx: Tensor, x: Tensor, prev: tuple[Tensor, ...], ab) -> Tensor:
         """Instance t: alpha f + beta g, with g = x [+ lr(x)] [+ sum_j gamma_j h_j(x_{t-j})]."""
         g = x
         if self.pa:
-            for j, h in enumerate([x] + prev):  # prev holds at most k-1 earlier inputs, newest first
+            gamma = self.pa_gamma[t].to(x.dtype)
+            for j, h in enumerate((x,) + prev):  # prev holds at most k-1 earlier inputs, newest first
                 if self.pa_map == "lowrank":
                     h = self._lowrank(h, self.pa_A[t, j], self.pa_B[t, j])
-                g = g + self.pa_gamma[t, j] * h
+                g = g + gamma[j] * h
         elif self.lr:
-            g = self._plus_lowrank(x, self.lr_A[t], self.lr_B[t])
+            g = x + self._lowrank(x, self.lr_A[t], self.lr_B[t])
         if not self.rw:
             return fx + g
-        if ab[0].ndim == 2:  # per-channel
-            return self.channel_view(ab[0][t], x.ndim) * fx + self.channel_view(ab[1][t], x.ndim) * g
-        return scaled_add(g, fx, ab[0][t], ab[1][t])  # alpha f + beta g in one output; dL/dalpha, dL/dbeta as dots
+        a, b = ab[0][t].to(x.dtype), ab[1][t].to(x.dtype)
+        if a.ndim == 1:  # per-channel
+            a, b = self.channel_view(a, x.ndim), self.channel_view(b, x.ndim)
+        return a * fx + b * g
 
-    def forward(self, x, blocks):
-        blocks = self.effective_blocks(blocks)  # lesion studies: a lesioned block's branches return zeros
-        self.check_blocks(blocks)
-        self._record_state(0, x)
-        ab = self.alpha_beta() if self.rw else None
-        prev: list[Tensor] = []  # earlier unit inputs, newest first; only k-1 are ever needed
-        t = 0
-        for i, block in enumerate(blocks):
-            if self.unit == "branch":
-                if len(block) != self.branches:
-                    raise ValueError(f"laurel(unit=branch) was built with branches={self.branches} but block {i} "
-                                     f"has {len(block)} branches; set laurel(unit=branch, branches={len(block)})")
-                for b, f in enumerate(block):
-                    out = f(x)
-                    self._record_branch(i, b, x, out)
-                    x, prev, t = self._combine(t, out, x, prev, ab), ([x] + prev)[: self.k - 1], t + 1
-            else:
-                h, fx = x, None
-                for b, f in enumerate(block):
-                    out = f(h)
-                    self._record_branch(i, b, h, out)
-                    fx = out if fx is None else fx + out  # f(x) = composite(x) - x, kept exact
-                    if b + 1 < len(block):
-                        h = h + out
-                fx = torch.zeros_like(x) if fx is None else fx
-                x, prev, t = self._combine(t, fx, x, prev, ab), ([x] + prev)[: self.k - 1], t + 1
-            self._record_state(i + 1, x)
-        return x
+    # -- the steps. state = (x: the current instance's input, h: the running stream inside a block
+    #    (unit=block), fx: the block's f(x) so far, prev: earlier instance inputs newest first, ab) --------
+    def start(self, x0):
+        return x0, x0, None, (), (self.alpha_beta() if self.rw else None)
+
+    def branch_input(self, state, k, b):
+        return state[0] if self.unit == "branch" else state[1]
+
+    def branch_output(self, state, k, b, x, out):
+        x0, h, fx, prev, ab = state
+        if self.unit == "branch":
+            new = self._combine(k * self.branches + b, out, x0, prev, ab)
+            return new, new, None, ((x0,) + prev)[: self.k - 1], ab
+        # unit=block: f(x) = composite(x) - x, kept exact as the sum of the branch outputs
+        return x0, h + out, (out if fx is None else fx + out), prev, ab
+
+    def end_block(self, state, k):
+        if self.unit == "branch":
+            return state
+        x0, h, fx, prev, ab = state
+        new = self._combine(k, torch.zeros_like(x0) if fx is None else fx, x0, prev, ab)
+        return new, new, None, ((x0,) + prev)[: self.k - 1], ab
+
+    def finish(self, state):
+        return state[0]

@@ -53,10 +53,13 @@ def parse_eps(raw) -> float | str:
     "layerscale",
     paper="Touvron et al. 2021, Going deeper with Image Transformers (CaiT, arXiv:2103.17239)",
     params="K*branches*D",
+    param_count=lambda opts, shape: shape.n_blocks * shape.branches * shape.dim,
+    coefficients={"scale": "(K, branches, D) learned per-channel γ of every branch"},
+    per_branch=True,
     options=[
         Option("eps", "float", 1e-4, "initial per-channel scale, > 0, or 'cait' for the paper's depth rule",
                parse=parse_eps),
-        Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model (2 for a transformer block)", min=1),
+        Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model (2 for a transformer block)", min=1, max=64),
     ],
 )
 class LayerScale(Connection):
@@ -66,41 +69,18 @@ class LayerScale(Connection):
                  branches: int = 1):
         super().__init__(n_blocks, dim, channel_dim)
         eps = parse_eps(eps)
-        if isinstance(branches, bool) or int(branches) != branches or branches < 1:
-            raise ValueError(f"layerscale: branches must be an integer >= 1, got {branches!r}")
         self.eps = cait_eps(n_blocks) if eps == "cait" else eps
-        self.branches = int(branches)
-        self.scale = nn.Parameter(torch.full((n_blocks, self.branches, dim), self.eps))
+        self.scale = nn.Parameter(torch.full((n_blocks, int(branches), dim), self.eps))
 
-    def check_input(self, x, blocks) -> None:
-        counts = [len(block) for block in blocks]
-        if any(c != self.branches for c in counts):
-            fix = (f"build it with layerscale(branches={counts[0]})" if len(set(counts)) == 1 else
-                   "layerscale needs the same number of branches in every block")
-            raise ValueError(f"layerscale: built with branches={self.branches} but the blocks have {counts} "
-                             f"branches; {fix}")
-        if not -x.ndim <= self.channel_dim < x.ndim or x.shape[self.channel_dim] != self.dim:
-            raise ValueError(f"layerscale: built for dim={self.dim} channels on axis channel_dim="
-                             f"{self.channel_dim}, but the stream has shape {tuple(x.shape)}; pass the right "
-                             f"dim/channel_dim (-1 for tokens (B, T, D), 1 for NCHW)")
+    def branch_output(self, state, k, b, x, out):
+        # cast so a float32 γ does not promote a bf16/float64 stream
+        return state + self.channel_view(self.scale[k, b], out.ndim).to(state.dtype) * out
 
-    def forward(self, x, blocks):
-        self.check_blocks(blocks)
-        self.check_input(x, blocks)
-        blocks = self.effective_blocks(blocks)  # lesioned blocks' branches -> zeros
-        self._record_state(0, x)
-        for j, block in enumerate(blocks):
-            for b, f in enumerate(block):
-                # cast so a float32 γ does not promote a bf16/float64 stream
-                g = self.channel_view(self.scale[j, b], x.ndim).to(x.dtype)
-                out = g * f(x)
-                self._record_branch(j, b, x, out)  # the term actually added to the stream
-                x = x + out
-            self._record_state(j + 1, x)
-        return x
+    def branch_scale(self, k, b):
+        return self.scale.detach()[k, b]
 
     def coefficients(self):
         return {"scale": self.scale.detach().clone()}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, eps={self.eps:g}, branches={self.branches}"
+        return f"{super().extra_repr()}, eps={self.eps:g}, branches={self.branches_per_block}"

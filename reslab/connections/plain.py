@@ -5,20 +5,12 @@ from .base import Connection
 from .registry import register
 
 
-@register("plain", paper="He et al. 2016 (plain baseline); Zhang et al., PNNH", params="0")
+@register("plain", paper="He et al. 2016 (plain baseline); Zhang et al., PNNH", params="0",
+          param_count=lambda opts, shape: 0)
 class Plain(Connection):
     """Plain stack: h <- f(h) for every branch; no identity path anywhere."""
 
     carries_identity = False
 
-    def forward(self, x, blocks):
-        self.check_blocks(blocks)
-        blocks = self.effective_blocks(blocks)
-        self._record_state(0, x)
-        for j, block in enumerate(blocks):
-            for b, f in enumerate(block):
-                out = f(x)
-                self._record_branch(j, b, x, out)
-                x = out
-            self._record_state(j + 1, x)
-        return x
+    def branch_output(self, state, k, b, x, out):
+        return out

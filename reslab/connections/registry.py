@@ -8,7 +8,9 @@ that names the offender and lists what is valid, closest match first.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -32,10 +34,13 @@ class Option:
     min: float | None = None
     max: float | None = None
     parse: Callable[[str], Any] | None = None
+    positive: bool = False  # numbers: strictly > 0 (e.g. a temperature)
 
     def describe(self) -> str:
         if self.kind == "choice":
             kind = "|".join(self.choices)
+        elif self.positive:
+            kind = f"{self.kind} > 0"
         elif self.min is not None or self.max is not None:
             lo = "-inf" if self.min is None else f"{self.min:g}"
             hi = "inf" if self.max is None else f"{self.max:g}"
@@ -71,14 +76,34 @@ class Option:
                     raise ValueError
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: expected {self.kind}, got {raw!r}") from None
-            if (self.min is not None and num < self.min) or (self.max is not None and num > self.max):
+            if not math.isfinite(num):
+                raise ValueError(f"{where}: {raw!r} is not a finite number; valid: {self.describe()}")
+            if ((self.min is not None and num < self.min) or (self.max is not None and num > self.max)
+                    or (self.positive and num <= 0)):
                 raise ValueError(f"{where}: {num} is out of range; valid: {self.describe()}")
             return num
         return str(raw)
 
 
 @dataclass
+class Shape:
+    """What a connection is built for: K blocks of ``branches`` branches on a D-wide stream."""
+
+    n_blocks: int
+    dim: int
+    branches: int = 1
+
+
+@dataclass
 class SchemeInfo:
+    """What the registry knows of a scheme, and what the contract test and analysis rely on.
+
+    ``param_count(opts, shape) -> int`` is the extra-parameter formula as code (``params`` is the same
+    formula for people); ``coefficients`` maps each key of ``Connection.coefficients()`` to its meaning;
+    ``starts_as_residual``: at init the scheme computes exactly what ``residual`` computes (for every
+    option value that ``residual_at_init(opts)`` accepts, by default all); ``check(opts, shape)``
+    validates options against the shape (e.g. a rank bounded by the width) and raises ValueError."""
+
     name: str
     cls: type
     options: dict[str, Option]
@@ -86,6 +111,15 @@ class SchemeInfo:
     params: str  # human-readable extra-parameter formula, e.g. "K(K+1)/2 - 1"
     summary: str = ""
     example: str = ""  # a spec that builds with defaults (what `compare --connections all` runs)
+    param_count: Callable[[dict, Shape], int] | None = None
+    coefficients: dict[str, str] = field(default_factory=dict)
+    starts_as_residual: bool = False
+    residual_at_init: Callable[[dict], bool] | None = None
+    check: Callable[[dict, Shape], None] | None = None
+    per_branch: bool = False  # owns parameters per branch, so needs the model's branches per block
+
+    def is_residual_at_init(self, opts: dict) -> bool:
+        return self.starts_as_residual and (self.residual_at_init is None or bool(self.residual_at_init(opts)))
 
     def as_dict(self) -> dict:
         return {
@@ -94,6 +128,8 @@ class SchemeInfo:
             "summary": self.summary,
             "paper": self.paper,
             "extra_params": self.params,
+            "starts_as_residual": self.starts_as_residual,
+            "coefficients": dict(self.coefficients),
             "options": {o.name: {"default": o.default, "kind": o.kind, "choices": list(o.choices),
                                  "min": o.min, "max": o.max, "help": o.help}
                         for o in self.options.values()},
@@ -103,21 +139,52 @@ class SchemeInfo:
 REGISTRY: dict[str, SchemeInfo] = {}
 
 
-def register(name: str, *, paper: str, params: str, options: Sequence[Option] = (), summary: str = "",
-             example: str = ""):
-    """Class decorator: register a Connection subclass under ``name``. ``example`` is a spec that builds
-    with no further input (defaults to ``name``; schemes whose bare name is not a valid spec set it)."""
+def register(name: str, *, paper: str, params: str, param_count: Callable[[dict, Shape], int],
+             options: Sequence[Option] = (), summary: str = "", example: str = "",
+             coefficients: dict[str, str] | None = None, starts_as_residual: bool = False,
+             residual_at_init: Callable[[dict], bool] | None = None,
+             check: Callable[[dict, Shape], None] | None = None, per_branch: bool = False):
+    """Class decorator: register a Connection subclass under ``name`` (see :class:`SchemeInfo` for the
+    fields). ``example`` is a spec that builds with no further input (defaults to ``name``)."""
 
     def deco(cls):
         if name in REGISTRY:
             raise ValueError(f"connection {name!r} registered twice ({REGISTRY[name].cls} and {cls})")
         cls.name = name
+        cls.per_branch = per_branch
+        _validate_on_construction(cls, name)
         doc = (cls.__doc__ or "").strip().splitlines()
         REGISTRY[name] = SchemeInfo(name, cls, {o.name: o for o in options}, paper, params,
-                                    summary or (doc[0] if doc else ""), example or name)
+                                    summary or (doc[0] if doc else ""), example or name, param_count,
+                                    dict(coefficients or {}), starts_as_residual, residual_at_init, check,
+                                    per_branch)
         return cls
 
     return deco
+
+
+def _validate_on_construction(cls, name: str) -> None:
+    """Wrap ``cls.__init__`` so that every construction -- through ``reslab.connection()`` or by calling
+    the class -- has its options converted and checked here, by the registry, and nowhere else."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def checked_init(self, n_blocks, dim, channel_dim=-1, **opts):
+        info = REGISTRY[name]
+        for what, val, lo in (("n_blocks", n_blocks, 0), ("dim", dim, 1)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+                raise ValueError(f"connection {name!r}: {what} must be an integer >= {lo}, got {val!r}")
+        full = {k: o.default for k, o in info.options.items()}
+        for k, v in opts.items():
+            if k not in info.options:
+                valid = _ranked(k, list(info.options)) if info.options else "(this scheme has no options)"
+                raise ValueError(f"connection {name!r}: unknown option {k!r}; valid: {valid}")
+            full[k] = info.options[k].convert(name, v)
+        if info.check is not None:
+            info.check(full, Shape(n_blocks, dim, int(full.get("branches", 1))))
+        init(self, n_blocks, dim, channel_dim, **full)
+
+    cls.__init__ = checked_init
 
 
 def _ranked(word: str, valid: Sequence[str]) -> str:

@@ -12,12 +12,9 @@ branch. Extra parameters: K.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from ._fused import scaled_add
 from .base import Connection
 from .registry import Option, register
 
@@ -26,6 +23,10 @@ from .registry import Option, register
     "rezero",
     paper="Bachlechner et al. 2020, ReZero is All You Need (arXiv:2003.04887)",
     params="K",
+    param_count=lambda opts, shape: shape.n_blocks,
+    coefficients={"lambda": "(K,) learned α_j of every block"},
+    starts_as_residual=True,
+    residual_at_init=lambda opts: opts["init"] == 1.0,
     options=[Option("init", "float", 0.0, "initial α of every block (0: each block is the identity at init)")],
 )
 class ReZero(Connection):
@@ -33,24 +34,15 @@ class ReZero(Connection):
 
     def __init__(self, n_blocks: int, dim: int, channel_dim: int = -1, init: float = 0.0):
         super().__init__(n_blocks, dim, channel_dim)
-        if not math.isfinite(float(init)):
-            raise ValueError(f"rezero: init must be a finite number, got {init!r}")
         self.init = float(init)
         self.alpha = nn.Parameter(torch.full((n_blocks,), self.init))
 
-    def forward(self, x, blocks):
-        self.check_blocks(blocks)
-        blocks = self.effective_blocks(blocks)  # lesioned blocks' branches -> zeros
-        self._record_state(0, x)
-        for j, block in enumerate(blocks):
-            a = self.alpha[j].to(x.dtype)  # keep the stream's dtype (bf16 autocast, float64 analysis)
-            for b, f in enumerate(block):
-                fx = f(x)
-                if self._recorder is not None:
-                    self._record_branch(j, b, x, a * fx)  # the term actually added to the stream
-                x = scaled_add(x, fx, a)  # x + a f(x) in one pass; dL/da as a dot product
-            self._record_state(j + 1, x)
-        return x
+    def branch_output(self, state, k, b, x, out):
+        # cast so a float32 α keeps the stream's dtype (bf16 autocast, float64 analysis)
+        return state + self.alpha[k].to(state.dtype) * out
+
+    def branch_scale(self, k, b):
+        return self.alpha.detach()[k]
 
     def coefficients(self):
         return {"lambda": self.alpha.detach().clone()}

@@ -15,12 +15,12 @@ output grows like (1 + λc)^n: exponentially in depth at λ = 1. Scaling every m
 tuned multiple of the rule does better still; λ is fixed, never learned (the paper's λ is one shared
 constant), so this scheme adds no parameters.
 
-Which n. The theorem's n is the number of *modules*, i.e. of residual additions x <- x + λ g(x):
-every addition is one factor of the product that the expansion unrolls. In reslab a module is a
-*branch*, so the default ``count=branches`` uses n = total branches of the tower (K blocks x branches
-per block, counted at forward from the blocks given): 2K for a transformer ``[attention, mlp]``, K for
-a ResNet or residual MLP (the paper's experiments, where both counts agree). ``count=blocks`` uses
-n = K instead, for comparison with recipes that scale by the number of layers.
+Which n. The theorem's n is the number of *modules*, i.e. of residual additions x <- x + λ g(x) in
+the whole network: every addition is one factor of the product that the expansion unrolls. In reslab a
+module is a *branch*, so the default ``count=branches`` uses n = the network's residual branches, which
+the model passes in (``network_branches``): 2K for a transformer ``[attention, mlp]``, the sum over all
+three stages for a ResNet (whose downsampling branches change the shape, stay unscaled and are not
+counted). ``count=blocks`` uses n = this stack's K instead, for recipes that scale by layers.
 """
 from __future__ import annotations
 
@@ -80,10 +80,15 @@ def parse_lam(raw) -> float | str:
     "scaled",
     paper="Dherin & Munn 2025, On residual network depth (REX, arXiv:2510.03470)",
     params="0",
+    param_count=lambda opts, shape: 0,
+    coefficients={"lambda": "the scalar λ multiplying every branch"},
+    starts_as_residual=True,
+    residual_at_init=lambda opts: opts["lam"] == 1.0,
     options=[
         Option("lam", "str", "1/sqrt(n)", f"λ on every branch: {ACCEPTED}", parse=parse_lam),
         Option("count", "choice", "branches",
-               "what n counts: branches = every residual addition (the theorem's modules), blocks = K",
+               "what n counts: branches = every residual addition in the network (the theorem's modules), "
+               "blocks = this stack's K",
                choices=("branches", "blocks")),
     ],
 )
@@ -93,8 +98,6 @@ class Scaled(Connection):
     def __init__(self, n_blocks: int, dim: int, channel_dim: int = -1, lam: float | str = "1/sqrt(n)",
                  count: str = "branches"):
         super().__init__(n_blocks, dim, channel_dim)
-        if count not in ("branches", "blocks"):
-            raise ValueError(f"scaled: count={count!r} is not one of branches, blocks")
         rule = parse_lam(lam)
         self.lam = rule  # canonical: a float or "c/n" / "c/sqrt(n)"
         self.count = count
@@ -103,12 +106,6 @@ class Scaled(Connection):
         else:
             suffix = next(s for s in _RULES if rule.endswith(s))
             self._c, self._p = float(rule[: -len(suffix)]), _RULES[suffix]
-        # λ in use; known now unless it depends on the branch count, which only forward() sees.
-        self._lam_value: float | None = None
-        if self._p == 0.0:
-            self._lam_value = self._c
-        elif count == "blocks" and n_blocks > 0:
-            self._lam_value = self.lam_for(n_blocks)
 
     def lam_for(self, n: int) -> float:
         """λ of this rule for a tower of n modules."""
@@ -118,29 +115,25 @@ class Scaled(Connection):
             raise ValueError(f"scaled: λ={self.lam} needs n >= 1 modules, got n={n}")
         return self._c * n ** -self._p
 
-    def forward(self, x, blocks):
-        self.check_blocks(blocks)
-        # n counts the blocks as given, before any lesion, so deleting blocks at test time (the
-        # Veit et al. lesion study) leaves the remaining blocks with the λ they were trained with.
-        n = self.n_blocks if self.count == "blocks" else sum(len(block) for block in blocks)
-        lam = self.lam_for(n) if n > 0 else self._lam_value
-        if n > 0:
-            self._lam_value = lam
-        blocks = self.effective_blocks(blocks)  # lesioned blocks' branches -> zeros
-        self._record_state(0, x)
-        for j, block in enumerate(blocks):
-            for b, f in enumerate(block):
-                fx = f(x)
-                if self._recorder is not None:
-                    self._record_branch(j, b, x, lam * fx)  # the term actually added to the stream
-                x = torch.add(x, fx, alpha=lam)  # x + λ f(x) in one pass, no λ f(x) temporary
-            self._record_state(j + 1, x)
-        return x
+    @property
+    def n(self) -> int:
+        """REX's n: residual branches in the whole network (``network_branches``, passed in by the model:
+        a ResNet's three stages share it), or this stack's K with count=blocks. Fixed at construction, so
+        a lesion study leaves the remaining blocks with the λ they were trained with."""
+        return self.n_blocks if self.count == "blocks" else self.network_branches
+
+    @property
+    def lam_value(self) -> float:
+        return self.lam_for(max(self.n, 1))
+
+    def branch_output(self, state, k, b, x, out):
+        return torch.add(state, out, alpha=self.lam_value)  # x + λ f(x) in one pass, no λ f(x) temporary
+
+    def branch_scale(self, k, b):
+        return torch.tensor(self.lam_value)
 
     def coefficients(self):
-        if self._lam_value is None:
-            return {}
-        return {"lambda": torch.tensor(self._lam_value)}
+        return {"lambda": torch.tensor(self.lam_value)}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, lam={self.lam!r}, count={self.count!r}"

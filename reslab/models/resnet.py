@@ -228,7 +228,10 @@ class ResNet(nn.Module):
     @staticmethod
     def _build_connections(connection, counts, widths) -> list[Connection]:
         if isinstance(connection, str):
-            return [build_connection(connection, k, w, channel_dim=1) for k, w in zip(counts, widths)]
+            # REX's n is the network's residual branches: every stage's blocks (the downsampling blocks
+            # change the shape, stay outside the connections and are not scaled)
+            return [build_connection(connection, k, w, channel_dim=1, network_branches=sum(counts))
+                    for k, w in zip(counts, widths)]
         conns = list(connection)
         want = [(k, w, 1) for k, w in zip(counts, widths)]
         got = [(c.n_blocks, c.dim, c.channel_dim) for c in conns if isinstance(c, Connection)]
