@@ -125,6 +125,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value (e.g. steps=200 or model.n_layer=4)")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise ValueError(f"override {item!r} has no setting name before '=' (e.g. steps=200)")
         if key in ("model.", "task."):
             raise ValueError(f"override {item!r} names no argument; write e.g. model.n_layer=4")
         if key.startswith(("model.", "task.")):
@@ -239,6 +241,9 @@ def cmd_train(args) -> int:
     cfg = build_config(args)
     if args.dry_run:
         from .data import get_task
+        from .train import pick_device
+
+        pick_device(cfg.device)
         from .models import build_model
 
         task = get_task(cfg.task, **cfg.task_args)
