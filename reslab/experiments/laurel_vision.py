@@ -1,10 +1,13 @@
 """LAuReL's vision claims (Table 1, ResNet-50 on ImageNet) at CPU scale: a CIFAR-style ResNet on
-Fashion-MNIST. Arms: the baseline, the baseline + 1 block (one more basic block in the LAST stage,
-the widest one -- the paper's +4.37% matches one more block in ResNet-50's 1024-channel stage),
-LAuReL-RW, RW+LR and RW+LR+PA on the baseline.
+Fashion-MNIST. Arms: the baseline, the baseline + 1 block (one more basic block in the FIRST stage, the
+narrowest, so that it adds a few percent of parameters like the paper's +4.37%), LAuReL-RW, RW+LR and RW+LR+PA
+on the baseline, LR at the paper's rank (r = 16, its best ResNet value).
 
-Claims: RW recovers >= 50% of the +1-block accuracy gain with < 0.01% extra parameters; RW+LR matches
-the +1-block model with <= 0.4x its extra parameters (paper: 60% for 0.003%; a match for 2.6x fewer).
+On test accuracy (the claim's metric), every arm at its own lr tuned from the same grid. Premise: the extra
+block helps (+1 block beats the baseline by > 2 standard errors; else ``inconclusive``). (A) RW is significantly
+better than the baseline, recovers >= 50% of the +1-block gain, with < 0.01% extra parameters; (B) RW+LR is
+non-inferior to the +1-block model (95% CI, margin a quarter of its gain) with <= 0.4x its extra parameters
+(paper: 60% for 0.003%; a match for 2.6x fewer).
 """
 from __future__ import annotations
 
@@ -12,12 +15,15 @@ from pathlib import Path
 
 from ..compare import run_arms
 from . import Experiment
-from .common import pooled_std, row, train_config, with_
+from .common import decide, depth_premise, noninferior, row, significantly, train_config, with_
+
+
+EXTRA_BLOCK = [1, 0, 0]  # one more basic block in the first (16-channel) stage: +2.7% parameters on ResNet-14
 
 
 def arms(r: int) -> dict[str, dict]:
     return {"baseline": {"connection": "residual"},
-            "baseline + 1 block": {"connection": "residual", "model_args": {"extra_blocks": [0, 0, 1]}},
+            "baseline + 1 block": {"connection": "residual", "model_args": {"extra_blocks": EXTRA_BLOCK}},
             "laurel(rw)": {"connection": "laurel(rw)"},
             f"laurel(rw, lr, rank={r})": {"connection": f"laurel(rw, lr, rank={r}, lr_init=xavier)"},
             f"laurel(rw, lr, pa, rank={r})": {"connection": f"laurel(rw, lr, pa, rank={r}, lr_init=xavier)"}}
@@ -26,7 +32,7 @@ def arms(r: int) -> dict[str, dict]:
 def run(s: dict, out: Path, log) -> dict:
     base = train_config("fashion_mnist", "resnet", **s["train"])
     configs = {label: with_(base, **a) for label, a in arms(s["rank"]).items()}
-    report = run_arms(configs, s["seeds"], out, baseline="baseline",
+    report = run_arms(configs, s["seeds"], out, baseline="baseline", tune=s.get("tune"),
                       title=f"LAuReL on ResNet-{base.model_args['depth']} / Fashion-MNIST: {s['seeds']} seeds, "
                             f"{base.steps} steps", log=log)
     return {"rows": report["rows"], "rank": s["rank"], "steps": base.steps, "seeds": s["seeds"]}
@@ -36,26 +42,30 @@ def verdict(res: dict) -> tuple[str, str]:
     r = res["rank"]
     base, plus = row(res, "baseline"), row(res, "baseline + 1 block")
     rw, rwlr = row(res, "laurel(rw)"), row(res, f"laurel(rw, lr, rank={r})")
+    acc = lambda x: x["metric_per_seed"]  # noqa: E731  (test accuracy: the claim's metric)
     gain = plus["metric_mean"] - base["metric_mean"]
     pct = {x["arm"]: 100 * x["extra_params"] / base["params"] for x in res["rows"]}
+    ok_premise, premise_text = depth_premise(acc(plus), acc(base), higher_better=True, k_se=2.0)
+    rw_better, p_rw = significantly(acc(rw), acc(base), "higher")
+    frac = (rw["metric_mean"] - base["metric_mean"]) / gain if gain > 0 else float("nan")
+    a = None if rw_better is None else bool(rw_better and frac >= 0.5 and pct["laurel(rw)"] < 0.01)
+    ni, ni_text = noninferior(acc(rwlr), acc(plus), margin=max(gain, 0.0) / 4, higher_better=True)
+    few = rwlr["extra_params"] <= 0.4 * plus["extra_params"]
+    checks = [("A RW ≥ 50% of the +1-block gain, significant, < 0.01% params", a,
+               f"recovers {frac:.0%}, Welch p vs baseline={'n/a' if p_rw is None else f'{p_rw:.3g}'}, "
+               f"+{pct['laurel(rw)']:.4f}% params"),
+              ("B RW+LR non-inferior to +1 block with ≤ 0.4× its extra params", (ni and few) if ni is not None else None,
+               f"{ni_text}; {rwlr['extra_params']} vs {plus['extra_params']} extra params")]
+    v, text = decide(checks, premise=("+1 block beats the baseline by > 2 SE (accuracy)", ok_premise, premise_text))
     lines = [f"{x['arm']}: acc {x['metric_mean']:.4f} ± {x['metric_std']:.4f}, +{x['extra_params']} params "
-             f"({pct[x['arm']]:.4f}%)" + (f", recovers {(x['metric_mean'] - base['metric_mean']) / gain:.0%} of the "
-                                           f"+1-block gain" if gain > 0 else "") for x in res["rows"]]
-    text = "; ".join(lines)
-    if gain <= 0:
-        return "not reproduced", (f"the +1-block model gained nothing over the baseline at this scale ({gain:+.4f}), so "
-                                  f"the 'fraction of the gain' claims have no premise; {text}")
-    claim1 = (rw["metric_mean"] - base["metric_mean"]) / gain >= 0.5 and pct["laurel(rw)"] < 0.01
-    matches = rwlr["metric_mean"] >= plus["metric_mean"] - pooled_std(rwlr["metric_per_seed"], plus["metric_per_seed"])
-    claim2 = matches and rwlr["extra_params"] <= 0.4 * plus["extra_params"]
-    text = (f"claim 1 (RW ≥ 50% of the gain, < 0.01% params): {'yes' if claim1 else 'no'}; claim 2 (RW+LR matches +1 "
-            f"block within one pooled std with ≤ 0.4× its params): {'yes' if claim2 else 'no'}. {text}")
-    return ("reproduced" if claim1 and claim2 else "partial" if claim1 or claim2 else "not reproduced"), text
+             f"({pct[x['arm']]:.2f}%)" + (f", tuned {x['tuned']}" if x.get("tuned") else "") for x in res["rows"]]
+    tuned = any(x.get("tuned") for x in res["rows"])
+    return v, f"{text}. " + "; ".join(lines) + ("" if tuned else ". Arms not learning-rate tuned (one shared lr)")
 
 
 def _train(steps, batch, depth, n_train, n_val, eval_every, resize):
     return dict(steps=steps, batch_size=batch, lr=2e-3, warmup_steps=max(5, steps // 20), weight_decay=5e-4,
-                eval_every=eval_every, eval_batches=n_val // batch, log_every=max(1, eval_every // 2), threads=2,
+                eval_every=eval_every, eval_batches=n_val // batch, log_every=max(1, eval_every // 2), threads=1,
                 model_args={"depth": depth, "width": 1},
                 task_args={"n_train": n_train, "n_val": n_val, "resize": resize})
 
@@ -67,11 +77,18 @@ EXPERIMENT = Experiment(
           "parameters, and RW+LR matches the +1-block model with ≤ 0.4× its extra parameters.",
     paper_number="baseline 74.95, +1 layer 75.20 (+4.37% params), RW 75.10 (+0.003%), RW+LR 75.20 (+1.68%), "
                  "RW+LR+PA 75.25 (+2.40%)",
-    presets={"quick": dict(seeds=1, rank=4, train=_train(20, 32, 8, 512, 256, 10, 14)),
-             "cpu": dict(seeds=3, rank=4, train=_train(600, 64, 14, 20000, 4992, 100, 14)),
-             "gpu": dict(seeds=5, rank=16, train=_train(8000, 128, 20, 60000, 9984, 500, None))},
+    presets={"quick": dict(seeds=2, rank=4, tune={"lr": [1e-3, 3e-3]},
+                           train=_train(steps=20, batch=32, depth=8, n_train=512, n_val=256, eval_every=10, resize=14)),
+             "cpu": dict(seeds=5, rank=16, tune={"lr": [1e-3, 2e-3, 4e-3]},
+                         train=_train(steps=600, batch=80, depth=14, n_train=20000, n_val=10000, eval_every=150,
+                                      resize=14)),
+             "gpu": dict(seeds=5, rank=16, tune={"lr": [1e-3, 2e-3, 4e-3]},
+                         train=_train(steps=8000, batch=125, depth=20, n_train=60000, n_val=10000, eval_every=500,
+                                      resize=None))},
     run=run, verdict=verdict,
-    notes="CPU scale: ResNet-14 (width 1), Fashion-MNIST resized to 14×14, a 20k training subset and 600 steps of 64; "
-          "validation = the first 4,992 official test images. LR uses xavier A init (the paper's CNN choice), B = 0, "
-          "rank 4 (stage widths are 16/32/64); one LAuReL instance per block; PA stays within a stage.",
+    notes="CPU scale: ResNet-14 (width 1), Fashion-MNIST resized to 14×14, a 20k training subset and 600 steps of 80; "
+          "evaluation on the full official test set (10,000 images). The +1 block is one basic block in the first "
+          "stage (a few % of parameters, like the paper's 4.37%). LR uses xavier A init (the paper's CNN choice), B = 0, "
+          "rank 16 (the paper's best ResNet rank; stage widths are 16/32/64); one LAuReL instance per block; PA stays "
+          "within a stage. lr tuned per arm on a tuning seed from the same grid.",
 )

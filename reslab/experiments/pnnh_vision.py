@@ -214,48 +214,58 @@ def param_efficiency(sweep: dict) -> dict:
     return {"ratios": out, "median_ratio": med, "efficient_2x": (med is not None and med <= PARAM_RATIO)}
 
 
+#: the PNNH variant the claim is tested on, fixed in advance (not the best of several per depth)
+PNNH_VARIANT = "pnnh-shared"
+PARAM_MATCH = 1.1  # the PNNH net may have at most 1.1x the ResNet's parameters for a fair "on par" check
+
+
 def verdict(results: dict) -> tuple[str, str]:
+    """(A) plain degrades with depth: plain at the deepest depth is significantly below plain at the shallowest
+    and below the ResNet at the deepest (Welch p < 0.05); (B) the pre-registered PNNH variant (PNNH_VARIANT) is
+    non-inferior to the ResNet within MATCH points (95% CI) at every depth >= match_from_depth, with at most
+    PARAM_MATCH x its parameters and no skip-add in its graph; a variant not parameter-matched cannot be tested."""
+    from .common import decide, noninferior, significantly
+
     t, depths = results["table"], results["depths"]
     lo, hi = depths[0], depths[-1]
-    acc = lambda arm, d: t[arm][str(d)]["acc_mean"]  # noqa: E731
-    parts = []
-    a = False
+    acc = lambda arm, d: t[arm][str(d)]["acc"]  # noqa: E731  per-seed test accuracy (%)
+    mean = lambda arm, d: t[arm][str(d)]["acc_mean"]  # noqa: E731
+    fmt = lambda p: "n/a" if p is None else f"{p:.2g}"  # noqa: E731
+    checks = []
     if "plain" in t:
-        gap = acc("resnet", hi) - acc("plain", hi)
-        lr = t["plain"][str(hi)]["train_loss_mean"] / t["resnet"][str(hi)]["train_loss_mean"]
-        drops = acc("plain", hi) < acc("plain", lo)
-        a = bool(drops and (gap >= PLAIN_GAP or lr >= LOSS_RATIO))
-        parts.append(f"A plain degrades with depth: {'yes' if a else 'no'} (plain {lo}->{hi}: "
-                     f"{acc('plain', lo):.2f}->{acc('plain', hi):.2f}; ResNet-{hi} minus plain-{hi} {gap:+.2f} pts; "
-                     f"train-loss ratio {lr:.2f})")
-    pn = [arm for arm in results["arms"] if arm in PNNH_ARMS]
+        drops, p1 = significantly(acc("plain", hi), acc("plain", lo), "lower")
+        below, p2 = significantly(acc("plain", hi), acc("resnet", hi), "lower")
+        a = None if drops is None or below is None else bool(drops and below)
+        checks.append(("A plain degrades with depth", a,
+                       f"plain {lo}->{hi}: {mean('plain', lo):.2f}->{mean('plain', hi):.2f} (p {fmt(p1)}); ResNet-{hi} "
+                       f"{mean('resnet', hi):.2f} (p {fmt(p2)})"))
     from_depth = results["thresholds"]["match_from_depth"]
-    deep = [d for d in depths if d >= from_depth]
-    b = bool(pn and deep)
-    details = []
-    for d in deep:
-        best = max(pn, key=lambda arm: acc(arm, d) if math.isfinite(acc(arm, d)) else -math.inf)
-        diff = acc(best, d) - acc("resnet", d)
-        b = b and diff >= -MATCH
-        details.append(f"d{d}: {best} {acc(best, d):.2f} vs ResNet {acc('resnet', d):.2f} ({diff:+.2f})")
-    certified = all(g["plain"] for arm in pn for g in results["graph_check"][arm].values())
-    b = b and certified
-    check = "passed" if certified else "FAILED"
-    parts.append(f"B best PNNH within {MATCH:g} pt of ResNet at depth >= {from_depth} with no skip-adds: "
-                 f"{'yes' if b else 'no'} (" + "; ".join(details) + f"; graph check {check})")
+    arm = PNNH_VARIANT
+    if arm in t:
+        oks, details = [], []
+        certified = all(g["plain"] for g in results["graph_check"][arm].values())
+        for d in [d for d in depths if d >= from_depth]:
+            ratio = t[arm][str(d)]["params"] / t["resnet"][str(d)]["params"]
+            ok, text = noninferior(acc(arm, d), acc("resnet", d), MATCH, higher_better=True)
+            if ratio > PARAM_MATCH:
+                ok, text = None, text + f"; {ratio:.2f}× the ResNet's parameters: not parameter-matched, untestable"
+            oks.append(ok)
+            details.append(f"d{d}: {mean(arm, d):.2f} vs {mean('resnet', d):.2f}: {text}")
+        b = False if not certified or False in oks else (True if oks and all(o is True for o in oks) else None)
+        checks.append((f"B {arm} on par with the ResNet (within {MATCH:g} pt) at depth ≥ {from_depth}, no skip-adds", b,
+                       "; ".join(details) + f"; graph check {'passed' if certified else 'FAILED'}"))
+    v, text = decide(checks)
+    parts = [text]
     pe = results.get("param_efficiency", {})
     if pe.get("median_ratio") is not None:
         parts.append(f"parameter efficiency: PNNH-shared needs {pe['median_ratio']:.2f}x the ResNet's parameters for "
                      f"its accuracy (median over widths; 2x claim <= {PARAM_RATIO}: "
                      f"{'yes' if pe['efficient_2x'] else 'no'})")
-    elif pe.get("ratios"):
-        parts.append("parameter efficiency: PNNH-shared did not reach the ResNet's accuracy in the sweep")
     thr = results.get("throughput", {})
-    for arm in pn:
-        vals = [v for v in thr.get(arm, {}).values() if math.isfinite(v)]
+    for a in [a for a in results["arms"] if a in PNNH_ARMS]:
+        vals = [x for x in thr.get(a, {}).values() if math.isfinite(x)]
         if vals:
-            parts.append(f"{arm} throughput {min(vals):.2f}-{max(vals):.2f}x ResNet")
-    v = "reproduced" if a and b else ("partial" if a or b else "not reproduced")
+            parts.append(f"{a} throughput {min(vals):.2f}-{max(vals):.2f}x ResNet")
     return v, "; ".join(parts) + "."
 
 

@@ -107,6 +107,11 @@ def _mean(xs) -> float:
 
 
 def verdict(results: dict) -> tuple[str, str]:
+    """(A) the final geometric complexity is unimodal in λ: it peaks inside the grid, ≥ (1 + PEAK_MARGIN)× both
+    ends and significantly above each end (Welch p < 0.05 over seeds); (B) the accuracy at λ = 1/sqrt(n) is
+    significantly higher than at λ = 1/n (Welch p < 0.05). Fewer than 2 seeds: untestable."""
+    from .common import decide, significantly
+
     per = results["per_lam"]
     ok = [e for e in per if e["status"] and all(s == "completed" for s in e["status"])]
     edge = [e["lam"] for e in per if e not in ok]
@@ -116,21 +121,23 @@ def verdict(results: dict) -> tuple[str, str]:
         i = max(range(len(gcs)), key=lambda j: gcs[j])
         interior = 0 < i < len(gcs) - 1
         margin = interior and gcs[i] >= (1 + PEAK_MARGIN) * max(gcs[0], gcs[-1])
-        claim_a = bool(margin)
+        sig = [significantly(ok[i]["gc_final"], ok[j]["gc_final"], "higher") for j in (0, len(ok) - 1)]
+        claim_a = None if any(x is None for x, _ in sig) else bool(margin and all(x for x, _ in sig))
         why_a = (f"final GC peaks at λ={ok[i]['lam']:g} ({gcs[i]:.4g}; ends {gcs[0]:.4g} at λ={ok[0]['lam']:g}, "
-                 f"{gcs[-1]:.4g} at λ={ok[-1]['lam']:g})" + ("" if interior else ", at an end of the grid"))
+                 f"{gcs[-1]:.4g} at λ={ok[-1]['lam']:g})" + ("" if interior else ", at an end of the grid")
+                 + ", Welch p vs ends " + ", ".join("n/a" if p is None else f"{p:.2g}" for _, p in sig))
     acc_n = _mean(per[0]["acc"])
     mid = results.get("lam_1_over_sqrt_n")
     e_mid = next((e for e in per if e["lam"] == mid), None)
     acc_sqrt = _mean(e_mid["acc"]) if e_mid else float("nan")
-    claim_b = math.isfinite(acc_n) and math.isfinite(acc_sqrt) and acc_sqrt >= acc_n
-    p_b = e_mid.get("welch_p_acc_vs_1_over_n") if e_mid else None
+    claim_b, p_b = significantly(e_mid["acc"], per[0]["acc"], "higher") if e_mid else (None, None)
     accs = ", ".join(f"{e['lam']:g}: {_mean(e['acc']):.3f}" for e in per)
-    v = "reproduced" if claim_a and claim_b else ("partial" if claim_a or claim_b else "not reproduced")
-    return v, (f"A (GC unimodal in λ): {'yes' if claim_a else 'no'} — {why_a}; "
-               f"B (accuracy at 1/sqrt(n) >= at 1/n): {'yes' if claim_b else 'no'} — "
-               f"{acc_sqrt:.3f} vs {acc_n:.3f}" + ("" if p_b is None else f" (Welch p {p_b:.2g})") + f". Accuracy by λ: {accs}."
-               + (f" Diverged (stability edge) at λ = {', '.join(f'{v:g}' for v in edge)}." if edge else ""))
+    v, text = decide([("A GC unimodal in λ", claim_a, why_a),
+                      ("B accuracy at 1/sqrt(n) above 1/n", claim_b,
+                       f"{acc_sqrt:.3f} vs {acc_n:.3f}, Welch p={'n/a' if p_b is None else f'{p_b:.2g}'}")])
+    return v, (text + f". Accuracy by λ: {accs}."
+               + (f" Diverged (stability edge) at λ = {', '.join(f'{v:g}' for v in edge)}." if edge else "")
+               + " λ is confounded with the effective step size (AdamW, one lr for every λ): not tuned per λ.")
 
 
 def _plot(results: dict, path: Path) -> None:

@@ -1,0 +1,190 @@
+"""Verdict rules: every rule can fail, uses significance over seeds, handles its premise, and the committed
+results re-verify: re-applying each experiment's verdict() to its committed summary.json gives its verdict."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from reslab.experiments import VERDICTS, get_experiment
+from reslab.experiments.common import decide, depth_premise, noninferior, significantly
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+SUMMARIES = sorted(p for p in RESULTS.glob("*/summary.json") if json.loads(p.read_text()).get("experiment"))
+
+
+@pytest.mark.parametrize("path", SUMMARIES, ids=[p.parent.name for p in SUMMARIES])
+def test_committed_summary_reverifies(path):
+    """The committed verdict is what the experiment's current rule gives on the committed per-seed values."""
+    s = json.loads(path.read_text())
+    v, why = get_experiment(s["experiment"]).verdict(s["results"])
+    assert v in VERDICTS
+    assert (v, why) == (s["verdict"], s["explanation"]), (
+        f"{path}: rule gives {v!r}, summary says {s['verdict']!r}; run `reslab reproduce {s['experiment']} "
+        f"--preset {s['preset']} --resummarize` (or re-run it)")
+
+
+def test_committed_results_hold_no_raw_runs():
+    """results/ is outputs for readers: no per-seed run folders, logs or checkpoints (those live under runs/)."""
+    raw = [p for p in RESULTS.rglob("*") if p.is_file() and (p.suffix in (".pt", ".jsonl") or "seed" in p.parent.name)]
+    assert raw == []
+
+
+def test_significance_needs_two_seeds_and_the_right_direction():
+    assert significantly([1.0], [2.0], "lower") == (None, None)  # one seed: untestable, never a pass
+    ok, p = significantly([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "lower")
+    assert ok and p < 0.01
+    assert significantly([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "higher")[0] is False
+    assert significantly([1.0, 1.5, 0.5], [1.1, 1.6, 0.6], "lower")[0] is False  # lower mean, inside the noise
+
+
+def test_noninferiority_passes_fails_or_is_untestable():
+    assert noninferior([0.90, 0.901, 0.899], [0.90, 0.901, 0.899], 0.01, higher_better=True)[0] is True
+    assert noninferior([0.85, 0.851, 0.849], [0.90, 0.901, 0.899], 0.01, higher_better=True)[0] is False
+    assert noninferior([0.80, 0.95], [0.90, 0.88], 0.01, higher_better=True)[0] is None  # CI wider than the margin
+    assert noninferior([0.9], [0.9], 0.01, higher_better=True)[0] is None
+
+
+def test_decide_premise_and_untestable():
+    assert decide([("a", True, "")], premise=("p", False, ""))[0] == "inconclusive"
+    assert decide([("a", True, "")], premise=("p", None, ""))[0] == "inconclusive"
+    assert decide([("a", True, ""), ("b", True, "")])[0] == "reproduced"
+    assert decide([("a", True, ""), ("b", None, "")])[0] == "partial"
+    assert decide([("a", False, ""), ("b", None, "")])[0] == "not reproduced"
+    assert decide([("a", None, ""), ("b", None, "")])[0] == "inconclusive"
+    assert depth_premise([0.1, 0.11, 0.09], [0.2, 0.21, 0.19], higher_better=False)[0] is True
+    assert depth_premise([0.19, 0.2, 0.21], [0.2, 0.21, 0.19], higher_better=False)[0] is False
+
+
+def _row(arm, losses, params=1000, steps=100, metric=None, base_params=1000):
+    return {"arm": arm, "val_loss": losses, "val_loss_mean": statistics.fmean(losses),
+            "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0, "params": params,
+            "extra_params": params - base_params, "steps_to_target": steps, "welch_p_vs_baseline": None,
+            "metric_per_seed": metric or [], "metric_mean": statistics.fmean(metric) if metric else None,
+            "metric_std": statistics.stdev(metric) if metric and len(metric) > 1 else 0.0}
+
+
+def test_ancre_lm_rule_uses_the_papers_steps_and_significance():
+    v = get_experiment("ancre-lm").verdict
+    base = _row("residual", [2.00, 2.01, 2.02], steps=800)
+    good = _row("ancre(tau=0.01)", [1.90, 1.91, 1.92], steps=500)  # 0.625x ≤ 0.657x
+    assert v({"rows": [base, good]})[0] == "reproduced"
+    assert v({"rows": [base, _row("ancre(tau=0.01)", [1.90, 1.91, 1.92], steps=600)]})[0] == "partial"  # 0.75x
+    assert v({"rows": [base, _row("ancre(tau=0.01)", [2.10, 2.11, 2.12], steps=None)]})[0] == "not reproduced"
+    assert v({"rows": [base, _row("ancre(tau=0.01)", [1.99, 2.03, 2.0], steps=800)]})[0] == "not reproduced"
+    one = v({"rows": [_row("residual", [2.0], steps=800), _row("ancre(tau=0.01)", [1.5], steps=800)]})
+    assert one[0] != "reproduced" and "UNTESTABLE" in one[1]  # seeds=1: no significance, no pass
+    frozen = _row("ancre(tau=0.01, learn=false)", [1.905, 1.91, 1.915])
+    assert "does not matter significantly" in v({"rows": [base, good, frozen]})[1]
+
+
+def test_ancre_depth_premise_makes_it_inconclusive():
+    v = get_experiment("ancre-depth").verdict
+    deep = _row("mlp64 residual", [0.10, 0.11, 0.12])
+    shallow = _row("mlp16 residual", [0.20, 0.21, 0.2])
+    assert v({"rows": [deep, _row("mlp16+ancre", [0.10, 0.105, 0.11]), shallow]})[0] == "reproduced"
+    assert v({"rows": [deep, _row("mlp16+ancre", [0.15, 0.155, 0.16]), shallow]})[0] == "partial"
+    assert v({"rows": [deep, _row("mlp16+ancre", [0.5, 0.6, 0.7]), shallow]})[0] == "not reproduced"
+    flat = _row("mlp16 residual", [0.10, 0.12, 0.11])  # depth does not matter: no premise
+    assert v({"rows": [deep, _row("mlp16+ancre", [0.09, 0.1, 0.11]), flat]})[0] == "inconclusive"
+
+
+def test_laurel_vision_rule_is_on_accuracy_with_a_premise():
+    v = get_experiment("laurel-vision").verdict
+    acc = lambda a: [a - 0.001, a, a + 0.001]  # noqa: E731
+    loss = [0.5, 0.5, 0.5]  # the loss is the same everywhere: only accuracy can decide
+    rows = [_row("baseline", loss, metric=acc(0.80), base_params=100_000, params=100_000),
+            _row("baseline + 1 block", loss, params=103_000, metric=acc(0.82), base_params=100_000),
+            _row("laurel(rw)", loss, params=100_002, metric=acc(0.815), base_params=100_000),
+            _row("laurel(rw, lr, rank=16)", loss, params=101_000, metric=acc(0.8205), base_params=100_000)]
+    assert v({"rows": rows, "rank": 16})[0] == "reproduced"
+    rows[2] = _row("laurel(rw)", loss, params=100_002, metric=acc(0.805), base_params=100_000)  # 25% of the gain
+    assert v({"rows": rows, "rank": 16})[0] == "partial"
+    rows[1] = _row("baseline + 1 block", loss, params=103_000, metric=acc(0.80), base_params=100_000)
+    assert v({"rows": rows, "rank": 16})[0] == "inconclusive"
+
+
+def test_vit_compare_rule_tests_each_learned_arm_on_accuracy():
+    from reslab.experiments.vit_compare import verdict
+
+    def res(**acc):
+        return {"skipped": {}, "rows": [{"arm": k.replace("_", "("), "metric_per_seed": v, "diverged": 0}
+                                        for k, v in acc.items()]}
+
+    r = [0.880, 0.881, 0.879, 0.880]
+    assert verdict(res(residual=r, plain=[0.85, 0.851, 0.849, 0.85], ancre=[0.881, 0.88, 0.882, 0.88]))[0] == "reproduced"
+    # the better of two learned arms is not enough: laurel clearly worse fails its own check
+    assert verdict(res(residual=r, plain=[0.85, 0.851, 0.849, 0.85], ancre=[0.881, 0.88, 0.882, 0.88],
+                       laurel=[0.86, 0.861, 0.859, 0.86]))[0] == "partial"
+    assert verdict(res(residual=r, plain=[0.88, 0.881, 0.879, 0.88], ancre=[0.86, 0.861, 0.859, 0.86]))[0] \
+        == "not reproduced"
+
+
+def test_ancre_diffusion_rule_needs_significance():
+    from reslab.experiments.ancre_diffusion import verdict
+
+    def arm(mse, fd):
+        return {"denoise_loss": mse, "fd_cls": fd, "denoise_loss_mean": statistics.fmean(mse),
+                "fd_cls_mean": statistics.fmean(fd), "seeds": list(range(len(mse)))}
+
+    def results(tau):
+        return {"baseline": "residual", "per_arm": {"residual": arm([1.0, 1.01, 0.99], [10, 10.1, 9.9]), "ancre": tau},
+                "fd_real_floor": 1.0, "paper_relative_fid_gain": 0.049}
+
+    assert verdict(results(arm([0.9, 0.91, 0.89], [9, 9.1, 8.9])))[0] == "reproduced"
+    assert verdict(results(arm([0.9, 0.91, 0.89], [9.5, 10.6, 9.8])))[0] == "partial"  # fd lower in mean only
+    assert verdict(results(arm([0.99, 1.02, 1.0], [9.9, 10.2, 10])))[0] == "not reproduced"
+
+
+def test_pnnh_dissipation_rule_has_no_check_that_always_passes():
+    """Only A (plain loses the input) and B (scaled keeps it) decide; PNNH's identity coder and Theorem 3.2 are
+    unit tests. A plain net that keeps its input makes A fail."""
+    from reslab.experiments.pnnh_dissipation import verdict
+
+    def rows(r2_lose, r2_keep):
+        return [{"layer": 10, "probe_r2": statistics.fmean(r2_lose), "probe_r2_seeds": r2_lose},
+                {"layer": 20, "probe_r2": statistics.fmean(r2_keep), "probe_r2_seeds": r2_keep}]
+
+    def res(plain):
+        return {"per_data": {"synthetic": {"lose_layer": 10, "keep_layer": 20, "init": {
+            "plain": {"rows": rows(plain, plain)}, "scaled": {"rows": rows([0.9, 0.91, 0.92], [0.8, 0.81, 0.82])},
+            "residual": {"rows": rows([0.5] * 3, [0.4] * 3)}, "pnnh": {"rows": rows([1.0] * 3, [1.0] * 3)}}}}}
+
+    assert verdict(res([0.05, 0.06, 0.04]))[0] == "reproduced"
+    assert verdict(res([0.9, 0.91, 0.92]))[0] == "not reproduced"
+
+
+def test_parse_tune_and_values():
+    from reslab.compare import parse_tune, with_values
+    from reslab.train import TrainConfig
+
+    assert parse_tune(["lr=1e-3,3e-3", "model_args.width=16,32"]) == {"lr": [1e-3, 3e-3], "model_args.width": [16, 32]}
+    for bad in ("lr", "lr=1e-3", "nosuch=1,2", "seed=1,2", "foo.bar=1,2"):
+        with pytest.raises(ValueError):
+            parse_tune([bad])
+    cfg = with_values(TrainConfig(task="teacher", model="mlp", model_args={"n_blocks": 2}),
+                      {"lr": 0.5, "model_args.width": 8})
+    assert cfg.lr == 0.5 and cfg.model_args == {"n_blocks": 2, "width": 8}
+
+
+def test_compare_tune_picks_each_arms_own_value(tmp_path, capsys):
+    """Each arm is tuned on the same grid and runs its seeds at its own choice; the table and results.json say it."""
+    from reslab.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "teacher", "--model", "mlp", "--connections", "residual,plain", "--seeds", "2",
+            "--out", str(out), "--tune", "lr=1e-9,3e-2", "steps=12", "eval_every=6", "log_every=6",
+            "batch_size=16", "progress=false", "tensorboard=false", "model.width=16", "model.n_blocks=2",
+            "task.n_train=128", "task.n_val=32", "task.in_dim=4", "task.out_dim=1"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    for arm in ("residual", "plain"):
+        t = res["tuning"][arm]
+        assert t["chosen"] == {"lr": 3e-2} and len(t["points"]) == 2 and t["seed"] == 1000  # lr 1e-9 cannot learn
+        assert res["configs"][arm]["lr"] == 3e-2
+        assert next(r for r in res["rows"] if r["arm"] == arm)["tuned"] == {"lr": 3e-2}
+    assert "| tuned |" in (out / "results.md").read_text() and "lr=0.03" in (out / "results.md").read_text()
+    runs = list((out / "residual").glob("seed*/reslab_run.json"))
+    assert len(runs) == 2 and all(json.loads(p.read_text())["code_revision"] for p in runs)
