@@ -170,7 +170,8 @@ def test_init_values():
     torch.testing.assert_close(A, want)
     assert conn.lr_B.abs().sum() == 0
     c = conn.coefficients()
-    assert set(c) == {"alpha", "beta"} and torch.all(c["alpha"] == 1) and torch.all(c["beta"] == 1)
+    assert set(c) == {"alpha", "beta", "lr_norm"} and torch.all(c["alpha"] == 1) and torch.all(c["beta"] == 1)
+    assert torch.all(c["lr_norm"] == 0)  # B = 0: the low-rank map starts switched off
     assert torch.all(reslab.connection("laurel(pa)", 2, 4).pa_gamma == 0)
     assert torch.all(reslab.connection("laurel(lr, pa)", 2, 4, rank=2).pa_gamma == 1)
 
@@ -267,7 +268,8 @@ def test_coefficients_shapes_and_bounds():
     randomise(sig, scale=3.0)
     a = sig.coefficients()["alpha"]
     assert a.shape == (3,) and torch.all((a > 0) & (a < 2))
-    assert set(reslab.connection("laurel(lr)", 3, D).coefficients()) == set()
+    lr = reslab.connection("laurel(lr)", 3, D)
+    assert set(lr.coefficients()) == {"lr_norm"} and lr.coefficients()["lr_norm"].shape == (3,)
 
 
 def test_recording():

@@ -53,6 +53,7 @@ def _param_count(opts: dict, shape) -> int:
     paper="Zhang, Li, He, Giannakis 2026, ANCRe (arXiv:2602.09009)",
     params="K(K+1)/2 - 1 (0 with learn=false)",
     param_count=_param_count,
+    variants=("ancre(form=theory, tau=1)", "ancre(learn=false)", "ancre(norm=outgoing, tau=0.5)"),
     coefficients={"routing": "K x (K+1) matrix, row j-1 = weights p_ij of the states h_i added to block j's output"},
     options=[
         Option("tau", "float", 0.01, "softmax temperature; logits are c/tau", positive=True),

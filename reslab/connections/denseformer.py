@@ -47,6 +47,7 @@ def _param_count(opts: dict, shape) -> int:
     paper="Pagliardini et al. 2024, DenseFormer (arXiv:2402.02622)",
     params="sum over DWA steps j (j % period == 0) of floor(j/dilation)+1; K(K+3)/2 for dilation=period=1",
     param_count=_param_count,
+    variants=("denseformer(dilation=2)", "denseformer(period=2)"),
     coefficients={"routing": "K x (K+1) matrix, row j-1 = weights alpha_{j,i} of the block outputs h_i "
                              "in the stream after block j"},
     starts_as_residual=True,

@@ -98,10 +98,14 @@ def _check(opts: dict, shape) -> None:
 
 
 @register("laurel", paper=PAPER, params=PARAMS, summary="LAuReL: alpha*f(x) + learned linear g(x, x_{i-1}, ...)",
-          example="laurel(rw, lr)", param_count=_param_count, check=_check, starts_as_residual=True,
+          example="laurel(rw, lr)", param_count=_param_count,
+          variants=("laurel(rw)", "laurel(lr, rank=4)", "laurel(pa)", "laurel(rw, lr, pa, rank=4)",
+                    "laurel(rw, rw_per_channel, rw_param=sigmoid)", "laurel(rw, unit=branch)",
+                    "laurel(rw, rw_param=single)", "laurel(rw, rw_param=free)"), check=_check, starts_as_residual=True,
           coefficients={"alpha": "(n,) or (n, D) weight of f(x) per instance (with rw)",
                         "beta": "(n,) or (n, D) weight of g(x) per instance (with rw)",
-                        "gamma": "(n, k) weights of the previous activations (with pa)"},
+                        "gamma": "(n, k) weights of the previous activations (with pa)",
+                        "lr_norm": "(n,) Frobenius norm of the low-rank map A B per instance (with lr, without pa)"},
           per_branch=False,
           options=[
               Option("rw", "bool", False, "learned residual weights alpha, beta"),
@@ -176,6 +180,8 @@ class Laurel(Connection):
             out["alpha"], out["beta"] = a.detach(), b.detach()
         if self.pa:
             out["gamma"] = self.pa_gamma.detach()
+        elif self.lr:  # how far each low-rank map has moved from 0 (B starts at 0)
+            out["lr_norm"] = torch.linalg.matrix_norm(self.lr_A.detach() @ self.lr_B.detach())
         return out
 
     def _lowrank(self, h: Tensor, A: Tensor, B: Tensor) -> Tensor:

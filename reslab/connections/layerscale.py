@@ -54,6 +54,7 @@ def parse_eps(raw) -> float | str:
     paper="Touvron et al. 2021, Going deeper with Image Transformers (CaiT, arXiv:2103.17239)",
     params="K*branches*D",
     param_count=lambda opts, shape: shape.n_blocks * shape.branches * shape.dim,
+    variants=("layerscale(eps=cait)",),
     coefficients={"scale": "(K, branches, D) learned per-channel γ of every branch"},
     per_branch=True,
     options=[

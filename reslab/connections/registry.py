@@ -117,6 +117,7 @@ class SchemeInfo:
     residual_at_init: Callable[[dict], bool] | None = None
     check: Callable[[dict, Shape], None] | None = None
     per_branch: bool = False  # owns parameters per branch, so needs the model's branches per block
+    variants: tuple[str, ...] = ()  # further specs the contract test runs (forms the example does not cover)
 
     def is_residual_at_init(self, opts: dict) -> bool:
         return self.starts_as_residual and (self.residual_at_init is None or bool(self.residual_at_init(opts)))
@@ -143,7 +144,8 @@ def register(name: str, *, paper: str, params: str, param_count: Callable[[dict,
              options: Sequence[Option] = (), summary: str = "", example: str = "",
              coefficients: dict[str, str] | None = None, starts_as_residual: bool = False,
              residual_at_init: Callable[[dict], bool] | None = None,
-             check: Callable[[dict, Shape], None] | None = None, per_branch: bool = False):
+             check: Callable[[dict, Shape], None] | None = None, per_branch: bool = False,
+             variants: Sequence[str] = ()):
     """Class decorator: register a Connection subclass under ``name`` (see :class:`SchemeInfo` for the
     fields). ``example`` is a spec that builds with no further input (defaults to ``name``)."""
 
@@ -157,7 +159,7 @@ def register(name: str, *, paper: str, params: str, param_count: Callable[[dict,
         REGISTRY[name] = SchemeInfo(name, cls, {o.name: o for o in options}, paper, params,
                                     summary or (doc[0] if doc else ""), example or name, param_count,
                                     dict(coefficients or {}), starts_as_residual, residual_at_init, check,
-                                    per_branch)
+                                    per_branch, tuple(variants))
         return cls
 
     return deco

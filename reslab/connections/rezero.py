@@ -24,6 +24,7 @@ from .registry import Option, register
     paper="Bachlechner et al. 2020, ReZero is All You Need (arXiv:2003.04887)",
     params="K",
     param_count=lambda opts, shape: shape.n_blocks,
+    variants=("rezero(init=1)",),
     coefficients={"lambda": "(K,) learned α_j of every block"},
     starts_as_residual=True,
     residual_at_init=lambda opts: opts["init"] == 1.0,

@@ -81,6 +81,7 @@ def parse_lam(raw) -> float | str:
     paper="Dherin & Munn 2025, On residual network depth (REX, arXiv:2510.03470)",
     params="0",
     param_count=lambda opts, shape: 0,
+    variants=("scaled(lam=1)", "scaled(lam=1/n, count=blocks)"),
     coefficients={"lambda": "the scalar λ multiplying every branch"},
     starts_as_residual=True,
     residual_at_init=lambda opts: opts["lam"] == 1.0,
