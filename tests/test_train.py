@@ -137,6 +137,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     proc = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("completed:") == 1, proc.stdout  # only rank 0 reports
     a, b = losses(single.out_dir), losses(ddp.out_dir)
     assert [s for s, _ in a] == [s for s, _ in b]
     for (_, x), (_, y) in zip(a, b):
@@ -198,3 +199,40 @@ def test_learned_coefficients_are_logged_and_plotted(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no learned coefficients"):
         plot_coefficients([{"step": 1, "loss": 1.0}], tmp_path / "d.png")
+
+
+def test_status_line_without_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESLAB_STATUS_EVERY", "0")  # every step (default: every 30 s)
+    train(tiny(tmp_path, steps=6, progress=True))  # pytest's stderr is not a TTY
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("mlp/residual step")]
+    assert len(lines) == 6 and lines[-1].startswith("mlp/residual step 6/6 loss ")
+    assert "samples/s ETA 0s" in lines[-1]
+    train(tiny(tmp_path / "quiet", steps=3, progress=False))
+    assert "step" not in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_at_a_step_checkpoints_and_resumes_bit_exact(tmp_path):
+    import signal as sig
+    import time as _time
+
+    cmd = [sys.executable, "-m", "reslab.cli", "train", "--config",
+           str(_write_toml(tmp_path, tiny(tmp_path / "int", steps=40, model_args={"width": 256, "n_blocks": 3})))]
+    # the same run, slowed by a wider model so Ctrl-C lands mid-run, against its own uninterrupted reference
+    wide = tiny(tmp_path / "wide", steps=40, model_args={"width": 256, "n_blocks": 3})
+    train(wide)
+    proc = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "int" / "run" / "metrics.jsonl"
+    while not (log.exists() and log.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.communicate()
+        _time.sleep(0.02)
+    proc.send_signal(sig.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted at step" in err.strip().splitlines()[-1] and "run the same command again" in err
+    step = load_checkpoint(tmp_path / "int" / "run" / "checkpoint.pt")["step"]
+    if step < 40:  # (a very fast machine may finish first)
+        assert f"interrupted at step {step}/40" in err
+    proc = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert losses(tmp_path / "int" / "run") == losses(wide.out_dir)
