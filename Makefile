@@ -21,10 +21,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/reslab compare --task shakespeare --model gpt --connections all --preset quick --seeds 1 --out runs/demo
+	$(BIN)/reslab compare --task shakespeare --model gpt --connections all --preset quick --seeds 1 --out-dir runs/demo
 
+# one line per test file with its progress; the slowest tests listed at the end
 test: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --durations=10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
