@@ -8,7 +8,7 @@ import copy
 PRESETS: dict[tuple[str, str], dict[str, dict]] = {
     ("shakespeare", "gpt"): {
         "quick": dict(steps=400, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, eval_batches=8,
-                      log_every=10, checkpoint_every=100, task_args={"block_size": 64, "max_chars": 300_000},
+                      log_every=10, checkpoint_every=100, threads=1, task_args={"block_size": 64, "max_chars": 300_000},
                       model_args={"n_layer": 4, "n_head": 4, "d_model": 64}),
         "cpu": dict(steps=1500, batch_size=32, lr=3e-3, warmup_steps=100, eval_every=100, eval_batches=20,
                     task_args={"block_size": 128}, model_args={"n_layer": 8, "n_head": 4, "d_model": 128}),
