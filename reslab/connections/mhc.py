@@ -1,0 +1,131 @@
+"""mHC: hyper-connections whose stream mixing is projected onto the doubly stochastic matrices.
+
+Xie et al. (DeepSeek-AI) 2025, *mHC: Manifold-Constrained Hyper-Connections* (arXiv:2512.24880), eqs. 7-9.
+n streams x_l = (x_1..x_n) of width D (all h_0 at the start); per branch f (one "layer"), with
+v = RMSNorm(vec(x_l)) the n*D-wide flattened streams (unweighted; a gain would fold into phi):
+
+    H_pre  = sigmoid(a_pre  * v phi_pre  + b_pre)              (n,)    read:  f's input = sum_j H_pre[j] x_j
+    H_post = 2 sigmoid(a_post * v phi_post + b_post)           (n,)    write: stream i gets H_post[i] f(.)
+    H_res  = SinkhornKnopp(a_res * mat(v phi_res) + b_res)     (n, n)  mix:   x_i <- sum_j H_res[i, j] x_j + ...
+
+Sinkhorn-Knopp: M = exp(logits), then ``sinkhorn_iters`` times normalise columns, then rows
+(M <- T_r(T_c(M))), so rows sum to 1 exactly and columns to within the iteration's residual. The maps
+(norm, phi, sigmoid, Sinkhorn) run in float32 with autocast off, float64 when the stream is float64.
+Per branch: n*D*(n^2 + 2n) (phi) + n^2 + 2n (b) + 3 (a) parameters. Memory: n times the residual stream.
+
+Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
+b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
+H_pre = 1/2 on stream t mod n and 1/(2(n-1)) on the others: the read weights sum to 1, so every stream
+stays h + f(h) and the stack equals ``residual`` with reduce=mean (sum: n times it, which a final norm
+removes) -- up to the rounding of sigmoid(b_pre) (~1e-8, so not declared ``starts_as_residual``); the one-sided read breaks the symmetry between streams. transformers' DeepSeek-V4 initialises
+b = 0, a = 1 and phi ~ N(0, 0.02) (modeling_deepseek_v4.py:1287-1290), reading (n/2) h.
+
+Reference differences (transformers 5.24, models/deepseek_v4/modeling_deepseek_v4.py): it applies comb
+transposed (line 1184-1191: x_k <- sum_j comb[j, k] x_j) and starts Sinkhorn from a row softmax with
+rows/columns in the other order (lines 982-991); comb^T is our H_res of the transposed logits, so the
+oracle test copies its weights with the res block transposed. It adds hc_eps = 1e-6 to pre, to comb
+and to every Sinkhorn denominator (lines 980-991), which the paper does not: not implemented (< 1e-5).
+Its final reduction is a learned sigmoid head (DeepseekV4HyperHead, line 999); ours is sum or mean.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import Connection
+from .registry import Option, register
+
+
+def sinkhorn(logits: Tensor, iters: int) -> Tensor:
+    """Sinkhorn-Knopp on exp(logits) over the last two axes: ``iters`` x (columns, then rows)."""
+    M = torch.exp(logits - logits.amax(-2, keepdim=True).detach())  # per-column shift: T_c cancels it
+    for _ in range(iters):
+        M = M / M.sum(-2, keepdim=True)
+        M = M / M.sum(-1, keepdim=True)
+    return M
+
+
+@register(
+    "mhc",
+    paper="Xie et al. (DeepSeek-AI) 2025, mHC: Manifold-Constrained Hyper-Connections (arXiv:2512.24880)",
+    params="per branch: n*D*(n^2+2n) + n^2 + 2n + 3",
+    param_count=lambda o, s: s.n_blocks * s.branches * (o["n"] * s.dim * (o["n"] ** 2 + 2 * o["n"]) + o["n"] ** 2 + 2 * o["n"] + 3),
+    coefficients={"pre": "(L, n) static H_pre = sigmoid(b_pre) of every branch",
+                  "post": "(L, n) static H_post = 2 sigmoid(b_post)",
+                  "res": "(L, n, n) static H_res = SinkhornKnopp(b_res), rows = destination stream"},
+    starts_as_residual=False,  # equal up to the rounding of the stored b_pre (~1e-8), tested in test_multistream.py
+    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5)"),
+    options=[
+        Option("n", "int", 4, "number of streams", min=2, max=64),
+        Option("sinkhorn_iters", "int", 20, "Sinkhorn-Knopp iterations (t_max)", min=1, max=1000),
+        Option("reduce", "choice", "sum", "how the n streams become the output", choices=("sum", "mean")),
+        Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model", min=1, max=64),
+    ],
+)
+class MHC(Connection):
+    """mHC: n streams; sigmoid read/write maps and a Sinkhorn-projected doubly stochastic mixing matrix."""
+
+    def __init__(self, n_blocks, dim, channel_dim=-1, n=4, sinkhorn_iters=20, reduce="sum", branches=1):
+        super().__init__(n_blocks, dim, channel_dim)
+        self.n, self.iters, self.reduce = int(n), int(sinkhorn_iters), reduce
+        self.branches = self.branches_per_block = int(branches)
+        L, n = n_blocks * self.branches, self.n
+        self.layers = L
+        self.phi = nn.Parameter(torch.zeros(L, n * dim, n * n + 2 * n))
+        self.a = nn.Parameter(torch.full((L, 3), 0.01))
+        b = torch.zeros(L, n * n + 2 * n)
+        for t in range(L):
+            p = torch.full((n,), 0.5 / (n - 1), dtype=torch.float64)
+            p[t % n] = 0.5
+            b[t, :n] = torch.log(p / (1 - p)).float()  # sigmoid^-1
+            b[t, 2 * n:] = torch.eye(n).flatten()
+        self.b = nn.Parameter(b)
+
+    def _branches_spec(self, n: int) -> str:
+        return f"mhc(branches={n})"
+
+    def coefficients(self) -> dict[str, Tensor]:
+        n, b = self.n, self.b.detach()
+        return {"pre": torch.sigmoid(b[:, :n]), "post": 2 * torch.sigmoid(b[:, n:2 * n]),
+                "res": sinkhorn(b[:, 2 * n:].unflatten(-1, (n, n)), self.iters)}
+
+    def maps(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
+        """H_pre (*P, n), H_post (*P, n), H_res (*P, n, n) of branch t for streams H (n, *P, D), in float32
+        (float64 for a float64 stream) whatever the autocast dtype."""
+        n, wdt = self.n, torch.promote_types(H.dtype, torch.float32)
+        with torch.autocast(H.device.type, enabled=False):
+            v = H.movedim(0, -2).flatten(-2).to(wdt)  # (*P, n*D), stream-major like vec(x_l)
+            v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+            z = v @ self.phi[t].to(wdt)
+            a, b = self.a[t].to(wdt), self.b[t].to(wdt)
+            pre = torch.sigmoid(a[0] * z[..., :n] + b[:n])
+            post = 2 * torch.sigmoid(a[1] * z[..., n:2 * n] + b[n:2 * n])
+            res = sinkhorn((a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n)), self.iters)
+        return pre, post, res
+
+    def _prepare(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
+        pre, post, res = (m.to(H.dtype) for m in self.maps(H, t))
+        x = torch.einsum("s...d,...s->...d", H, pre)
+        return x, post, res
+
+    # -- the steps: streams (n, *P, D) channels-last; state = (H,) or (H, x, H_post, H_res) for the next branch
+    def start(self, x0):
+        h = x0.movedim(self.channel_dim, -1)
+        H = h.unsqueeze(0).expand(self.n, *h.shape)
+        return (H, *self._prepare(H, 0)) if self.layers else (H,)
+
+    def branch_input(self, state, k, b):
+        return state[1].movedim(-1, self.channel_dim)
+
+    def branch_output(self, state, k, b, x, out):
+        H, _, post, res = state
+        o = out.movedim(self.channel_dim, -1)
+        H = torch.einsum("...ij,j...d->i...d", res, H) + post.movedim(-1, 0).unsqueeze(-1) * o
+        t = k * self.branches + b + 1
+        return (H, *self._prepare(H, t)) if t < self.layers else (H,)
+
+    def finish(self, state):
+        H = state[0]
+        return (H.sum(0) if self.reduce == "sum" else H.mean(0)).movedim(-1, self.channel_dim)
