@@ -115,8 +115,11 @@ def _counts(summaries: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def _verdict(v: str) -> str:
-    return f"**{v}**" if v == "not reproduced" else v
+def _verdict(v: str, summary: dict | None = None) -> str:
+    text = f"**{v}**" if v == "not reproduced" else v
+    if summary and summary.get("resummarized"):  # the rule was re-applied to runs made before it (no re-run yet)
+        text += " (re-summarised: runs predate this rule)"
+    return text
 
 
 def overhead_rows(overhead: dict) -> list[dict]:
@@ -158,7 +161,7 @@ def scoreboard_markdown(summaries: list[dict], overhead: dict | None, gpu: dict[
             ours = s.get("ours") or s.get("explanation")
             lines.append(f"| [{_cell(name)}]({s['_dir']}/) | {_cell(s.get('preset'))} | {_cell(s.get('paper'))} | "
                          f"{_cell(s['claim'])} | {_cell(s.get('paper_number'))} | {_cell(ours)} | "
-                         f"{_verdict(_cell(s['verdict']))} | {stats} | {cmd} |")
+                         f"{_verdict(_cell(s['verdict']), s)} | {stats} | {cmd} |")
     else:
         lines.append("No experiment summaries yet: run `reslab reproduce NAME --preset cpu`.")
     lines.append("")
@@ -186,7 +189,7 @@ def headline_markdown(summaries: list[dict], overhead: dict | None, results_link
     if by_exp:
         lines += ["| experiment | claim | verdict |", "|---|---|---|"]
         for name, ss in by_exp.items():
-            verdicts = "; ".join(f"{_verdict(s['verdict'])} ({s.get('preset', '?')})" for s in ss)
+            verdicts = "; ".join(f"{_verdict(s['verdict'], s)} ({s.get('preset', '?')})" for s in ss)
             first = ss[0]
             lines.append(f"| [{_cell(name)}](results/{first['_dir']}/) | {_cell(first['claim'])} | {verdicts} |")
         lines.append("")

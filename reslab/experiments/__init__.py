@@ -120,7 +120,8 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
         "experiment": name, "paper": exp.paper, "claim": exp.claim, "paper_number": exp.paper_number,
         "preset": preset, "settings": exp.presets[preset], "command": command or f"reslab reproduce {name} --preset {preset}",
         "git": git_revision(), "machine": machine(), "wall_time_s": round(time.time() - t0, 1),
-        "training_wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1),
+        # summed over the Trainer runs trained by this call or an earlier one (None: the experiment has its own loop)
+        "training_wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1) if runs else None,
         "verdict": verdict, "explanation": explanation, "notes": exp.notes, "results": results,
         "runs": runs, "published": publish(raw, out),
     }
@@ -141,10 +142,11 @@ def resummarize(path: str | Path, log=print) -> dict:
     verdict, explanation = exp.verdict(s["results"])
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {exp.name}: verdict {verdict!r} is not one of {VERDICTS}")
-    if (verdict, explanation) != (s["verdict"], s["explanation"]):
+    if (verdict, explanation, exp.claim, exp.paper_number) != (s["verdict"], s["explanation"], s["claim"], s.get("paper_number")):
         s.setdefault("resummarized", []).append({"git": git_revision(), "previous_verdict": s["verdict"],
                                                  "command": f"reslab reproduce {exp.name} --preset {s.get('preset', 'cpu')} --resummarize"})
         s["verdict"], s["explanation"] = verdict, explanation
+        s["claim"], s["paper_number"] = exp.claim, exp.paper_number  # the claim as the current rule tests it
         atomic_write_json(path, s)
         log(f"{path}: {s['resummarized'][-1]['previous_verdict']} -> {verdict}")
     else:
