@@ -60,6 +60,8 @@ PRESETS: dict[tuple[str, str], dict[str, dict]] = {
                     model_args={"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6, "ema_decay": 0.9999}),
     },
 }
+# Hugging Face decoder LMs (hf:llama, hf:qwen3, ...) share one budget: the GPT's, at the same sizes.
+PRESETS[("shakespeare", "hf")] = copy.deepcopy(PRESETS[("shakespeare", "gpt")])
 PRESET_NAMES = ("quick", "cpu", "gpu")
 
 
@@ -68,9 +70,9 @@ def get_preset(task: str, model: str, name: str | None) -> dict:
         return {}
     if name not in PRESET_NAMES:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESET_NAMES)}")
-    key = ("text" if task.startswith("text:") else task, model)
-    if key == ("text", "gpt"):
-        key = ("shakespeare", "gpt")
+    key = ("text" if task.startswith("text:") else task, "hf" if model.startswith("hf:") else model)
+    if key[0] == "text" and key[1] in ("gpt", "hf"):
+        key = ("shakespeare", key[1])
     if key not in PRESETS:
         have = ", ".join(f"{t}/{m}" for t, m in PRESETS)
         raise ValueError(f"no preset for task {task!r} with model {model!r}; presets exist for: {have}. "

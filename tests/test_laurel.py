@@ -293,11 +293,10 @@ def test_lesioned_block_keeps_only_g():
 
 
 # ---------------------------------------------------------------- bad specs
-def test_no_flags():
-    with pytest.raises(ValueError, match="at least one of rw, lr, pa"):
-        reslab.connection("laurel", 2, D)
-    with pytest.raises(ValueError, match="at least one of rw, lr, pa"):
-        Laurel(2, D)
+def test_bare_laurel_is_rw_lr():
+    bare, full = reslab.connection("laurel", 2, D), reslab.connection("laurel(rw, lr)", 2, D)
+    assert (bare.rw, bare.lr, bare.pa) == (True, True, False) and (Laurel(2, D).rw, Laurel(2, D).lr) == (True, True)
+    assert bare.extra_parameters() == full.extra_parameters() == 2 * (2 + 2 * 16 * D)
 
 
 def test_bad_rank_and_k():

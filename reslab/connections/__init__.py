@@ -45,14 +45,16 @@ def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int
     if isinstance(branches_per_block, bool) or not isinstance(branches_per_block, int) or branches_per_block < 1:
         raise ValueError(f"connection {spec!r}: branches_per_block must be an integer >= 1, got {branches_per_block!r}")
     name, given = parse_spec(spec)
-    if name in REGISTRY and "branches" in REGISTRY[name].options and "branches" not in given | overrides:
+    filled = name in REGISTRY and "branches" in REGISTRY[name].options and "branches" not in given | overrides
+    if filled:
         overrides["branches"] = branches_per_block
     info, opts = resolve(spec, **overrides)
     branches = int(opts.get("branches", branches_per_block))
     conn = info.cls(n_blocks=n_blocks, dim=dim, channel_dim=channel_dim, **opts)
     conn.branches_per_block = branches
     conn.network_branches = int(network_branches) if network_branches is not None else n_blocks * branches
-    conn.spec = canonical(info.name, opts)
+    # the spec names the scheme, not the model: a branch count taken from the model is left out of it
+    conn.spec = canonical(info.name, {**opts, "branches": info.options["branches"].default} if filled else opts)
     return conn
 
 

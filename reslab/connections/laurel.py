@@ -80,16 +80,22 @@ def _init_A(A: Tensor, how: str) -> None:
             a[torch.arange(D), torch.arange(D) % r] = 1.0 / math.sqrt(r * D)
 
 
+def _variant(opts: dict) -> tuple[bool, bool, bool]:
+    """(rw, lr, pa); a bare ``laurel`` is RW+LR, the paper's eq. 5 combination that it reports for its LLMs."""
+    if not (opts["rw"] or opts["lr"] or opts["pa"]):
+        return True, True, False
+    return bool(opts["rw"]), bool(opts["lr"]), bool(opts["pa"])
+
+
 def _param_count(opts: dict, shape) -> int:
     n = shape.n_blocks * (shape.branches if opts["unit"] == "branch" else 1)
-    return laurel_extra_params(opts["rw"], opts["lr"], opts["pa"], opts["rank"], opts["k"], shape.dim, n,
+    return laurel_extra_params(*_variant(opts), opts["rank"], opts["k"], shape.dim, n,
                                opts["rw_param"], opts["rw_per_channel"], opts["pa_map"])
 
 
 def _check(opts: dict, shape) -> None:
-    if not (opts["rw"] or opts["lr"] or opts["pa"]):
-        raise ValueError("laurel: pick at least one of rw, lr, pa, e.g. laurel(rw) or laurel(rw, lr, rank=16)")
-    _resolve_pa_map(opts["lr"], opts["pa"], opts["pa_map"])
+    _, lr, pa = _variant(opts)
+    _resolve_pa_map(lr, pa, opts["pa_map"])
     # A rank above the width adds parameters but no rank; the bound keeps a typo (rank=1000000) from
     # allocating gigabytes, and max(D, 16) lets the default rank build on small test nets.
     if opts["rank"] > max(shape.dim, 16):
@@ -130,7 +136,8 @@ class Laurel(Connection):
                  rw_param="softmax2", rw_per_channel=False, rank=16, lr_init="column_orthogonal", k=3,
                  pa_map="auto", unit="block", branches=1):
         super().__init__(n_blocks, dim, channel_dim)
-        self.rw, self.lr, self.pa, self.rw_param, self.unit = bool(rw), bool(lr), bool(pa), rw_param, unit
+        rw, lr, pa = _variant({"rw": rw, "lr": lr, "pa": pa})
+        self.rw, self.lr, self.pa, self.rw_param, self.unit = rw, lr, pa, rw_param, unit
         self.rank, self.k, self.branches = int(rank), int(k), int(branches)
         self.branches_per_block = self.branches
         self.per_branch = unit == "branch"  # one instance per branch: every block must have `branches` of them

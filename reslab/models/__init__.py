@@ -38,6 +38,23 @@ def _init_params(cls: type, exclude: set[str]) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p not in exclude | {"self"}]
 
 
+_BUILDERS: dict[str, Callable[[dict, str, dict], nn.Module]] = {}
+
+
+def register_model(name: str, builder: Callable[[dict, str, dict], nn.Module] | None = None):
+    """Register a model family: ``builder(task_info, connection_spec, kwargs) -> nn.Module``. Use as a
+    decorator (``@register_model("gpt")``) or call it with the builder. Adding a family is this one call."""
+
+    def deco(fn):
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} registered twice")
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco(builder) if builder is not None else deco
+
+
+@register_model("gpt")
 def _build_gpt(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     _check_kwargs("gpt", kwargs, [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "connection")])
     vocab = need(task_info, "vocab_size", "gpt", "a language-modelling task")
@@ -46,6 +63,7 @@ def _build_gpt(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     return GPT(GPTConfig(vocab_size=int(vocab), connection=connection, **kwargs))
 
 
+@register_model("resnet")
 def _build_resnet(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     _check_kwargs("resnet", kwargs, _init_params(ResNet, {"in_channels", "n_classes", "connection"}))
     shape = tuple(need(task_info, "input_shape", "resnet", "an image-classification task"))
@@ -57,14 +75,11 @@ def _build_resnet(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
                   connection=connection, **kwargs)
 
 
+@register_model("mlp")
 def _build_mlp(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
     _check_kwargs("mlp", kwargs, _init_params(ResidualMLP, {"in_dim", "out_dim", "connection"}))
     in_dim, out_dim = vector_io(task_info, "mlp", kwargs)
     return ResidualMLP(in_dim=in_dim, out_dim=out_dim, connection=connection, **kwargs)
-
-
-_BUILDERS: dict[str, Callable[[dict, str, dict], nn.Module]] = {
-    "gpt": _build_gpt, "mlp": _build_mlp, "resnet": _build_resnet}
 
 
 def model_names() -> list[str]:
@@ -86,12 +101,22 @@ __all__ = ["GPT", "GPTConfig", "ResNet", "ResidualMLP", "build_model", "model_na
 from .dit import DiT, build_dit  # noqa: E402
 from .vit import ViT, build_vit  # noqa: E402
 
-_BUILDERS.update(vit=build_vit, dit=build_dit)
+register_model("vit", build_vit)
+register_model("dit", build_dit)
 __all__ += ["DiT", "ViT"]
 
 # PNNH (our reconstruction of Zhang et al. 2024): plain nets with an internal path; a model family, not a Connection.
 from .pnnh import BUILDERS as _PNNH_BUILDERS  # noqa: E402
 from .pnnh import PNNHCNN, PNNHGPT, PNNHMLP, PNNHViT  # noqa: E402
 
-_BUILDERS.update(_PNNH_BUILDERS)
+for _name, _builder in _PNNH_BUILDERS.items():
+    register_model(_name, _builder)
 __all__ += ["PNNHCNN", "PNNHGPT", "PNNHMLP", "PNNHViT"]
+
+# Hugging Face decoder LMs (transformers imported only when one is built), wired through reslab.patch.
+from .hf import ARCHS as _HF_ARCHS  # noqa: E402
+from .hf import HFCausalLM, build_hf  # noqa: E402
+
+for _arch in _HF_ARCHS:
+    register_model(f"hf:{_arch}", build_hf(_arch))
+__all__ += ["HFCausalLM", "register_model"]

@@ -1,0 +1,104 @@
+"""Hugging Face decoder LMs as a reslab model family: ``--model hf:llama`` (also ``hf:qwen3``, ``hf:gpt2``, ...).
+
+A small model is built at random init from its transformers config class (nothing is downloaded) and
+wired by the requested connection through :func:`reslab.patch`, so a comparison runs the very code a
+user's own Llama or Qwen runs. ``model.*`` overrides set config fields by their transformers names
+(``model.num_hidden_layers=6``) or by reslab's GPT names (``n_layer``, ``d_model``, ``n_head``,
+``d_ff``), so one preset serves every family.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from torch import Tensor, nn
+
+from ..patch import patch
+from .task_info import need
+
+# arch -> (config class, causal-LM class); each has an adapter in reslab.patch.adapters
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+}
+ALIASES = {"n_layer": "num_hidden_layers", "d_model": "hidden_size", "n_head": "num_attention_heads",
+           "d_ff": "intermediate_size", "n_kv_head": "num_key_value_heads"}
+# small enough for a CPU test; head_dim 16 keeps rotary tables meaningful
+DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 172}
+
+
+def transformers_module():
+    try:
+        return importlib.import_module("transformers")
+    except ImportError:
+        raise ValueError("model 'hf:*' needs the transformers package: pip install 'reslab[hf]'") from None
+
+
+def hf_config(arch: str, vocab_size: int, block_size: int, **overrides):
+    """The transformers config of a small random-init ``arch`` model."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown Hugging Face architecture {arch!r}; valid: "
+                         f"{', '.join(difflib.get_close_matches(arch, list(ARCHS), n=len(ARCHS), cutoff=0.0))}")
+    tf = transformers_module()
+    cfg_cls = getattr(tf, ARCHS[arch][0])
+    values = dict(DEFAULTS)
+    for k, v in overrides.items():
+        values[ALIASES.get(k, k)] = v
+    values.update(vocab_size=int(vocab_size), max_position_embeddings=int(block_size))
+    if arch == "gpt2":  # GPT-2 names its MLP width n_inner and has no grouped KV heads
+        values["n_inner"] = values.pop("intermediate_size")
+        values.pop("num_key_value_heads", None)
+        values.setdefault("resid_pdrop", 0.0)
+        values.setdefault("embd_pdrop", 0.0)
+        values.setdefault("attn_pdrop", 0.0)
+    else:
+        values.setdefault("num_key_value_heads", values["num_attention_heads"])
+        values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+    if arch in ("gemma2", "gemma3"):
+        values.setdefault("sliding_window", int(block_size))
+        values.setdefault("query_pre_attn_scalar", values["head_dim"])
+    # reslab's names are valid for every architecture (GPT-2's MLP width and missing KV heads are mapped above)
+    valid = set(cfg_cls().to_dict()) | set(getattr(cfg_cls, "attribute_map", {})) | set(ALIASES.values())
+    unknown = [k for k in overrides if ALIASES.get(k, k) not in valid]
+    if unknown:
+        k = unknown[0]
+        raise ValueError(f"model 'hf:{arch}': unknown option {k!r}; valid: n_layer, d_model, n_head, d_ff, n_kv_head "
+                         f"or a {ARCHS[arch][0]} field, e.g. "
+                         f"{', '.join(difflib.get_close_matches(k, sorted(valid), n=5, cutoff=0.0))}")
+    return cfg_cls(**values)
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM behind reslab's LM interface: ``forward(idx) -> logits``. ``self.hf`` is the
+    transformers model itself (patched), for ``generate()``, ``save_pretrained()`` and friends."""
+
+    def __init__(self, arch: str, vocab_size: int, block_size: int, connection: str = "residual", **overrides):
+        super().__init__()
+        tf = transformers_module()
+        self.arch, self.block_size = arch, int(block_size)
+        self.hf = getattr(tf, ARCHS[arch][1])(hf_config(arch, vocab_size, block_size, **overrides))
+        if connection != "residual":  # residual is the model as written: leave its own loop untouched
+            patch(self.hf, connection)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.hf(input_ids=idx, use_cache=False).logits
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_hf(arch: str):
+    """The builder of family ``hf:<arch>`` (see reslab.models.register_model)."""
+
+    def build(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+        vocab = need(task_info, "vocab_size", f"hf:{arch}", "a language-modelling task")
+        block = kwargs.pop("block_size", None) or need(task_info, "block_size", f"hf:{arch}", "or pass block_size=...")
+        return HFCausalLM(arch, int(vocab), int(block), connection, **kwargs)
+
+    return build

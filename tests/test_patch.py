@@ -1,0 +1,223 @@
+"""reslab.patch on real transformers models built from configs (random init, nothing downloaded).
+
+Every registered scheme is patched into every supported architecture and checked against the model's
+own computation: the unpatched logits (schemes that start as residual), the model's KV-cache
+generation against full forwards, gradient checkpointing against none, a state-dict round trip.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import reslab
+from reslab.connections import REGISTRY, connection_names, resolve
+from reslab.models.hf import ARCHS, HFCausalLM, hf_config
+from reslab.patch import is_patched, load_state_dict, patched_connection
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+V, T = 40, 12
+
+
+def schemes() -> list[str]:
+    connection_names()
+    return sorted(info.example for info in REGISTRY.values())
+
+
+def tiny(arch: str, seed: int = 0, **overrides) -> nn.Module:
+    torch.manual_seed(seed)
+    sizes = dict(n_layer=3, d_model=32, n_head=4, d_ff=48) | overrides
+    cfg = hf_config(arch, V, 32, **sizes)
+    return getattr(transformers, ARCHS[arch][1])(cfg).eval()
+
+
+def perturb(conn, seed=1, scale=0.2):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in conn.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+IDS = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("spec", schemes())
+def test_patched_logits_and_kv_cache_generation(arch, spec):
+    model = tiny(arch)
+    with torch.no_grad():
+        ref = model(IDS).logits
+    reslab.patch(model, spec)
+    info, opts = resolve(spec)
+    with torch.no_grad():
+        out = model(IDS).logits
+        if info.is_residual_at_init(opts):  # the unpatched model's logits at init
+            assert (out - ref).abs().max() <= 1e-5
+        else:
+            assert out.shape == ref.shape and torch.isfinite(out).all()
+        perturb(patched_connection(model))  # away from init, so a cache bug cannot hide behind identity maps
+        kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        cached = model.generate(IDS[:1, :6], use_cache=True, **kw)
+        full = model.generate(IDS[:1, :6], use_cache=False, **kw)  # every step a full forward of the sequence
+        assert torch.equal(cached.sequences, full.sequences)
+        for a, b in zip(cached.logits, full.logits):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["residual", "ancre(tau=0.01)", "laurel(rw, lr, rank=4)", "denseformer", "rezero"])
+def test_gradient_checkpointing_gives_the_same_gradients(spec):
+    def grads(checkpointing: bool):
+        model = tiny("llama")
+        reslab.patch(model, spec)
+        perturb(patched_connection(model))
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        calls = []
+        hook = patched_connection(model).register_forward_pre_hook(lambda *a: calls.append(1))
+        model(IDS, labels=IDS).loss.backward()
+        hook.remove()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, ckpt = grads(False), grads(True)
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert any("reslab_patch" in n and g.abs().sum() > 0 for n, g in plain.items()) or spec == "residual"
+
+
+def test_reentrant_checkpointing_with_a_tuple_state_is_refused():
+    model = tiny("llama")
+    reslab.patch(model, "ancre")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant': False"):
+        model(IDS, labels=IDS).loss.backward()
+
+
+@pytest.mark.parametrize("spec", ["laurel(rw, lr, rank=4)", "ancre(tau=0.01)"])
+def test_torch_compile_fullgraph_of_a_patched_model(spec):
+    torch._dynamo.reset()
+    model = tiny("qwen3")
+    reslab.patch(model, spec)
+    perturb(patched_connection(model))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(IDS, use_cache=False).logits, model(IDS, use_cache=False).logits)
+
+
+def test_state_dict_round_trip_and_clear_errors():
+    src = tiny("llama", seed=0)
+    reslab.patch(src, "laurel(rw, lr, rank=4)")
+    perturb(patched_connection(src))
+    sd = src.state_dict()
+    assert any(k.startswith("model.reslab_patch.connection.") for k in sd)
+    dst = tiny("llama", seed=1)
+    reslab.patch(dst, "laurel(rw, lr, rank=4)")
+    load_state_dict(dst, sd)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(IDS).logits, src(IDS).logits)
+    unpatched = tiny("llama", seed=1)
+    with pytest.raises(ValueError, match=r"call reslab.patch\(model, 'laurel\(rw, lr, rank=4\)'\) before loading"):
+        load_state_dict(unpatched, sd)
+    with pytest.raises(RuntimeError, match="reslab_patch"):  # plain torch refuses too, never a silent drop
+        unpatched.load_state_dict(sd)
+    other = tiny("llama")
+    reslab.patch(other, "laurel(rw, lr, rank=2)")
+    with pytest.raises(ValueError, match="patched with 'laurel\\(rw, lr, rank=4\\)'"):
+        other.load_state_dict(sd, strict=False)
+
+
+def test_unpatch_restores_the_model_and_param_groups_skip_decay():
+    model = tiny("gpt2")
+    with torch.no_grad():
+        ref = model(IDS).logits
+    reslab.patch(model, "ancre(tau=0.1)")
+    conn = patched_connection(model)
+    ids = {id(p) for p in conn.parameters()}
+    assert ids and ids <= {id(p) for p in model.parameters()}  # registered: DDP/FSDP see them
+    groups = {g["name"]: g for g in reslab.param_groups(model, weight_decay=0.1, lr=1e-3, connection_lr_mult=10)}
+    assert {id(p) for p in groups["connection"]["params"]} == ids
+    assert groups["connection"]["weight_decay"] == 0.0 and groups["connection"]["lr"] == pytest.approx(1e-2)
+    assert not ids & {id(p) for p in groups["decay"]["params"]}
+    reslab.unpatch(model)
+    assert not is_patched(model) and "Reslab" not in type(model.transformer.h[0]).__name__
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, ref)
+
+
+def test_bad_input_is_a_clear_error():
+    model = tiny("llama")
+    reslab.patch(model, "residual")
+    with pytest.raises(ValueError, match="already patched; call reslab.unpatch"):
+        reslab.patch(model, "ancre")
+    with pytest.raises(ValueError, match="no ModuleList at 'model.blocks'.*'model.layers'"):
+        reslab.patch(tiny("llama"), "ancre", layers="model.blocks")
+    with pytest.raises(ValueError, match="unsupported architecture Sequential"):
+        reslab.patch(nn.Sequential(nn.ModuleList([nn.Linear(4, 4)])), "ancre")
+    with pytest.raises(ValueError, match="unknown connection 'ancer'"):
+        reslab.patch(tiny("llama"), "ancer")
+    with pytest.raises(ValueError, match="cross-attention"):
+        reslab.patch(tiny("gpt2", add_cross_attention=True), "ancre")
+    with pytest.raises(ValueError, match="not patched"):
+        reslab.unpatch(tiny("llama"))
+
+
+# -- the generic adapter: any ModuleList of pre-norm blocks ----------------------------------------------------
+class PreNormBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm, self.ff = nn.LayerNorm(d), nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x, scale=1.0):
+        return x + scale * self.ff(self.norm(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, d=16, n=4):
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(PreNormBlock(d) for _ in range(n))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x, scale=1.0):
+        for layer in self.encoder.layers:
+            x = layer(x, scale=scale)
+        return self.head(x)
+
+
+def test_generic_adapter_on_a_modulelist_of_prenorm_blocks():
+    torch.manual_seed(0)
+    model, x = Encoder(), torch.randn(2, 5, 16)
+    ref = model(x, scale=0.5)
+    reslab.patch(model, "denseformer", layers="encoder.layers")
+    torch.testing.assert_close(model(x, scale=0.5), ref, atol=1e-6, rtol=1e-5)  # starts as residual; kwargs pass
+    reslab.unpatch(model)
+    reslab.patch(model, "ancre(tau=0.01)", layers="encoder.layers")
+    y = model(x)
+    y.sum().backward()
+    assert patched_connection(model).logits.grad.abs().sum() > 0
+    bad = Encoder()
+    bad.encoder.layers[1] = Narrowing()
+    reslab.patch(bad, "laurel(rw)", layers="encoder.layers", dim=16)
+    with pytest.raises(ValueError, match="keep the stream's shape"):
+        bad(x)
+
+
+class Narrowing(PreNormBlock):
+    def __init__(self):
+        super().__init__(16)
+
+    def forward(self, x, scale=1.0):
+        return super().forward(x, scale)[..., :8]
+
+
+def test_hf_family_builds_patched_models():
+    lm = HFCausalLM("qwen3", V, 32, "laurel(rw)", n_layer=2, d_model=32, n_head=4)
+    assert is_patched(lm.hf) and lm(IDS).shape == (2, T, V)
+    assert not is_patched(HFCausalLM("llama", V, 32, "residual", n_layer=2, d_model=32, n_head=4).hf)
+    with pytest.raises(ValueError, match="unknown option 'n_layers'.*n_layer"):
+        HFCausalLM("llama", V, 32, "residual", n_layers=2)
+    with pytest.raises(ValueError, match="unknown Hugging Face architecture 'lama'; valid: llama"):
+        hf_config("lama", V, 32)
