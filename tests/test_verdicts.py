@@ -188,3 +188,23 @@ def test_compare_tune_picks_each_arms_own_value(tmp_path, capsys):
     assert "| tuned |" in (out / "results.md").read_text() and "lr=0.03" in (out / "results.md").read_text()
     runs = list((out / "residual").glob("seed*/reslab_run.json"))
     assert len(runs) == 2 and all(json.loads(p.read_text())["code_revision"] for p in runs)
+
+
+def test_dissipation_plot_labels_the_moment_ratio_axes(tmp_path, monkeypatch):
+    """The second-moment panel (values 2-3 on a symlog axis) must carry y tick labels."""
+    from reslab.analysis import dissipation as D
+    from reslab.report import plt
+
+    rows = [{"layer": l, "survival": 0.5, "cantelli": 0.4, "mean_ratio": 0.5, "m2_ratio": 2.0 + 0.1 * l,
+             "probe_r2": 0.9, "pairwise_cos": 0.1, "pre_mean": 0.0, "pre_m2": 1.0} for l in range(1, 6)]
+    seen = {}
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: seen.setdefault("fig", fig) and close(fig))
+    D.plot_profiles({"plain": rows}, tmp_path / "p.png")
+    fig = seen["fig"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if ax.get_title() in dict(D.PLOT_KEYS).values() and ax.get_yscale() == "symlog":
+            labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and t.get_visible()]
+            lo, hi = ax.get_ylim()
+            assert len([t for t in ax.get_yticks() if lo <= t <= hi]) >= 2 and labels, ax.get_title()

@@ -450,7 +450,12 @@ def plot_profiles(curves: dict[str, list[dict]], path: str | Path, title: str = 
         ax.set_xlabel("layer")
         ax.set_title(label)
         if key in ("mean_ratio", "m2_ratio"):
+            from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
             ax.set_yscale("symlog", linthresh=1)
+            # symlog ticks only at powers of ten: ratios between 1 and 10 (Theorem 3.2's 2 and 3) got no labels
+            ax.yaxis.set_major_locator(MaxNLocator(6))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title)
