@@ -48,6 +48,13 @@ class GPTConfig:
     scaled_init: bool = False
     norm_eps: float = 1e-6
     rope_base: float = 10000.0
+    # Value residual (ResFormer, Zhou et al. 2024, arXiv:2410.17897): every attention layer n >= 2 uses
+    # V_n' = (1 - lam_n) V_n + lam_n V_1, V_1 the first layer's values, lam_n a learned scalar starting at
+    # value_residual_init (0.5: ResFormer's equal mix; 0: the plain GPT at init). It needs the attention's
+    # values, which a Connection never sees (it carries the stream between branches), so it is a model
+    # option, not a connection scheme; it combines with any connection.
+    value_residual: bool = False
+    value_residual_init: float = 0.5
 
     def validate(self) -> None:
         for k in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
@@ -102,11 +109,22 @@ class Rotary(nn.Module):
         return apply_rotary(x, self.cos[:T], self.sin[:T])
 
 
-class AttentionBranch(nn.Module):
-    """x -> Attn(RMSNorm(x)): causal multi-head self-attention with RoPE on queries and keys."""
+class FirstValues:
+    """The first attention layer's values V_1 of the current forward, for the value residual (a plain
+    holder shared by the layers; GPT.forward clears it before and after every pass)."""
 
-    def __init__(self, cfg: GPTConfig, rotary: Rotary):
+    v: Tensor | None = None
+
+
+class AttentionBranch(nn.Module):
+    """x -> Attn(RMSNorm(x)): causal multi-head self-attention with RoPE on queries and keys. With a
+    ``first`` holder (value residual): layer 0 stores its values, later layers mix them in."""
+
+    def __init__(self, cfg: GPTConfig, rotary: Rotary, layer: int = 0, first: FirstValues | None = None):
         super().__init__()
+        self.layer, self.first = layer, first
+        if first is not None and layer > 0:
+            self.v_mix = nn.Parameter(torch.tensor(float(cfg.value_residual_init)))
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
@@ -119,6 +137,11 @@ class AttentionBranch(nn.Module):
         q, k, v = self.qkv(self.norm(x)).split(D, dim=-1)
         q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = self.rotary(q), self.rotary(k)
+        if self.first is not None:
+            if self.layer == 0:
+                self.first.v = v
+            elif self.first.v is not None:  # None when layer 0 did not run (a lesioned first block)
+                v = v + self.v_mix.to(v.dtype) * (self.first.v - v)  # (1 - lam) V_n + lam V_1
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
@@ -153,8 +176,10 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.rotary = Rotary(cfg.d_model // cfg.n_head, cfg.block_size, cfg.rope_base)
+        self._first = FirstValues() if cfg.value_residual else None
         self.blocks = nn.ModuleList(
-            nn.ModuleList([AttentionBranch(cfg, self.rotary), MLPBranch(cfg)]) for _ in range(cfg.n_layer))
+            nn.ModuleList([AttentionBranch(cfg, self.rotary, i, self._first), MLPBranch(cfg)])
+            for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -187,7 +212,11 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size={self.config.block_size}; "
                              "crop the input or build the model with a larger block_size")
         h = self.drop(self.wte(idx))
+        if self._first is not None:
+            self._first.v = None
         h = self.connection(h, self.blocks)
+        if self._first is not None:
+            self._first.v = None  # do not keep the graph alive between passes
         return self.lm_head(self.norm(h))
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
