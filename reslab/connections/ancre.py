@@ -134,3 +134,9 @@ class ANCRe(Connection):
 
     def finish(self, state):
         return state[1]
+
+    def map_stream(self, state, fn):
+        # the mapped state is h_{j+1} itself: later shortcuts read it (a post-activation ResNet's ReLU output)
+        hs, h, P, pending = state
+        y = fn(h)
+        return hs[:-1] + (y,), y, P, pending

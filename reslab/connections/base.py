@@ -98,6 +98,15 @@ class Connection(nn.Module):
         """The stream a recorder sees after a block (a tensor shaped like the input). Default: finish()."""
         return self.finish(state)
 
+    def map_stream(self, state: State, fn: Callable[[Tensor], Tensor]) -> State:
+        """The state after a block, with the stream the next block reads replaced by ``fn(stream)``: how a
+        post-activation network's ReLU after each add (timm's ResNet blocks) is applied to the scheme's state.
+        Default: the state is the stream. Schemes whose state has no single such stream leave it undefined."""
+        if isinstance(state, Tensor):
+            return fn(state)
+        raise ValueError(f"{self.name}: its state between blocks is not a single stream, so an operation after each "
+                         "block's add (a post-activation ReLU) has no defined place in it")
+
     # -- what analysis may ask -------------------------------------------------------------------
     def coefficients(self) -> dict[str, Tensor]:
         """Learned (or fixed) coefficients as named tensors, detached; the keys and their meaning are

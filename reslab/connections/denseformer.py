@@ -130,3 +130,8 @@ class DenseFormer(Connection):
 
     def finish(self, state):
         return state[1]
+
+    def map_stream(self, state, fn):
+        # the stream the next block reads is the average (or the block output); the raw outputs stay as averaged
+        hs, x, pending = state
+        return hs, fn(x), pending

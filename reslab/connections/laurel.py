@@ -247,3 +247,8 @@ class Laurel(Connection):
 
     def finish(self, state):
         return state[0]
+
+    def map_stream(self, state, fn):
+        # between blocks the current input is the stream; earlier inputs (PA's history) were mapped when current
+        y = fn(state[0])
+        return y, y, None, state[3], state[4]

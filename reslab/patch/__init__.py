@@ -9,7 +9,7 @@ from torch import nn
 
 from ..connections import Connection
 from .adapters import ADAPTERS, Adapter, register_adapter
-from .core import PatchHolder, is_patched, load_state_dict, patch, patched_connection, unpatch
+from .core import PatchHolder, is_patched, load_state_dict, patch, patched_connection, patched_connections, unpatch
 
 
 def param_groups(model: nn.Module, weight_decay: float = 0.1, connection_lr_mult: float = 1.0,
@@ -34,4 +34,4 @@ def param_groups(model: nn.Module, weight_decay: float = 0.1, connection_lr_mult
 
 
 __all__ = ["ADAPTERS", "Adapter", "PatchHolder", "is_patched", "load_state_dict", "param_groups", "patch",
-           "patched_connection", "register_adapter", "unpatch"]
+           "patched_connection", "patched_connections", "register_adapter", "unpatch"]

@@ -7,6 +7,8 @@ between its residual adds -- so the Connection can carry the stream from one to 
     Llama / Mistral / Qwen2 / Qwen3 / Gemma   h + attn(norm1(h)), then h + mlp(norm2(h))
     Gemma 2 / Gemma 3 (sandwich norms)         h + norm2(attn(norm1(h))), then h + norm4(mlp(norm3(h)))
     GPT-2                                       h + attn(ln_1(h)), then h + mlp(ln_2(h))
+    timm ResNet BasicBlock / Bottleneck          relu(h + body(h)): the add sits before the final ReLU
+    timm ViT Block                              h + ls1(attn(norm1(h))), then h + ls2(mlp(norm2(h)))
     any block (the generic adapter)             one branch f(h) = block(h) - h
 
 Each branch is written from the layer's own forward in transformers 5.x (``modeling_<name>.py``,
@@ -29,7 +31,11 @@ BranchFn = Callable[[Tensor], Tensor]
 class Adapter:
     """``classes``: layer class names it handles; ``branches(layer, kw) -> [f, ...]`` with ``kw`` the call's
     arguments by name; ``n_branches``: how many it returns; ``dim(layer)``: the stream's width;
-    ``check(layer)``: raise ValueError if this layer cannot be patched (e.g. GPT-2 with cross-attention)."""
+    ``check(layer)``: raise ValueError if this layer cannot be patched (e.g. GPT-2 with cross-attention).
+    For CNN stages: ``channel_dim`` of the stream; ``skip(layer)``: blocks that stay as they are (a
+    shape-changing downsampling block opens a stage, outside the connection, as in reslab's ResNet);
+    ``post(layer)``: what the block applies after its add (a post-activation ResNet's ReLU), which needs
+    a scheme whose state is the stream itself; ``multi_stack``: a model has several stacks (stages)."""
 
     name: str
     classes: tuple[str, ...]
@@ -37,6 +43,10 @@ class Adapter:
     branches: Callable[[nn.Module, dict], list[BranchFn]]
     dim: Callable[[nn.Module], int | None]
     check: Callable[[nn.Module], None] = lambda layer: None
+    channel_dim: int = -1
+    skip: Callable[[nn.Module], bool] = lambda layer: False
+    post: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = None
+    multi_stack: bool = False
 
 
 ADAPTERS: list[Adapter] = []
@@ -49,7 +59,7 @@ def register_adapter(adapter: Adapter) -> Adapter:
 
 def adapter_for(layer: nn.Module) -> Adapter | None:
     """The adapter whose class list holds the layer's class (or, for a patched layer, its original class)."""
-    names = {c.__name__ for c in type(layer).__mro__}
+    names = {n for c in type(layer).__mro__ for n in (c.__name__, f"{c.__module__}.{c.__name__}")}
     for a in ADAPTERS:
         if names & set(a.classes):
             return a
@@ -130,6 +140,60 @@ def _gpt2_check(layer):
 
 register_adapter(Adapter("gpt2", ("GPT2Block",), 2, _gpt2_branches,
                          lambda layer: layer.ln_1.normalized_shape[0], _gpt2_check))
+
+
+# -- timm (pytorch-image-models 1.x): ResNet basic/bottleneck blocks and the ViT block ---------------------------
+def _timm_basic_branch(layer, kw):
+    def body(x):  # timm.models.resnet.BasicBlock.forward up to its residual add
+        x = layer.aa(layer.act1(layer.drop_block(layer.bn1(layer.conv1(x)))))
+        x = layer.bn2(layer.conv2(x))
+        x = layer.se(x) if layer.se is not None else x
+        return layer.drop_path(x) if layer.drop_path is not None else x
+
+    return [body]
+
+
+def _timm_bottleneck_branch(layer, kw):
+    def body(x):  # timm.models.resnet.Bottleneck.forward up to its residual add
+        x = layer.act1(layer.bn1(layer.conv1(x)))
+        x = layer.aa(layer.act2(layer.drop_block(layer.bn2(layer.conv2(x)))))
+        x = layer.bn3(layer.conv3(x))
+        x = layer.se(x) if layer.se is not None else x
+        return layer.drop_path(x) if layer.drop_path is not None else x
+
+    return [body]
+
+
+register_adapter(Adapter("timm-resnet-basic", ("timm.models.resnet.BasicBlock",), 1, _timm_basic_branch,
+                         lambda layer: layer.bn2.num_features, channel_dim=1,
+                         skip=lambda layer: layer.downsample is not None, post=lambda layer: layer.act2,
+                         multi_stack=True))
+register_adapter(Adapter("timm-resnet-bottleneck", ("timm.models.resnet.Bottleneck",), 1, _timm_bottleneck_branch,
+                         lambda layer: layer.bn3.num_features, channel_dim=1,
+                         skip=lambda layer: layer.downsample is not None, post=lambda layer: layer.act3,
+                         multi_stack=True))
+
+
+def _timm_vit_branches(layer, kw):
+    mask, causal = kw.get("attn_mask"), kw.get("is_causal", False)
+
+    def attention(h):
+        return layer.drop_path1(layer.ls1(layer.attn(layer.norm1(h), attn_mask=mask, is_causal=causal)))
+
+    def mlp(h):
+        return layer.drop_path2(layer.ls2(layer.mlp(layer.norm2(h))))
+
+    return [attention, mlp]
+
+
+def _timm_vit_check(layer):
+    if not hasattr(layer, "ls1"):
+        raise ValueError(f"reslab.patch: {type(layer).__name__} is not timm's pre-norm ViT Block; supported: "
+                         "timm.models.vision_transformer.Block")
+
+
+register_adapter(Adapter("timm-vit", ("timm.models.vision_transformer.Block",), 2, _timm_vit_branches, lambda layer: layer.norm1.normalized_shape[0],
+                         _timm_vit_check))
 
 
 # -- any block: its residual add is inside, so the branch is what it adds ----------------------------------------

@@ -57,6 +57,7 @@ class _LayerContext:
     arg_names: tuple[str, ...]
     original_class: type
     original_forward: object
+    post: object = None  # what the block applies after its add (a ReLU), for tensor states only
 
 
 _CLASSES: dict[type, type] = {}
@@ -95,6 +96,8 @@ def _patched_forward(self, hidden_states, *args, **kwargs):
     for b, f in enumerate(branches):
         state = conn.step(state, k, b, f)
     state = conn.close_block(state, k)
+    if ctx.post is not None:
+        state = conn.map_stream(state, ctx.post)
     if k == ctx.last:
         return conn.exit(state)
     return state if isinstance(state, Tensor) else (conn.stream(state), state)
@@ -112,28 +115,32 @@ def _check_checkpointing(layer) -> None:
                              "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})")
 
 
-def _module_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)}
+def _containers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every non-empty ModuleList or Sequential: the containers a model's layer loop can run over."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)}
 
 
-def _find_layers(model: nn.Module, layers: str | None) -> tuple[str, nn.ModuleList]:
-    lists = _module_lists(model)
+def _find_stacks(model: nn.Module, layers: str | None) -> list[tuple[str, nn.Module]]:
+    found = _containers(model)
     if layers is not None:
-        if layers not in lists:
-            candidates = ", ".join(repr(n) for n in lists) or "(none: the model has no ModuleList)"
+        if layers not in found:
+            candidates = ", ".join(repr(n) for n in found if isinstance(found[n], nn.ModuleList)) or \
+                "(none: the model has no ModuleList)"
             raise ValueError(f"reslab.patch: {type(model).__name__} has no ModuleList at {layers!r}; "
                              f"ModuleLists in this model: {candidates}")
-        return layers, lists[layers]
-    known = [(n, m) for n, m in lists.items() if adapter_for(m[0]) is not None]
-    if len(known) == 1:
-        return known[0]
+        return [(layers, found[layers])]
+    known = [(n, m) for n, m in found.items() if all(adapter_for(c) is not None for c in m)]
     if not known:
-        names = sorted({type(m[0]).__name__ for m in lists.values()})
+        names = sorted({type(m[0]).__name__ for m in found.values()})
         raise ValueError(f"reslab.patch: unsupported architecture {type(model).__name__} (layer classes: "
-                         f"{', '.join(names) or 'none'}); supported: Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, GPT-2 "
-                         "-- or pass layers='path.to.blocks' for a ModuleList of pre-norm blocks x -> x + f(x)")
-    raise ValueError(f"reslab.patch: several layer stacks found ({', '.join(n for n, _ in known)}); pick one with "
-                     "layers='...'")
+                         f"{', '.join(names) or 'none'}); supported: Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, GPT-2, "
+                         "timm ResNet and ViT -- or pass layers='path.to.blocks' for a ModuleList of pre-norm blocks "
+                         "x -> x + f(x)")
+    if len(known) > 1 and not all(adapter_for(m[0]).multi_stack for _, m in known):
+        raise ValueError(f"reslab.patch: several layer stacks found ({', '.join(n for n, _ in known)}); pick one "
+                         "with layers='...'")
+    return known
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -143,42 +150,66 @@ def is_patched(model: nn.Module) -> bool:
 def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | None = None, **options) -> nn.Module:
     """Rewire ``model`` in place with the connection ``spec``; returns the same model.
 
-    ``layers``: dotted path of the ModuleList of blocks (found automatically for supported Hugging Face
-    architectures). ``dim``: the stream's width (found from the config or the blocks' first norm).
-    ``options``: connection options as keywords (they win over the spec string)."""
+    ``layers``: dotted path of the ModuleList of blocks (found automatically for supported Hugging Face and
+    timm architectures; a timm ResNet gets one connection per stage, sharing REX's network-wide n).
+    ``dim``: the stream's width (found from the blocks or the config). ``options``: connection options as
+    keywords (they win over the spec string)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"reslab.patch: expected a torch.nn.Module, got {type(model).__name__}")
     if is_patched(model):
         raise ValueError("reslab.patch: this model is already patched; call reslab.unpatch(model) first to "
                          "change its connection")
-    path, stack = _find_layers(model, layers)
-    adapters = {adapter_for(layer) for layer in stack}
-    if len(adapters) > 1:
-        raise ValueError(f"reslab.patch: the blocks at {path!r} are of different kinds "
-                         f"({', '.join(sorted({type(m).__name__ for m in stack}))}); patch a uniform stack")
-    adapter = adapters.pop()
-    for layer in stack:
-        if adapter is not None:
-            adapter.check(layer)
-    width = dim or (adapter.dim(stack[0]) if adapter else None) or getattr(getattr(model, "config", None),
-                                                                          "hidden_size", None) or infer_dim(stack[0])
-    if not width:
-        raise ValueError(f"reslab.patch: cannot tell the stream's width of {type(stack[0]).__name__}; pass dim=...")
-    n_branches = adapter.n_branches if adapter else 1
-    conn = connection(spec, n_blocks=len(stack), dim=int(width), channel_dim=-1, branches_per_block=n_branches,
-                      **options)
-    try:
-        ref = next(p for p in stack.parameters())
-        conn.to(device=ref.device)
-    except StopIteration:
-        pass
-    parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    parent.add_module(ATTR, PatchHolder(conn, path))
-    for i, layer in enumerate(stack):
-        cls = type(layer)
-        names = positional_names(cls.forward)
-        layer.__dict__["_reslab_ctx"] = _LayerContext(conn, i, len(stack) - 1, adapter, names, cls, cls.forward)
-        layer.__class__ = _patched_class(cls)
+    plans = []
+    for path, stack in _find_stacks(model, layers):
+        adapters = {adapter_for(layer) for layer in stack}
+        if len(adapters) > 1:
+            raise ValueError(f"reslab.patch: the blocks at {path!r} are of different kinds "
+                             f"({', '.join(sorted({type(m).__name__ for m in stack}))}); patch a uniform stack")
+        adapter = adapters.pop()
+        blocks = [b for b in stack if not (adapter and adapter.skip(b))]
+        if adapter and any(adapter.skip(b) for b in list(stack)[len(stack) - len(blocks):]):
+            raise ValueError(f"reslab.patch: a shape-changing block sits inside the stack at {path!r}; only the "
+                             "first block of a stage may change the shape")
+        for layer in blocks:
+            if adapter is not None:
+                adapter.check(layer)
+        if blocks:
+            plans.append((path, adapter, blocks))
+    n_total = sum(len(b) * (a.n_branches if a else 1) for _, a, b in plans)
+    built = []
+    for path, adapter, blocks in plans:
+        width = dim or (adapter.dim(blocks[0]) if adapter else None) or \
+            getattr(getattr(model, "config", None), "hidden_size", None) or infer_dim(blocks[0])
+        if not width:
+            raise ValueError(f"reslab.patch: cannot tell the stream's width of {type(blocks[0]).__name__}; "
+                             "pass dim=...")
+        channel_dim = adapter.channel_dim if adapter else -1
+        conn = connection(spec, n_blocks=len(blocks), dim=int(width), channel_dim=channel_dim,
+                          branches_per_block=adapter.n_branches if adapter else 1, network_branches=n_total, **options)
+        if adapter is not None and adapter.post is not None:
+            probe = torch.zeros([1, int(width), 1, 1] if channel_dim == 1 else [1, int(width)])
+            try:
+                conn.map_stream(conn.start(probe), lambda t: t)
+            except ValueError:
+                raise ValueError(f"reslab.patch: {conn.spec!r} carries several streams between blocks, but "
+                                 f"{type(blocks[0]).__name__} applies {type(adapter.post(blocks[0])).__name__} after "
+                                 "every add (a post-activation ResNet) and the scheme defines no single stream to "
+                                 "apply it to; use a single-stream scheme (residual, scaled, rezero, skipinit, "
+                                 "layerscale, laurel, ancre, denseformer) or a pre-activation network") from None
+        built.append((path, adapter, blocks, conn))
+    for path, adapter, blocks, conn in built:
+        ref = next(iter(blocks[0].parameters()), None)
+        if ref is not None:
+            conn.to(device=ref.device)
+        parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+        attr = ATTR if len(built) == 1 else f"{ATTR}_{path.replace('.', '_')}"
+        parent.add_module(attr, PatchHolder(conn, path))
+        for i, layer in enumerate(blocks):
+            cls = type(layer)
+            post = adapter.post(layer) if adapter and adapter.post else None
+            layer.__dict__["_reslab_ctx"] = _LayerContext(conn, i, len(blocks) - 1, adapter,
+                                                          positional_names(cls.forward), cls, cls.forward, post)
+            layer.__class__ = _patched_class(cls)
     return model
 
 
@@ -193,9 +224,14 @@ def unpatch(model: nn.Module) -> nn.Module:
             ctx = layer.__dict__.pop("_reslab_ctx", None)
             if ctx is not None:
                 layer.__class__ = ctx.original_class
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        delattr(parent, ATTR)
+        parent_name, _, attr = name.rpartition(".")
+        delattr(model.get_submodule(parent_name) if parent_name else model, attr)
     return model
+
+
+def patched_connections(model: nn.Module) -> list[Connection]:
+    """Every connection a patch added (one per stack: a timm ResNet has one per stage)."""
+    return [m.connection for m in model.modules() if isinstance(m, PatchHolder)]
 
 
 def patched_connection(model: nn.Module) -> Connection:
@@ -209,11 +245,11 @@ def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
     """``model.load_state_dict`` that says what to do when a checkpoint and a model disagree about reslab:
     a patched checkpoint into an unpatched model (call ``reslab.patch`` first, with the saved spec), or
     the other way round."""
-    saved = next((v for k, v in state_dict.items() if k.endswith(f"{ATTR}._extra_state")), None)
+    saved = next((v for k, v in state_dict.items() if ATTR in k and k.endswith("._extra_state")), None)
     if saved is not None and not is_patched(model):
         raise ValueError(f"reslab: the checkpoint holds a model patched with {saved.get('spec')!r}; call "
                          f"reslab.patch(model, {saved.get('spec')!r}) before loading it")
-    if saved is None and is_patched(model) and any(k.endswith(f"{ATTR}._extra_state") for k in model.state_dict()):
+    if saved is None and is_patched(model):
         raise ValueError("reslab: the checkpoint is of an unpatched model but this model is patched; call "
                          "reslab.unpatch(model) before loading it")
     return model.load_state_dict(state_dict, strict=strict)
