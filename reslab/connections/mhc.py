@@ -30,7 +30,6 @@ Its final reduction is a learned sigmoid head (DeepseekV4HyperHead, line 999); o
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
