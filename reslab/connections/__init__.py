@@ -51,8 +51,7 @@ def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int
     info, opts = resolve(spec, **overrides)
     branches = int(opts.get("branches", branches_per_block))
     conn = info.cls(n_blocks=n_blocks, dim=dim, channel_dim=channel_dim, **opts)
-    conn.branches_per_block = branches
-    conn.network_branches = int(network_branches) if network_branches is not None else n_blocks * branches
+    conn.set_network(branches, int(network_branches) if network_branches is not None else n_blocks * branches)
     # the spec names the scheme, not the model: a branch count taken from the model is left out of it
     conn.spec = canonical(info.name, {**opts, "branches": info.options["branches"].default} if filled else opts)
     return conn

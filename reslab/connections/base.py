@@ -73,6 +73,13 @@ class Connection(nn.Module):
         # arXiv:1605.06431): set by reslab.analysis.topology, empty in training.
         self._lesioned: frozenset[int] = frozenset()
 
+    def set_network(self, branches_per_block: int, network_branches: int) -> None:
+        """Told by reslab.connection() once the model's shape is known (after ``__init__``): branches per block
+        and the residual branches of the whole network. Schemes whose init depends on network depth (REX's n,
+        CaiT's depth rule) override it and call super()."""
+        self.branches_per_block = int(branches_per_block)
+        self.network_branches = int(network_branches)
+
     # -- the steps a scheme implements -----------------------------------------------------------
     def start(self, x0: Tensor) -> State:
         """State before the first block. Default: the stream itself."""

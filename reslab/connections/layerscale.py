@@ -11,7 +11,8 @@ defaults to ε = 1e-4: the nets it trains on a CPU have roughly 4-32 blocks, whe
 from 0.1 to 1e-6; 1e-4 gives a near-identity start (each branch adds ~1e-4 of its raw output) and,
 since Adam moves γ by about the learning rate per step whatever its size, γ still reaches useful
 values in a few hundred steps. ``eps=cait`` applies the paper's
-depth rule with depth = K (CaiT's depth counts layers, each holding an attention and an MLP branch).
+depth rule with depth = the network's blocks (CaiT's depth counts layers, each holding an attention and an
+MLP branch; a ResNet's three stages count together).
 
 The number of branches per block is an option (``branches``) because parameters exist before any
 block is seen; ``reslab.connection()`` fills it from the model (2 for a transformer ``[attention, mlp]``). Extra parameters: K*branches*D.
@@ -70,8 +71,16 @@ class LayerScale(Connection):
                  branches: int = 1):
         super().__init__(n_blocks, dim, channel_dim)
         eps = parse_eps(eps)
-        self.eps = cait_eps(n_blocks) if eps == "cait" else eps
+        self._cait = eps == "cait"
+        self.eps = cait_eps(n_blocks) if self._cait else eps
         self.scale = nn.Parameter(torch.full((n_blocks, int(branches), dim), self.eps))
+
+    def set_network(self, branches_per_block, network_branches):
+        super().set_network(branches_per_block, network_branches)
+        if self._cait:  # CaiT's depth is the network's layers, not this stack's (a ResNet stage is a third of it)
+            self.eps = cait_eps(max(network_branches // max(branches_per_block, 1), self.n_blocks))
+            with torch.no_grad():
+                self.scale.fill_(self.eps)
 
     def branch_output(self, state, k, b, x, out):
         # cast so a float32 γ does not promote a bf16/float64 stream
