@@ -1,10 +1,11 @@
 """The Trainer: one readable loop, top to bottom (nanoGPT-like), shared by every task and model.
 
 What a run guarantees:
-- AdamW with parameter groups: matrices decay; biases, norm gains, embeddings' 1-D parts and every
-  *connection* parameter do not (weight decay would pull learned mixing coefficients back to zero),
-  and connection parameters get ``connection_lr_mult``.
-- Linear warmup then cosine decay to ``min_lr_ratio * lr``; gradient clipping.
+- AdamW (default) or SGD with momentum (``optimizer="sgd"``: ``momentum``, ``nesterov`` off by default, L2
+  weight decay coupled as in torch.optim.SGD) with parameter groups: matrices decay; biases, norm gains,
+  embeddings' 1-D parts and every *connection* parameter do not (weight decay would pull learned mixing
+  coefficients back to zero), and connection parameters get ``connection_lr_mult``.
+- Linear warmup then cosine decay to ``min_lr_ratio * lr``; gradient clipping (``grad_clip=0``: none).
 - Evaluation on a fixed set of validation batches (the same for every run of a comparison).
 - ``metrics.jsonl`` (one row per logged step / eval) and ``summary.json`` per run; TensorBoard when
   installed; a tqdm progress bar.
@@ -70,6 +71,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         return self.args[0]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 @dataclass
 class TrainConfig:
     # what to train
@@ -79,6 +83,7 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)
     connection: str = "residual"
     # optimisation
+    optimizer: str = "adamw"  # adamw | sgd
     steps: int = 1000
     batch_size: int = 32  # global batch (split across DDP ranks)
     lr: float = 3e-3
@@ -87,6 +92,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
     grad_clip: float = 1.0  # 0 disables clipping
     connection_lr_mult: float = 1.0
     # evaluation and logging
@@ -116,6 +123,14 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1) (got {self.momentum})")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            problems.append("nesterov needs optimizer=sgd and momentum > 0")
+        if self.grad_clip < 0:
+            problems.append(f"grad_clip must be >= 0, 0 disabling clipping (got {self.grad_clip})")
         if not self.lr > 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -206,6 +221,16 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         {"name": "connection", "params": conn, "weight_decay": 0.0, "lr_mult": cfg.connection_lr_mult},
     ]
     return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over :func:`param_groups` (each group carries its own weight decay and lr multiplier):
+    AdamW (decoupled decay, betas) or SGD with ``momentum`` (dampening 0, ``nesterov``; L2 decay added to the
+    gradient, as torch.optim.SGD does)."""
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 def loss_and_metric(kind: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +358,7 @@ class OutDirLock:
 
 _CKPT_KEYS = ("model", "optimizer", "generator", "torch_rng", "step", "config")
 #: settings that define a run: resuming with any of them changed would silently mix two experiments
-_IDENTITY = ("task", "task_args", "model", "model_args", "connection", "seed", "batch_size")
+_IDENTITY = ("task", "task_args", "model", "model_args", "connection", "seed", "batch_size", "optimizer")
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig | None = None) -> dict:
@@ -355,7 +380,8 @@ def load_checkpoint(path: Path, cfg: TrainConfig | None = None) -> dict:
     if cfg is not None:
         saved = json.loads(state["config"])
         now = cfg.to_dict()
-        diff = [k for k in _IDENTITY if saved.get(k) != now[k]]
+        defaults = TrainConfig().to_dict()  # a checkpoint older than a field holds its default
+        diff = [k for k in _IDENTITY if saved.get(k, defaults[k]) != now[k]]
         if diff:
             detail = ", ".join(f"{k}: {saved.get(k)!r} there vs {now[k]!r} now" for k in diff)
             raise CheckpointError(f"checkpoint {path} belongs to a different run ({detail}): {fix}")
@@ -442,9 +468,7 @@ def _run(cfg: TrainConfig, device: torch.device, dist: "_Dist", out: Path) -> di
     metric_name = getattr(model, "metric_name", METRIC_NAME[task.kind])
     n_params = sum(p.numel() for p in model.parameters())
     n_conn = sum(p.numel() for p in connection_parameters(model))
-    groups = param_groups(model, cfg)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the training batches; saved in checkpoints
     eval_set = task.fixed_batches("val", cfg.eval_batches, cfg.batch_size)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

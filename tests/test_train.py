@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from reslab.cli import build_config, main, make_parser
 from reslab.models import build_model
@@ -68,10 +69,11 @@ def test_train_writes_log_summary_checkpoint_and_learns(tmp_path):
     assert state["step"] == 40
 
 
-def test_sigkill_then_resume_logs_same_losses_as_uninterrupted(tmp_path):
-    ref = tiny(tmp_path / "ref", steps=30, checkpoint_every=10)
+@pytest.mark.parametrize("opt", [{}, {"optimizer": "sgd", "lr": 0.05, "grad_clip": 0.0}], ids=["adamw", "sgd"])
+def test_sigkill_then_resume_logs_same_losses_as_uninterrupted(tmp_path, opt):
+    ref = tiny(tmp_path / "ref", steps=30, checkpoint_every=10, **opt)
     train(ref)
-    crashed = tiny(tmp_path / "crash", steps=30, checkpoint_every=10)
+    crashed = tiny(tmp_path / "crash", steps=30, checkpoint_every=10, **opt)
     cmd = [sys.executable, "-m", "reslab.cli", "train", "--config", str(_write_toml(tmp_path, crashed))]
     env = os.environ | {"RESLAB_CRASH_AT_STEP": "25", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -83,6 +85,56 @@ def test_sigkill_then_resume_logs_same_losses_as_uninterrupted(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert losses(crashed.out_dir) == losses(ref.out_dir)  # bit-identical, steps 1..30, no duplicates
     assert [s for s, _ in losses(crashed.out_dir)] == list(range(1, 31))
+
+
+def test_sgd_steps_equal_a_hand_written_momentum_update(tmp_path):
+    """optimizer=sgd: v <- mu v + (g + wd p) with wd only on matrices (not on biases nor connection parameters),
+    p <- p - lr_t v, lr_t the warmup/cosine schedule, no clipping: replayed by hand on the Trainer's own batches."""
+    from reslab.data import get_task
+    from reslab.train import load_trained, loss_and_metric
+
+    cfg = tiny(tmp_path, steps=7, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.01, grad_clip=0.0,
+               connection="rezero", connection_lr_mult=3.0, eval_every=7)
+    train(cfg)
+    task = get_task(cfg.task, **cfg.task_args)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, task.info, cfg.connection, **cfg.model_args)
+    conn = {id(p) for p in connection_parameters(model)}
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    params = [p for p in model.parameters()]
+    bufs = [None] * len(params)
+    for step in range(cfg.steps):
+        x, y = task.get_batch("train", cfg.batch_size, gen)
+        model.zero_grad()
+        loss_and_metric(task.kind, model(x), y)[0].backward()
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                wd = cfg.weight_decay if (p.dim() >= 2 and id(p) not in conn) else 0.0
+                lr = cfg.lr * lr_factor(step, cfg) * (cfg.connection_lr_mult if id(p) in conn else 1.0)
+                d = p.grad + wd * p
+                bufs[i] = d.clone() if bufs[i] is None else bufs[i] * cfg.momentum + d
+                p -= lr * bufs[i]
+    trained, _, _ = load_trained(cfg.out_dir)
+    for (name, a), b in zip(trained.named_parameters(), params):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+    assert any(p.abs().sum() > 0 for p in connection_parameters(model))  # the connection's lambdas moved too
+
+
+def test_optimizer_settings_are_validated():
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, sgd"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="nesterov needs optimizer=sgd"):
+        TrainConfig(nesterov=True)
+    with pytest.raises(ValueError, match="grad_clip must be >= 0"):
+        TrainConfig(grad_clip=-1.0)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        TrainConfig(optimizer="sgd", momentum=1.0)
+
+
+def test_resume_refuses_a_checkpoint_of_another_optimizer(tmp_path):
+    train(tiny(tmp_path, steps=4))
+    with pytest.raises(CheckpointError, match="different run.*optimizer"):
+        train(tiny(tmp_path, steps=8, optimizer="sgd"))
 
 
 def _write_toml(tmp_path: Path, cfg: TrainConfig) -> Path:
