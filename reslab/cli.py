@@ -229,9 +229,19 @@ def cmd_connections(args) -> int:
         if info.example != info.name:
             print(f"    example: {info.example}")
         print(f"    extra parameters: {info.params}")
+        defaults = {k: o.default for k, o in info.options.items()}
+        at_init = ("yes" if info.is_residual_at_init(defaults) else
+                   "with other options" if info.starts_as_residual else "no")
+        print(f"    equals residual at init: {at_init}"
+              + (f"; coefficients: {', '.join(info.coefficients)}" if info.coefficients else ""))
         for o in info.options.values():
             print(textwrap.fill(o.describe(), width=100, initial_indent="    option ", subsequent_indent="        "))
         print()
+    print("Not connections (they need more than the stream, so they are model options or families):\n"
+          "    value residual (ResFormer, arXiv:2410.17897): mixes the attention's values, which a connection never\n"
+          "        sees -- GPT option value_residual=true (reslab train --model gpt model.value_residual=true)\n"
+          "    PNNH (plain nets with an internal path): changes the stream's width -- model families pnnh_mlp,\n"
+          "        pnnh_cnn, pnnh_gpt, pnnh_vit")
     return 0
 
 
