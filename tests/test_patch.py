@@ -221,3 +221,43 @@ def test_hf_family_builds_patched_models():
         HFCausalLM("llama", V, 32, "residual", n_layers=2)
     with pytest.raises(ValueError, match="unknown Hugging Face architecture 'lama'; valid: llama"):
         hf_config("lama", V, 32)
+
+
+# -- the value residual (ResFormer) on HF decoders ---------------------------------------------------------------
+def test_value_residual_mixes_first_layer_values_and_keeps_the_cache_exact():
+    model = tiny("qwen3")
+    with torch.no_grad():
+        ref = model(IDS).logits
+    reslab.patch(model, "residual", value_residual=True, value_residual_init=0.0)
+    with torch.no_grad():  # lambda = 0: the model as it was
+        torch.testing.assert_close(model(IDS).logits, ref, atol=1e-6, rtol=1e-6)
+    reslab.unpatch(model)
+    reslab.patch(model, "laurel(rw)", value_residual=True)
+    vr = model.model.reslab_patch.value_residual
+    assert vr.value_lambda.shape == (2,) and torch.all(vr.value_lambda == 0.5)
+    # by hand: layer 1's values are the average of its own and layer 0's
+    seen = {}
+    hooks = [layer.self_attn.v_proj.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, (i[0], o)))
+             for k, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        out = model(IDS).logits
+    for h in hooks:
+        h.remove()
+    x1, mixed1 = seen[1]
+    v1_own = torch.nn.functional.linear(x1, model.model.layers[1].self_attn.v_proj.weight)
+    torch.testing.assert_close(mixed1, 0.5 * v1_own + 0.5 * seen[0][1])
+    assert (out - ref).abs().max() > 1e-3
+    kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    with torch.no_grad():
+        cached, full = (model.generate(IDS[:1, :6], use_cache=c, **kw) for c in (True, False))
+    assert torch.equal(cached.sequences, full.sequences)
+    for a, b in zip(cached.logits, full.logits):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    model.train()
+    model(IDS, labels=IDS).loss.backward()
+    assert vr.value_lambda.grad.abs().sum() > 0
+    reslab.unpatch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(IDS).logits, ref)
+    with pytest.raises(ValueError, match="value_residual needs attention layers with a v_proj"):
+        reslab.patch(tiny("gpt2"), "residual", value_residual=True)

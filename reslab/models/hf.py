@@ -4,7 +4,8 @@ A small model is built at random init from its transformers config class (nothin
 wired by the requested connection through :func:`reslab.patch`, so a comparison runs the very code a
 user's own Llama or Qwen runs. ``model.*`` overrides set config fields by their transformers names
 (``model.num_hidden_layers=6``) or by reslab's GPT names (``n_layer``, ``d_model``, ``n_head``,
-``d_ff``), so one preset serves every family.
+``d_ff``), so one preset serves every family; ``model.value_residual=true`` adds ResFormer's value residual
+(:mod:`reslab.patch.value_residual`).
 """
 from __future__ import annotations
 
@@ -78,13 +79,15 @@ class HFCausalLM(nn.Module):
     """A transformers causal LM behind reslab's LM interface: ``forward(idx) -> logits``. ``self.hf`` is the
     transformers model itself (patched), for ``generate()``, ``save_pretrained()`` and friends."""
 
-    def __init__(self, arch: str, vocab_size: int, block_size: int, connection: str = "residual", **overrides):
+    def __init__(self, arch: str, vocab_size: int, block_size: int, connection: str = "residual",
+                 value_residual: bool = False, value_residual_init: float = 0.5, **overrides):
         super().__init__()
         tf = transformers_module()
         self.arch, self.block_size = arch, int(block_size)
         self.hf = getattr(tf, ARCHS[arch][1])(hf_config(arch, vocab_size, block_size, **overrides))
-        if connection != "residual":  # residual is the model as written: leave its own loop untouched
-            patch(self.hf, connection)
+        # residual is the model as written: its own loop stays untouched unless the value residual is asked for
+        if connection != "residual" or value_residual:
+            patch(self.hf, connection, value_residual=value_residual, value_residual_init=value_residual_init)
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.hf(input_ids=idx, use_cache=False).logits

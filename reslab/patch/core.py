@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..connections import Connection, connection
 from .adapters import Adapter, adapter_for, generic_branches, infer_dim, positional_names
+from .value_residual import ValueResidual
 
 ATTR = "reslab_patch"
 
@@ -58,6 +59,7 @@ class _LayerContext:
     original_class: type
     original_forward: object
     post: object = None  # what the block applies after its add (a ReLU), for tensor states only
+    value_residual: object = None  # its first-layer values are dropped when the last layer is done
 
 
 _CLASSES: dict[type, type] = {}
@@ -99,6 +101,8 @@ def _patched_forward(self, hidden_states, *args, **kwargs):
     if ctx.post is not None:
         state = conn.map_stream(state, ctx.post)
     if k == ctx.last:
+        if ctx.value_residual is not None:
+            ctx.value_residual.clear()
         return conn.exit(state)
     return state if isinstance(state, Tensor) else (conn.stream(state), state)
 
@@ -147,7 +151,8 @@ def is_patched(model: nn.Module) -> bool:
     return any(isinstance(m, PatchHolder) for m in model.modules())
 
 
-def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | None = None, **options) -> nn.Module:
+def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | None = None,
+          value_residual: bool = False, value_residual_init: float = 0.5, **options) -> nn.Module:
     """Rewire ``model`` in place with the connection ``spec``; returns the same model.
 
     ``layers``: dotted path of the ModuleList of blocks (found automatically for supported Hugging Face and
@@ -203,12 +208,16 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
             conn.to(device=ref.device)
         parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
         attr = ATTR if len(built) == 1 else f"{ATTR}_{path.replace('.', '_')}"
-        parent.add_module(attr, PatchHolder(conn, path))
+        holder = PatchHolder(conn, path)
+        if value_residual:
+            holder.value_residual = ValueResidual(blocks, value_residual_init)
+        parent.add_module(attr, holder)
         for i, layer in enumerate(blocks):
             cls = type(layer)
             post = adapter.post(layer) if adapter and adapter.post else None
             layer.__dict__["_reslab_ctx"] = _LayerContext(conn, i, len(blocks) - 1, adapter,
-                                                          positional_names(cls.forward), cls, cls.forward, post)
+                                                          positional_names(cls.forward), cls, cls.forward, post,
+                                                          getattr(holder, "value_residual", None))
             layer.__class__ = _patched_class(cls)
     return model
 
@@ -220,6 +229,8 @@ def unpatch(model: nn.Module) -> nn.Module:
         raise ValueError("reslab.unpatch: this model is not patched")
     for name, holder in holders:
         stack = model.get_submodule(holder.layers)
+        if hasattr(holder, "value_residual"):
+            holder.value_residual.remove()
         for layer in stack:
             ctx = layer.__dict__.pop("_reslab_ctx", None)
             if ctx is not None:
