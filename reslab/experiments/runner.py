@@ -1,0 +1,114 @@
+"""One declarative runner for the experiment modules.
+
+An experiment states its preset as named fields (``train``: the TrainConfig settings every arm shares; ``seeds``;
+``tune``: a grid every arm is tuned on alike; and whatever axes it sweeps), its arms as *config overrides*
+(``{"connection": ..., "model_args": {...}}``), and the cells it compares them in (e.g. one per depth x optimiser).
+:func:`run_cells` trains every cell through :func:`reslab.compare.run_arms` (same seeds, data order, evaluation
+batches and tuning for every arm; finished runs reused when config and code match), and :func:`arm_values` turns a
+cell's report into the per-seed values verdicts are computed from. Plots with error bars and the README are
+written by :func:`errorbar_panels` and :func:`write_readme`, so no module re-implements them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+from ..compare import run_arms
+from ..report import mean_std
+from ..train import TrainConfig
+from .common import with_
+
+
+def build_configs(base: TrainConfig, arms: dict[str, dict]) -> dict[str, TrainConfig]:
+    """Each arm is ``base`` with its overrides (``model_args`` / ``task_args`` merged, not replaced)."""
+    return {label: with_(base, **overrides) for label, overrides in arms.items()}
+
+
+def run_cells(cells: dict[str, dict[str, TrainConfig]], seeds: int, out: Path, baseline: str, log,
+              tune: Callable[[str], dict | None] | dict | None = None, title: Callable[[str], str] | None = None
+              ) -> dict[str, dict]:
+    """Train every cell's arms under ``out/<cell>/`` (``run_arms``), each cell tuned on ``tune(cell)`` (or the one
+    grid ``tune``); returns each cell's per-arm values (:func:`arm_values`)."""
+    values = {}
+    for name, configs in cells.items():
+        grid = tune(name) if callable(tune) else tune
+        report = run_arms(configs, seeds, Path(out) / name, baseline, tune=grid, log=log,
+                          title=title(name) if title else name)
+        values[name] = arm_values(report)
+    return values
+
+
+def arm_values(report: dict) -> dict[str, dict]:
+    """Per arm, per seed: final validation metric and loss, status, steps done, median step time, curve; the
+    arm's parameter count and, when tuned, the chosen point and the tuning seed's loss at every grid point."""
+    out = {}
+    for arm, runs in report["runs"].items():
+        t = report.get("tuning", {}).get(arm)
+        out[arm] = {"metric": [r.get("final_val_metric") for r in runs],
+                    "val_loss": [r.get("final_val_loss") for r in runs],
+                    "status": [r.get("status") for r in runs],
+                    "steps_done": [r.get("steps") for r in runs],
+                    "median_step_time": [r.get("median_step_time") for r in runs],
+                    "params": runs[0].get("params") if runs else None,
+                    "curve": [r.get("curve") for r in runs],
+                    "tuned": t["chosen"] if t else None,
+                    "tune_points": t["points"] if t else None}
+    return out
+
+
+def completed(values: dict, key: str = "metric") -> list[float]:
+    """The per-seed ``key`` of the completed (not diverged) seeds of one arm's values."""
+    return [x for x, s in zip(values[key], values["status"])
+            if s == "completed" and x is not None and math.isfinite(x)]
+
+
+def seed_stats(values: dict, key: str = "metric") -> dict:
+    """Mean and std over completed seeds, how many completed and how many diverged."""
+    ok = completed(values, key)
+    m, sd = mean_std(ok)
+    return {"mean": m, "std": sd, "n_ok": len(ok), "diverged": sum(s == "diverged" for s in values["status"]),
+            "seeds": len(values["status"])}
+
+
+def errorbar_panels(panels: dict[str, dict[str, tuple[list, list, list, list]]], path: Path, xlabel: str,
+                    ylabel: str, title: str = "", floor: float | None = None) -> None:
+    """One panel per key of ``panels``; in each, one line per label: ``(xs, means, stds, marked)`` with error bars
+    (std over seeds) and an x where ``marked`` is true (e.g. a diverged seed); a NaN mean is drawn at ``floor``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5 * len(panels), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (name, lines) in zip(axes, panels.items()):
+        for label, (xs, means, stds, marked) in lines.items():
+            line = ax.errorbar(xs, means, yerr=[0.0 if not math.isfinite(s) else s for s in stds], fmt="o-",
+                               capsize=3, label=label)
+            for x, m, mk in zip(xs, means, marked):
+                if mk:
+                    ax.plot([x], [m if math.isfinite(m) else (floor if floor is not None else 0.0)], "x", ms=10,
+                            color=line[0].get_color())
+        if floor is not None:
+            ax.axhline(floor, ls=":", color="grey")
+        ax.set_xlabel(xlabel)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_readme(path: Path, title: str, verdict: str, why: str, sections: list[str], settings: dict,
+                 images: list[tuple[str, str]]) -> None:
+    """``# title``, the verdict with its explanation, the sections (markdown), the settings, the images."""
+    lines = [f"# {title}", "", f"**Verdict: {verdict}** — {why}", ""]
+    for s in sections:
+        lines += [s, ""]
+    lines += [f"Settings: `{json.dumps(settings)}`", ""]
+    lines += [f"![{alt}]({src})" for alt, src in images]
+    Path(path).write_text("\n".join(lines) + "\n")
