@@ -293,17 +293,18 @@ EXPERIMENT = Experiment(
                       train=_train(steps=20, batch=32, n_train=512, n_val=128, resize=14, width=0.25, eval_every=10)),
         "cpu": dict(depths=[20, 56], seeds=3, arms=["batchnorm", "lam=1", "lam=1/sqrt(n)", "lam=1/n"],
                     optimizers={"sgd": SGD, "adamw": ADAMW},
-                    train=_train(steps=400, batch=64, n_train=20000, n_val=2048, resize=14, width=0.5,
-                                 eval_every=200)),
+                    train=_train(steps=250, batch=64, n_train=20000, n_val=2048, resize=14, width=0.5,
+                                 eval_every=125)),
         "gpu": dict(depths=[20, 56, 110, 218], seeds=3, arms=list(ARMS), optimizers={"sgd": SGD, "adamw": ADAMW},
                     train=_train(steps=8000, batch=128, n_train=60000, n_val=10000, resize=None, width=1,
                                  eval_every=1000)),
     },
     run=run,
     verdict=verdict,
-    notes="cpu preset sized to ~50 min on one of the 2 cores (one torch thread; step times measured first: ~0.04 s "
-          "at depth 20, ~0.11-0.13 s at depth 56): width 0.5 (8/16/32 channels), images average-pooled to 14x14, "
-          "a 20k-image training subset and 2048 test images, 400 steps of batch 64 (~1.3 epochs of the subset), "
+    notes="cpu preset sized to ~60 min on one torch thread of a shared 2-core machine (step times measured first: "
+          "~0.04 s at depth 20 and ~0.11-0.13 s at depth 56 on an idle core, about twice that beside the other "
+          "agents' runs): width 0.5 (8/16/32 channels), images average-pooled to 14x14, a 20k-image training subset "
+          "and 2048 test images, 250 steps of batch 64 (16k images, ~0.8 epoch of the subset), "
           "3 seeds, depths 20 and 56 (no 110- or 1000-layer run), the four arms the verdict reads (rezero, skipinit "
           "and fixup stay in the gpu preset). Two optimisers: SGD (momentum 0.9, no nesterov, no clipping, L2 weight "
           "decay 5e-4 on matrices) and AdamW (clipping 1.0, decoupled weight decay 5e-4); warmup 5% then cosine to "
