@@ -82,8 +82,38 @@ def _config(settings: dict, arm: str, depth: int, width: float, seed: int, out_d
         out_dir=str(out_dir / "runs" / arm / f"depth{depth}" / f"width{width:g}" / f"seed{seed}"))
 
 
+def count_params(settings: dict, arm: str, depth: int, width: float) -> int:
+    """Parameters of one arm's model as the trainer builds it (no training)."""
+    from ..models import build_model
+
+    r = settings["task_args"].get("resize") or 28
+    cfg = _config(settings, arm, depth, width, 0, Path("."))
+    model = build_model(cfg.model, {"n_classes": 10, "input_shape": (1, r, r)}, cfg.connection, **cfg.model_args)
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_width(settings: dict, arm: str, depth: int, width: float) -> float:
+    """The width at which ``arm`` has the parameter count closest to the ResNet's at ``width`` (same depth),
+    searched on the widths k/64, k = 1..128·width (stage widths round(16w)/32w/64w);
+    within ``PARAM_TOL`` (10%) or an error. The ResNet and plain nets keep ``width``."""
+    if ARMS[arm][0] != "pnnh_cnn":
+        return width
+    target = count_params(settings, "resnet", depth, width)
+    lo, hi = 1, int(128 * width)  # parameters grow with width: bisect for the first k reaching the target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count_params(settings, arm, depth, mid / 64) < target else (lo, mid)
+    best = min({max(1, lo - 1) / 64, lo / 64}, key=lambda w: abs(count_params(settings, arm, depth, w) / target - 1))
+    ratio = count_params(settings, arm, depth, best) / target
+    if abs(ratio - 1) > PARAM_TOL:
+        raise ValueError(f"pnnh-vision: no width of {arm} at depth {depth} within {PARAM_TOL:.0%} of the ResNet's "
+                         f"{target} parameters (closest: width {best:g}, {ratio:.2f}x)")
+    return best
+
+
 def _graph_check(arm: str, depth: int, width: float, settings: dict) -> dict:
-    """No-skip-add certificate of one arm's model (built as the trainer builds it), on a 2-image batch."""
+    """No-skip-add certificate of one arm's model (built as the trainer builds it, at the width it is trained at),
+    on a 2-image batch."""
     from ..models import build_model
     from ..models.pnnh import skip_add_report
 
@@ -102,8 +132,10 @@ def _summ(runs: list[dict], batch: int) -> dict:
     accs = [100 * r["final_val_metric"] for r in ok]
     times = [r["median_step_time"] for r in ok if r.get("median_step_time")]
     m, sd = mean_std(accs)
+    tl_m, tl_sd = mean_std([r["train_loss"] for r in ok])
     return {"acc": accs, "acc_mean": m, "acc_std": sd, "diverged": sum(r.get("status") == "diverged" for r in runs),
-            "train_loss": [r["train_loss"] for r in ok], "train_loss_mean": mean_std([r["train_loss"] for r in ok])[0],
+            "train_loss": [r["train_loss"] for r in ok], "train_loss_mean": tl_m, "train_loss_std": tl_sd,
+            "img_per_s_seeds": [batch / t for t in times],
             "train_curves": [r["train_curve"] for r in ok],
             "params": runs[0].get("params") if runs else None,
             "img_per_s": batch / statistics.median(times) if times else float("nan")}
@@ -137,14 +169,18 @@ def run(settings: dict, out_dir: Path, log) -> dict:
             cache[key] = _summ(rs, settings["batch_size"])
         return cache[key]
 
-    table = {arm: {str(d): runs_of(arm, d, width) for d in depths} for arm in arms}
+    match = settings.get("match_params", False)
+    widths = {arm: {str(d): (matched_width(settings, arm, d, width) if match else width) for d in depths} for arm in arms}
+    table = {arm: {str(d): runs_of(arm, d, widths[arm][str(d)]) | {"width": widths[arm][str(d)]} for d in depths}
+             for arm in arms}
     sweep = {}
     for arm in ("resnet", "pnnh-shared"):
         if arm in arms:
             sweep[arm] = [dict(width=w, **runs_of(arm, settings["sweep_depth"], w)) for w in settings["sweep_widths"]]
     add_statistics(table)
-    graph = {arm: {str(d): _graph_check(arm, d, width, settings) for d in depths} for arm in arms}
-    results = {"arms": arms, "depths": depths, "width": width, "seeds": seeds, "table": table, "sweep": sweep,
+    graph = {arm: {str(d): _graph_check(arm, d, widths[arm][str(d)], settings) for d in depths} for arm in arms}
+    results = {"arms": arms, "depths": depths, "width": width, "match_params": match, "seeds": seeds, "table": table,
+               "sweep": sweep,
                "sweep_depth": settings["sweep_depth"], "graph_check": graph,
                "thresholds": {"plain_gap": PLAIN_GAP, "loss_ratio": LOSS_RATIO, "match": MATCH,
                               "param_ratio": PARAM_RATIO,
@@ -217,6 +253,7 @@ def param_efficiency(sweep: dict) -> dict:
 #: the PNNH variant the claim is tested on, fixed in advance (not the best of several per depth)
 PNNH_VARIANT = "pnnh-shared"
 PARAM_MATCH = 1.1  # the PNNH net may have at most 1.1x the ResNet's parameters for a fair "on par" check
+PARAM_TOL = 0.1  # match_params: the PNNH width is chosen so that its parameters are within 10% of the ResNet's
 
 
 def verdict(results: dict) -> tuple[str, str]:
@@ -269,26 +306,59 @@ def verdict(results: dict) -> tuple[str, str]:
     return v, "; ".join(parts) + "."
 
 
+def _throughput_seeds(results: dict, arm: str, d: str) -> list[float]:
+    """Per-seed images/s of ``arm`` relative to the ResNet's seed-mean at the same depth (empty for old results)."""
+    t = results["table"]
+    base = [x for x in t["resnet"][d].get("img_per_s_seeds", []) if math.isfinite(x)]
+    if not base:
+        return []
+    b = statistics.fmean(base)
+    return [x / b for x in t[arm][d].get("img_per_s_seeds", [])]
+
+
 def _plot(results: dict, path: Path) -> None:
+    """Four panels, each with error bars (std over seeds): accuracy and final training loss vs depth, accuracy vs
+    parameters (width sweep; ticks at the models' own parameter counts, in thousands) and throughput vs depth."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
     from ..report import label_axes, plt, save_figure
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
     t, depths = results["table"], results["depths"]
+    def sd(e: dict, k: str) -> float:  # std over seeds; older results hold only the per-seed train losses
+        v = e.get(k, mean_std(e.get("train_loss", []))[1] if k == "train_loss_std" else float("nan"))
+        return v if math.isfinite(v) else 0.0
+
     for arm in results["arms"]:
-        ys = [t[arm][str(d)]["acc_mean"] for d in depths]
-        es = [t[arm][str(d)]["acc_std"] for d in depths]
-        axes[0].errorbar(depths, ys, yerr=es, marker="o", capsize=3, label=arm)
-        axes[1].plot(depths, [t[arm][str(d)]["train_loss_mean"] for d in depths], marker="o", label=arm)
-        axes[3].plot(depths, [results["throughput"][arm][str(d)] for d in depths], marker="o", label=arm)
+        es = [t[arm][str(d)] for d in depths]
+        axes[0].errorbar(depths, [e["acc_mean"] for e in es], yerr=[sd(e, "acc_std") for e in es], marker="o",
+                         capsize=3, label=arm)
+        axes[1].errorbar(depths, [e["train_loss_mean"] for e in es], yerr=[sd(e, "train_loss_std") for e in es],
+                         marker="o", capsize=3, label=arm)
+        thr = [_throughput_seeds(results, arm, str(d)) for d in depths]
+        axes[3].errorbar(depths, [results["throughput"][arm][str(d)] for d in depths],
+                         yerr=[mean_std(x)[1] if len(x) > 1 else 0.0 for x in thr], marker="o", capsize=3, label=arm)
+    ticks = []
     for arm, pts in results["sweep"].items():
-        axes[2].plot([p["params"] for p in pts], [p["acc_mean"] for p in pts], marker="o", label=arm)
-    axes[2].set_xscale("log")
+        axes[2].errorbar([p["params"] for p in pts], [p["acc_mean"] for p in pts],
+                         yerr=[sd(p, "acc_std") for p in pts], marker="o", capsize=3, label=arm)
+        ticks += [p["params"] for p in pts]
+    ax = axes[2]
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
     labels = [("depth", "val accuracy (%)", "accuracy vs depth"),
               ("depth", "final train loss", "train loss vs depth"),
-              ("parameters", "val accuracy (%)", f"accuracy vs params (depth {results['sweep_depth']})"),
+              ("parameters", "val accuracy (%)", f"accuracy vs params (depth {results['sweep_depth']}, width sweep)"),
               ("depth", "images/s relative to ResNet", "training throughput")]
     for ax, (xl, yl, title) in zip(axes, labels):
         label_axes(ax, xl, yl, title, legend_size=7)
+    if results.get("match_params"):
+        fig.suptitle("PNNH widths chosen so that their parameters are within 10% of the ResNet's at each depth; "
+                     "error bars: std over seeds", fontsize=10)
     save_figure(fig, path, dpi=110)
 
 
@@ -300,11 +370,13 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
     for arm in results["arms"]:
         lines.append(f"| {arm} | " + " | ".join(f"{t[arm][str(d)]['acc_mean']:.2f} ± {t[arm][str(d)]['acc_std']:.2f}"
                                              for d in depths) + " |")
-    lines += ["", "## Final training loss / parameters / images per second", "", head, "|---" * (len(depths) + 1) + "|"]
+    lines += ["", "## Final training loss / parameters / images per second"
+              + (" (PNNH width chosen to match the ResNet's parameters: shown as w=…)" if results.get("match_params") else ""),
+              "", head, "|---" * (len(depths) + 1) + "|"]
     for arm in results["arms"]:
         lines.append(f"| {arm} | " + " | ".join(
             f"{t[arm][str(d)]['train_loss_mean']:.3f} / {t[arm][str(d)]['params']} / {t[arm][str(d)]['img_per_s']:.0f}"
-            for d in depths) + " |")
+            + (f" (w={t[arm][str(d)]['width']:g})" if results.get("match_params") else "") for d in depths) + " |")
     lines += ["", "## Against the ResNet of the same depth: Welch p (accuracy) / steps to its final train loss", "",
               "Steps: first logged step at which the seed-mean training loss (trailing mean of 5 logged points) "
               "reaches the ResNet's final one; — = never within the run.", "", head,
@@ -341,16 +413,17 @@ EXPERIMENT = Experiment(
     paper_number="'on-par' accuracy with ResNets on CIFAR-10/100 and ImageNet-1K; up to 2x parameter efficiency; "
                  "up to '0.3x' higher training throughput (abstract). Thresholds here: digest §6 P4-P6.",
     presets={
-        "quick": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared"], depths=[8, 14],
+        "quick": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared"], depths=[8, 14], match_params=True,
                       match_from_depth=14, width=0.25, seeds=1, steps=6, batch_size=32, lr=2e-3, warmup_steps=2,
                       weight_decay=5e-4, eval_batches=4, task_args={"n_train": 256, "n_val": 64, "resize": 8},
                       sweep_depth=8, sweep_widths=[0.125, 0.25]),
         "cpu": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared", "pnnh-unshared"], depths=[8, 20, 32, 56],
+                    match_params=True,
                     width=0.5, seeds=2, steps=300, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=5e-4,
                     eval_batches=16, task_args={"n_train": 10000, "n_val": 1000, "resize": 16},
                     sweep_depth=20, sweep_widths=[0.25, 0.5, 1.0], threads=1),
         "gpu": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared", "pnnh-unshared", "pnnh-none"],
-                    depths=[8, 20, 32, 56, 110], width=1, seeds=3, steps=8000, batch_size=128, lr=2e-3,
+                    depths=[8, 20, 32, 56, 110], match_params=True, width=1, seeds=3, steps=8000, batch_size=128, lr=2e-3,
                     warmup_steps=400, weight_decay=5e-4, eval_batches=79, task_args={},
                     sweep_depth=20, sweep_widths=[0.5, 1, 2]),
     },
@@ -359,7 +432,10 @@ EXPERIMENT = Experiment(
     notes="PNNH is our reconstruction (reslab/models/pnnh.py, docs/pnnh.md). The cpu preset is scaled down to fit "
           "~1 h on 2 cores: Fashion-MNIST 10k-image training subset resized to 16x16, 1k validation images, width "
           "0.5 (stages 8/16/32 learner channels), 300 AdamW steps of batch 64 (~2 epochs), 2 seeds; the paper "
-          "used CIFAR/ImageNet at full width and schedule. Throughput = batch / median trainer step time on a "
+          "used CIFAR/ImageNet at full width and schedule. match_params: each PNNH net's width is chosen (widths k/64) "
+          "so that its parameters are within 10% of the ResNet's at the same depth, so the on-par check (B) compares "
+          "equal-size nets (the committed run predates this: its PNNH nets had ~1.55x the ResNet's parameters). "
+          "Throughput = batch / median trainer step time on a "
           "shared machine: a rough ratio.",
     tags=["pnnh", "vision", "plain"],
 )
