@@ -7,6 +7,11 @@ Welch over seeds, Holm-Bonferroni across the schemes at each depth; accuracy is 
 The cpu preset uses the ViT (a 28x28 image is 16 patch tokens of 7x7: far cheaper per step than a ResNet's
 convolutions on one CPU thread); ``model="resnet"`` in a preset switches the family (depth = the ResNet's
 ``depth``). A scheme that does not build inside the chosen model is skipped and listed with the reason.
+
+Commands: ``reslab reproduce leaderboard-vision --preset cpu`` (results/leaderboard-vision/), ``--preset gpu`` (a
+DeiT-Tiny-sized ViT: patch 4, d=192, 3 heads, depths 6 and 12, 20000 steps of batch 256, 3 lr values;
+results/leaderboard-vision-gpu/), ``--preset quick`` (tests). Fashion-MNIST comes from the Debian package
+``dataset-fashion-mnist`` or ``$RESLAB_DATA`` (see reslab.data.images).
 """
 from __future__ import annotations
 
