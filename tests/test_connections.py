@@ -178,3 +178,21 @@ def test_bad_branch_shape_is_a_clear_error():
         conn(torch.randn(B, T, D), [[lambda h: h[..., :4]]] * K)
     with pytest.raises(ValueError, match="built for dim=8"):
         conn(torch.randn(B, T, 5), make_blocks(dim=5))
+
+
+@pytest.mark.parametrize("spec", sorted({REGISTRY[n].example for n in connection_names()}))
+def test_trains_inside_a_resnet_with_empty_stages(spec):
+    """Channels-first stages, one with a block and two with none, downsampling convolutions between them: the
+    layout a scheme hands back must be one a convolution's backward takes (a strided view once corrupted the heap)."""
+    from reslab.models import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet(depth=8, width=0.25, in_channels=1, n_classes=3, connection=spec)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
+    for _ in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)

@@ -78,6 +78,12 @@ class StreamMix(Connection):
     def _last(self, x: Tensor) -> Tensor:
         return x.movedim(self.channel_dim, -1)
 
+    def _first(self, x: Tensor) -> Tensor:
+        """Back to the stream's layout. Contiguous, because a channels-last-strided NCHW tensor handed to a
+        stride-2 convolution corrupted the heap in its CPU backward (torch 2.13, a ResNet's downsampling)."""
+        y = x.movedim(-1, self.channel_dim)
+        return y if self.channel_dim in (-1, x.ndim - 1) else y.contiguous()
+
     def _norm(self, Hs: Tensor, t: int) -> Tensor:
         w = self.norm_w[t].to(Hs.dtype)
         if self.norm_kind == "layernorm":  # the HC paper's Algorithm 2
@@ -118,7 +124,7 @@ class StreamMix(Connection):
         return (H, *self._prepare(H, 0)) if self.layers else (H,)
 
     def branch_input(self, state, k, b):
-        return state[1].movedim(-1, self.channel_dim)
+        return self._first(state[1])
 
     def branch_output(self, state, k, b, x, out):
         _, _, Hm, B = state
@@ -136,4 +142,4 @@ class StreamMix(Connection):
     def finish(self, state):
         H = state[0]
         y = H.sum(0) if self.reduce == "sum" else H.mean(0)
-        return y.movedim(-1, self.channel_dim)
+        return self._first(y)

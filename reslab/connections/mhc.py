@@ -116,8 +116,14 @@ class MHC(Connection):
         H = h.unsqueeze(0).expand(self.n, *h.shape)
         return (H, *self._prepare(H, 0)) if self.layers else (H,)
 
+    def _first(self, x):
+        # contiguous for channels-first streams: see reslab/connections/_hc.py (a strided NCHW tensor in a
+        # stride-2 convolution's CPU backward corrupted the heap)
+        y = x.movedim(-1, self.channel_dim)
+        return y if self.channel_dim in (-1, x.ndim - 1) else y.contiguous()
+
     def branch_input(self, state, k, b):
-        return state[1].movedim(-1, self.channel_dim)
+        return self._first(state[1])
 
     def branch_output(self, state, k, b, x, out):
         H, _, post, res = state
@@ -128,4 +134,4 @@ class MHC(Connection):
 
     def finish(self, state):
         H = state[0]
-        return (H.sum(0) if self.reduce == "sum" else H.mean(0)).movedim(-1, self.channel_dim)
+        return self._first(H.sum(0) if self.reduce == "sum" else H.mean(0))
