@@ -11,7 +11,8 @@ regularisation.
 Setup: one unnormalised Fashion-MNIST ResNet, ``scaled(lam=λ)`` on every connection, λ on the log grid
 λ_i = N^(-1 + i/(m-1)), i = 0..m-1, from 1/N through 1/sqrt(N) to 1 (N = 3 n_b residual branches, the
 whole network's module count, as in rex-normfree), everything else fixed; ``reslab.compare`` trains
-the arms. GC of the logits is computed exactly (one backward pass per class) on the first ``gc_images``
+the arms (``reslab.experiments.runner``: each λ an override of one config; ``tune`` in a preset gives every λ its
+own lr from the same grid, since λ rescales the effective step). GC of the logits is computed exactly (one backward pass per class) on the first ``gc_images``
 validation images, at init and after training (eval mode); diverged runs have no final GC and mark
 the stability edge.
 
@@ -27,10 +28,11 @@ import math
 from pathlib import Path
 
 from ..analysis.expansion import geometric_complexity, load_run
-from ..compare import compare, slug
+from ..compare import slug
 from ..report import mean_std, welch_p
-from ..train import TrainConfig
 from . import Experiment
+from .common import train_config
+from .runner import build_configs, run_cells, write_readme
 
 PEAK_MARGIN = 0.10
 
@@ -51,37 +53,35 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     depth = settings["depth"]
     n = 3 * ((depth - 2) // 6)
     lams = lam_grid(depth, settings["points"])
-    arms = [spec_of(v) for v in lams]
-    base = TrainConfig(task="fashion_mnist", task_args=settings["task_args"], model="resnet",
-                       model_args={"depth": depth, "width": settings["width"], "batchnorm": False},
-                       steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
-                       warmup_steps=settings["warmup_steps"], weight_decay=settings["weight_decay"],
-                       eval_every=settings["eval_every"], eval_batches=settings["eval_batches"],
-                       threads=settings.get("threads", 0), progress=False, tensorboard=False)
+    arms = {spec_of(v): {"connection": spec_of(v)} for v in lams}  # each λ is an override of one unnormalised net
+    base = train_config("fashion_mnist", "resnet", **settings["train"],
+                        model_args={"depth": depth, "width": settings["width"], "batchnorm": False})
     baseline = spec_of(lams[len(lams) // 2])
-    report = compare(base, arms, settings["seeds"], out_dir / "runs", baseline=baseline,
-                     command="reslab reproduce rex-capacity", log=log)
+    values = run_cells({"runs": build_configs(base, arms)}, settings["seeds"], out_dir, baseline, log,
+                       tune=settings.get("tune"), title=lambda _: f"rex-capacity: ResNet-{depth}, λ grid")["runs"]
     per_lam = []
-    for lam, arm in zip(lams, arms):
-        entry = {"lam": lam, "connection": arm, "acc": [], "status": [], "gc_init": [], "gc_final": []}
-        for r in report["runs"][arm]:
-            run_dir = out_dir / "runs" / slug(arm) / f"seed{r['seed']}"
-            entry["acc"].append(r.get("final_val_metric") if r["status"] == "completed" else None)
-            entry["status"].append(r["status"])
+    for lam in lams:
+        arm = spec_of(lam)
+        v = values[arm]
+        entry = {"lam": lam, "connection": arm, "acc": [], "status": [], "gc_init": [], "gc_final": [],
+                 "tuned": v["tuned"]}
+        for seed, (acc, status) in enumerate(zip(v["metric"], v["status"])):
+            run_dir = out_dir / "runs" / slug(arm) / f"seed{base.seed + seed}"
+            entry["acc"].append(acc if status == "completed" else None)
+            entry["status"].append(status)
             entry["gc_init"].append(_gc(run_dir, "init", settings["gc_images"]))
-            entry["gc_final"].append(_gc(run_dir, "final", settings["gc_images"]) if r["status"] == "completed" else None)
-            log(f"[{arm} seed {r['seed']}] GC init {entry['gc_init'][-1]:.4g}, final {entry['gc_final'][-1]}")
+            entry["gc_final"].append(_gc(run_dir, "final", settings["gc_images"]) if status == "completed" else None)
+            log(f"[{arm} seed {seed}] GC init {entry['gc_init'][-1]:.4g}, final {entry['gc_final'][-1]}")
         per_lam.append(entry)
     add_statistics(per_lam)
     results = {"depth": depth, "n_branches": n, "lams": lams, "lam_1_over_n": lams[0],
                "lam_1_over_sqrt_n": lams[(len(lams) - 1) // 2] if len(lams) % 2 else None,
-               "per_lam": per_lam, "peak_margin": PEAK_MARGIN,
-               # reslab.compare's rows: val loss mean ± std, Welch p and steps-to-target against λ = 1/sqrt(n)
-               "compare_rows": [{k: v for k, v in r.items()} for r in report["rows"]],
-               "compare_baseline": baseline}
+               "per_lam": per_lam, "peak_margin": PEAK_MARGIN, "optimizer": base.optimizer,
+               "tuned": bool(settings.get("tune"))}
     _plot(results, out_dir / "gc_accuracy_vs_lambda.png")
     v, why = verdict(results)
-    (out_dir / "README.md").write_text(_readme(results, settings, v, why))
+    write_readme(out_dir / "README.md", "rex-capacity: λ as capacity control (Dherin & Munn 2025)", v, why,
+                 [_table(results)], settings, [("GC and accuracy vs λ", "gc_accuracy_vs_lambda.png")])
     return results
 
 
@@ -137,7 +137,10 @@ def verdict(results: dict) -> tuple[str, str]:
                        f"{acc_sqrt:.3f} vs {acc_n:.3f}, Welch p={'n/a' if p_b is None else f'{p_b:.2g}'}")])
     return v, (text + f". Accuracy by λ: {accs}."
                + (f" Diverged (stability edge) at λ = {', '.join(f'{v:g}' for v in edge)}." if edge else "")
-               + " λ is confounded with the effective step size (AdamW, one lr for every λ): not tuned per λ.")
+               + (f" Every λ at its own lr tuned from the same grid ({results.get('optimizer', 'adamw')}): "
+                  + ", ".join(f"{e['lam']:g}: {e['tuned']}" for e in per if e.get("tuned")) + "."
+                  if results.get("tuned") else
+                  " λ is confounded with the effective step size (AdamW, one lr for every λ): not tuned per λ."))
 
 
 def _plot(results: dict, path: Path) -> None:
@@ -174,25 +177,28 @@ def _plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _readme(results: dict, settings: dict, v: str, why: str) -> str:
-    lines = ["# rex-capacity: λ as capacity control (Dherin & Munn 2025)", "", f"**Verdict: {v}** — {why}", "",
-             f"ResNet-{results['depth']} on Fashion-MNIST, no normalisation, n = {results['n_branches']} residual "
+def _table(results: dict) -> str:
+    lines = [f"ResNet-{results['depth']} on Fashion-MNIST, no normalisation, n = {results['n_branches']} residual "
              "branches; mean ± std over seeds.", "",
-             "| λ | connection | GC at init | GC after training | val accuracy | Welch p (acc vs 1/n) | diverged |",
-             "|---|---|---|---|---|---|---|"]
+             "| λ | connection | GC at init | GC after training | val accuracy | Welch p (acc vs 1/n) | diverged |"
+             + (" tuned |" if results.get("tuned") else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if results.get("tuned") else "")]
     for e in results["per_lam"]:
         gi, gf, acc = (mean_std([x for x in e[k] if x is not None]) for k in ("gc_init", "gc_final", "acc"))
         fmt = lambda m, s, p=".4g": "—" if not math.isfinite(m) else f"{m:{p}} ± {s:.2g}"  # noqa: E731
         div = sum(s == "diverged" for s in e["status"])
         p = e.get("welch_p_acc_vs_1_over_n")
         lines.append(f"| {e['lam']:g} | `{e['connection']}` | {fmt(*gi)} | {fmt(*gf)} | {fmt(*acc, '.3f')} | "
-                     f"{'—' if p is None else format(p, '.3g')} | {div}/{len(e['status'])} |")
-    lines += ["", f"Settings: `{json.dumps(settings)}`", "", "![GC and accuracy vs λ](gc_accuracy_vs_lambda.png)",
-              "", "Per-run curves and the compare table: [runs/results.md](runs/results.md)", ""]
+                     f"{'—' if p is None else format(p, '.3g')} | {div}/{len(e['status'])} |"
+                     + (f" {e.get('tuned')} |" if results.get("tuned") else ""))
     return "\n".join(lines)
 
 
-_COMMON = dict(lr=2e-3, weight_decay=5e-4)
+def _train(steps, batch, warmup, eval_every, eval_batches, n_train, n_val, threads=1):
+    return dict(steps=steps, batch_size=batch, lr=2e-3, weight_decay=5e-4, warmup_steps=warmup,
+                eval_every=eval_every, eval_batches=eval_batches, threads=threads,
+                task_args={"n_train": n_train, "n_val": n_val, "resize": 14})
+
 
 EXPERIMENT = Experiment(
     name="rex-capacity",
@@ -202,17 +208,20 @@ EXPERIMENT = Experiment(
     paper_number="GC vs λ unimodal (figure; values not readable); 1/sqrt(n) > 1/n in test accuracy on CIFAR-10 "
                  "(digest §1.6, §3)",
     presets={
-        "quick": dict(depth=8, width=0.25, points=3, seeds=1, steps=30, batch_size=32, warmup_steps=5, eval_every=15,
-                      eval_batches=4, gc_images=64, task_args={"n_train": 512, "n_val": 256, "resize": 14}, **_COMMON),
-        "cpu": dict(depth=56, width=0.5, points=7, seeds=3, steps=800, batch_size=64, warmup_steps=40, eval_every=200,
-                    eval_batches=16, gc_images=512, threads=2,
-                    task_args={"n_train": 20000, "n_val": 2000, "resize": 14}, **_COMMON),
-        "gpu": dict(depth=110, width=1, points=9, seeds=3, steps=8000, batch_size=128, warmup_steps=400,
-                    eval_every=1000, eval_batches=79, gc_images=2000, task_args={}, **_COMMON),
+        "quick": dict(depth=8, width=0.25, points=3, seeds=1, gc_images=64,
+                      train=_train(steps=30, batch=32, warmup=5, eval_every=15, eval_batches=4, n_train=512, n_val=256,
+                                   threads=0)),
+        "cpu": dict(depth=56, width=0.5, points=7, seeds=3, gc_images=512,
+                    train=_train(steps=800, batch=64, warmup=40, eval_every=200, eval_batches=16, n_train=20000,
+                                 n_val=2000, threads=2)),
+        "gpu": dict(depth=110, width=1, points=9, seeds=3, gc_images=2000, tune={"lr": [5e-4, 2e-3, 8e-3]},
+                    train=_train(steps=8000, batch=128, warmup=400, eval_every=1000, eval_batches=79, n_train=60000,
+                                 n_val=10000, threads=0)),
     },
     run=run,
     verdict=verdict,
-    notes="cpu preset scaled down: ResNet-56 at width 0.5 (8/16/32 channels), 14x14 images, a 20k-image training "
+    notes="cpu preset scaled down (the committed cpu run predates the preset's train/tune fields; its settings are the same "
+          "numbers, flat): ResNet-56 at width 0.5 (8/16/32 channels), 14x14 images, a 20k-image training "
           "subset, 800 steps of batch 64, 3 seeds, 7 λ from 1/n to 1; GC exact on 512 test images. One LR for "
           "every λ (λ interacts with the effective LR; the paper's recipe is unknown, digest §2). GC is measured on "
           "the logits (the paper's choice is not known).",
