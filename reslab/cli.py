@@ -280,7 +280,8 @@ def cmd_compare(args) -> int:
     out = (cfg.out_dir if cfg.out_dir != TrainConfig.out_dir
            else f"runs/compare-{cfg.task.replace(':', '_').replace('/', '_')}-{cfg.model}")
     tune = parse_tune(args.tune)
-    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line(args), tune=tune)
+    compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line(args), tune=tune,
+            jobs=args.jobs)
     return 0
 
 
@@ -339,6 +340,8 @@ def make_parser() -> argparse.ArgumentParser:
                        epilog=_catalogue(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_flags(p, with_connection=False)
     p.add_argument("--connections", required=True, help="comma-separated specs, or 'all' (every registered scheme)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once in separate processes (with threads=1 each: one per core)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--baseline", default=None, help="arm the others are tested against (default: residual)")
     p.add_argument("--out", dest="out_dir", default=None,

@@ -40,7 +40,7 @@ def slug(spec: str) -> str:
 
 
 def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path, baseline: str | None = None,
-            command: str = "", log=print, tune: dict[str, list] | None = None) -> dict:
+            command: str = "", log=print, tune: dict[str, list] | None = None, jobs: int = 1) -> dict:
     """Every arm is ``base`` with another connection; with ``tune`` each arm first gets its own best value of
     every tuned key (:func:`tune_arms`)."""
     baseline = baseline or ("residual" if "residual" in arms else arms[0])
@@ -48,16 +48,19 @@ def compare(base: TrainConfig, arms: list[str], seeds: int, out_dir: str | Path,
         raise ValueError(f"baseline {baseline!r} is not one of the arms {arms}")
     configs = {arm: dataclasses.replace(base, connection=arm) for arm in arms}
     title = f"{base.task} / {base.model}: {seeds} seed(s), {base.steps} steps"
-    return run_arms(configs, seeds, out_dir, baseline, command=command, title=title, log=log, tune=tune)
+    return run_arms(configs, seeds, out_dir, baseline, command=command, title=title, log=log, tune=tune, jobs=jobs)
 
 
 def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, baseline: str, command: str = "",
-             title: str = "", log=print, tune: dict[str, list] | None = None) -> dict:
+             title: str = "", log=print, tune: dict[str, list] | None = None, jobs: int = 1) -> dict:
     """Train each labelled config for ``seeds`` seeds (seed, seed+1, ...) under ``out_dir/<label>/seed<s>``,
     then write results.json / results.md / curves.png. Arms may differ in anything (connection, depth...);
     experiments use this directly, ``compare`` for connection-only arms. ``tune`` ({key: [values]}): every
     arm, baseline included, is first tuned alike on the same grid (:func:`tune_arms`), then runs its seeds at
-    its own best values."""
+    its own best values. ``jobs`` > 1 trains that many runs at once in separate processes (give each run one
+    thread, ``threads=1``, so the jobs share the cores instead of fighting over them)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tuning = {}
@@ -65,7 +68,9 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         configs, tuning = tune_arms(configs, tune, out, log=log)
     labels = [baseline] + [a for a in configs if a != baseline]  # the table reads against its first row
     results: dict[str, list[dict]] = {}
-    for arm in labels:
+    if jobs > 1:
+        results = _run_parallel(labels, configs, seeds, out, jobs, log, baseline, title, command)
+    for arm in (labels if jobs == 1 else []):
         base = configs[arm]
         results[arm] = []
         for seed in range(seeds):
@@ -101,6 +106,46 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
     log("\n" + table)
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
     return report
+
+
+def _run_cfg(cfg: TrainConfig, tag: str) -> dict:
+    """One run in a worker process of :func:`_run_parallel` (top level, so it pickles)."""
+    return train_or_reuse(cfg, print, tag=tag)
+
+
+def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int, out: Path, jobs: int, log,
+                  baseline: str, title: str, command: str) -> dict[str, list[dict]]:
+    """Every (arm, seed) run in a pool of ``jobs`` processes; an arm's results are kept (results.md, curves.png)
+    as soon as all its seeds are done, and Ctrl-C stops the pool with the same one-line message as one process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    runs = [(arm, dataclasses.replace(configs[arm], seed=configs[arm].seed + s,
+                                      out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}")))
+            for arm in labels for s in range(seeds)]
+    results: dict[str, list[dict]] = {arm: [] for arm in labels}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    futures = {pool.submit(_run_cfg, cfg, f"[{arm} seed {cfg.seed}]"): (arm, cfg) for arm, cfg in runs}
+    done_arms: set[str] = set()
+    arm, cfg = runs[0]
+    try:
+        for fut in futures:  # in submission order, so each arm's seeds come back in order
+            arm, cfg = futures[fut]
+            summary = fut.result()
+            results[arm].append(summary)
+            if summary.get("status") == "completed":
+                log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
+                    f"{summary['metric']} {summary['final_val_metric']:.4f}")
+            if len(results[arm]) == seeds:
+                done_arms.add(arm)
+                if len(done_arms) < len(labels):
+                    write_partial(out, {a: results[a] for a in labels if a in done_arms}, baseline, len(labels),
+                                  title, command)
+    except KeyboardInterrupt as e:
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers got the Ctrl-C too: they checkpoint and stop
+        raise _interrupted(e, out, {a: results[a] for a in labels if a in done_arms}, arm, cfg) from None
+    pool.shutdown()
+    return results
 
 
 TUNE_SEED_OFFSET = 1000  # tuning runs use seed base.seed + 1000: never one of the seeds that are reported
