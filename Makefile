@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU wheel of torch 2.13.0 is what we pin for set-up; package metadata keeps a range.
 TORCH_PIN := torch==2.13.0
+DEMO_STEPS ?= 150
 
 # timm imports torchvision, which does not import beside torch 2.13.0; the pair below installs (a CUDA build,
 # ~5.5 GB, about 1.5 min from the package index here), so the timm adapter tests get their own virtualenv.
@@ -17,9 +18,14 @@ TIMM_PINS := torch==2.14.1 torchvision==0.29.1 timm
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# the library itself (what the demo needs), then the test dependencies and oracles on top
+$(VENV)/.base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[yaml]"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base
 	$(BIN)/pip install --quiet -e ".[test,yaml,hf]"
 	touch $@
 
@@ -32,14 +38,16 @@ $(TIMM_VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-demo: setup
-	$(BIN)/reslab compare --task shakespeare --model gpt --connections all --preset quick --seeds 1 --out-dir runs/demo
+# every registered scheme on the quick preset's model, two runs at a time (one thread each, one per core)
+demo: $(VENV)/.base
+	$(BIN)/reslab compare --task shakespeare --model gpt --connections all --preset quick --seeds 1 --jobs 2 \
+		threads=1 steps=$(DEMO_STEPS) --out-dir runs/demo
 
-# one line per test file with its progress; the slowest tests listed at the end
+# two pytest workers (pytest-xdist), one thread each: both cores busy; the slowest tests listed at the end
 test: test-main test-timm
 
 test-main: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --durations=15
 
 # reslab.patch against timm's real ResNet and ViT block classes (never a stub of torchvision)
 test-timm: $(TIMM_VENV)/.installed
