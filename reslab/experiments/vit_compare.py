@@ -24,6 +24,7 @@ than its margin makes that check untestable (it cannot pass). ``reproduced``: ev
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import Experiment
@@ -32,16 +33,21 @@ ON_PAR = 0.01  # "on par": non-inferior within one accuracy point (95% CI), for 
 PNNH_ON_PAR = 0.01  # PNNH's "on-par" claim, one point
 
 ARMS = ["residual", "laurel(rw, lr)", "ancre(tau=0.01)", "scaled", "pnnh", "plain"]
-_COMMON = dict(arms=ARMS, baseline="residual", lr=1e-3, weight_decay=0.05, min_lr_ratio=0.1, grad_clip=1.0)
+def _train(steps, batch, warmup, eval_every, eval_batches, task_args, model_args, threads=0):
+    return dict(steps=steps, batch_size=batch, lr=1e-3, weight_decay=0.05, min_lr_ratio=0.1, grad_clip=1.0,
+                warmup_steps=warmup, eval_every=eval_every, eval_batches=eval_batches,
+                log_every=max(1, eval_every // 5), threads=threads, task_args=task_args, model_args=model_args)
+
+
+_COMMON = dict(arms=ARMS, baseline="residual")
 
 PRESETS = {
-    "quick": dict(_COMMON, seeds=2, steps=16, batch_size=16, warmup_steps=4, eval_every=8, eval_batches=2,
-                  task_args={"n_train": 256, "n_val": 64},
-                  model_args={"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2}),
-    "cpu": dict(_COMMON, threads=1, seeds=2, steps=2000, batch_size=128, warmup_steps=100, eval_every=250, eval_batches=20,
-                task_args={}, model_args={"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}),
-    "gpu": dict(_COMMON, seeds=3, steps=20000, batch_size=256, warmup_steps=1000, eval_every=1000, eval_batches=40,
-                task_args={}, model_args={"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3}),
+    "quick": dict(_COMMON, seeds=2, train=_train(16, 16, 4, 8, 2, {"n_train": 256, "n_val": 64},
+                                                 {"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2})),
+    "cpu": dict(_COMMON, seeds=2, train=_train(2000, 128, 100, 250, 20, {},
+                                               {"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}, threads=1)),
+    "gpu": dict(_COMMON, seeds=3, train=_train(20000, 256, 1000, 1000, 40, {},
+                                               {"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3})),
 }
 
 
@@ -87,46 +93,48 @@ def available_arms(arms: list[str], model_args: dict, log) -> tuple[list[str], d
     return keep, skipped
 
 
+def arm_overrides(arm: str, model_args: dict, pnnh_args: dict | None = None) -> dict:
+    """An arm as an override of the shared ViT config: another connection, or (``pnnh``) another model."""
+    if arm in MODEL_ARMS:
+        return {"model": MODEL_ARMS[arm], "connection": "plain", "model_args": pnnh_model_args(model_args, pnnh_args)}
+    return {"connection": arm}
+
+
 def run(s: dict, out: Path, log) -> dict:
     import dataclasses
 
-    from ..compare import run_arms
-    from ..report import markdown_table
-    from ..train import TrainConfig
+    from ..report import markdown_table, plot_curves
+    from .common import train_config
+    from .runner import build_configs, run_cells, write_readme
 
-    arms, skipped = available_arms(list(s["arms"]), s["model_args"], log)
-    base = TrainConfig(task="fashion_mnist", task_args=dict(s["task_args"]), model="vit",
-                       model_args=dict(s["model_args"]), steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
-                       min_lr_ratio=s["min_lr_ratio"], warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
-                       grad_clip=s["grad_clip"], eval_every=s["eval_every"], eval_batches=s["eval_batches"],
-                       log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False,
-                       threads=s.get("threads", 0))
-    configs = {arm: (dataclasses.replace(base, model=MODEL_ARMS[arm], connection="plain",
-                                         model_args=pnnh_model_args(s["model_args"], s.get("pnnh_args")))
-                     if arm in MODEL_ARMS else dataclasses.replace(base, connection=arm)) for arm in arms}
-    if s["baseline"] not in configs:
+    t = s["train"]
+    arms, skipped = available_arms(list(s["arms"]), t["model_args"], log)
+    if s["baseline"] not in arms:
         raise ValueError(f"vit-compare: baseline {s['baseline']!r} is not one of the arms {arms}")
-    report = run_arms(configs, s["seeds"], out, s["baseline"], command="reslab reproduce vit-compare", tune=s.get("tune"),
-                      title=f"fashion_mnist / vit: {s['seeds']} seed(s), {s['steps']} steps", log=log)
-    from ..report import plot_curves
-
-    plot_curves(report["runs"], out / "accuracy.png", title="test accuracy (mean; shaded: min-max over seeds)",
-                key=report["rows"][0]["metric"])
-    rows = {r["arm"]: r for r in report["rows"]}
-    results = {"baseline": s["baseline"], "arms": report["arms"], "skipped": skipped, "seeds": s["seeds"],
+    base = train_config("fashion_mnist", "vit", **t)
+    configs = build_configs(base, {arm: arm_overrides(arm, t["model_args"], s.get("pnnh_args")) for arm in arms})
+    for arm in MODEL_ARMS:  # the pnnh arm's model_args replace the ViT's (another model), not merge into them
+        if arm in configs:
+            configs[arm] = dataclasses.replace(configs[arm], model_args=pnnh_model_args(t["model_args"], s.get("pnnh_args")))
+    run_cells({".": configs}, s["seeds"], out, s["baseline"], log, tune=s.get("tune"),
+              title=lambda _: f"fashion_mnist / vit: {s['seeds']} seed(s), {t['steps']} steps")
+    reports = json.loads((out / "results.json").read_text())
+    plot_curves(reports["runs"], out / "accuracy.png", title="test accuracy (mean; shaded: min-max over seeds)",
+                key=reports["rows"][0]["metric"])
+    rows = {r["arm"]: r for r in reports["rows"]}
+    results = {"baseline": s["baseline"], "arms": reports["arms"], "skipped": skipped, "seeds": s["seeds"],
                "accuracy": {a: {"mean": r["metric_mean"], "std": r["metric_std"], "completed": r["completed"],
                                 "diverged": r["diverged"]} for a, r in rows.items()},
-               "rows": report["rows"]}
+               "rows": reports["rows"]}
     v, why = verdict(results)
-    table = markdown_table(report["rows"], s["baseline"])
     skipped_text = "".join(f"- `{a}` skipped: {w}\n" for a, w in skipped.items())
-    (out / "README.md").write_text(
-        f"# vit-compare: every connection on a ViT, Fashion-MNIST\n\n**Verdict: {v}** — {why}\n\n"
-        f"{EXPERIMENT.claim}\n\nSetup: ViT {s['model_args']}, {s['steps']} steps, batch {s['batch_size']}, "
-        f"AdamW lr {s['lr']}, weight decay {s['weight_decay']}, {s['seeds']} seeds; test accuracy on "
-        f"{s['eval_batches']} x {s['batch_size']} test images. `pnnh` = PNNHViT "
-        f"{pnnh_model_args(s['model_args'], s.get('pnnh_args'))} (our reconstruction; no skip-adds).\n\n"
-        f"{table}\n{skipped_text}\n![accuracy](accuracy.png) ![curves](curves.png)\n")
+    write_readme(out / "README.md", "vit-compare: every connection on a ViT, Fashion-MNIST", v, why,
+                 [EXPERIMENT.claim,
+                  f"Setup: ViT {t['model_args']}, {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']}, "
+                  f"weight decay {t['weight_decay']}, {s['seeds']} seeds; test accuracy on {t['eval_batches']} x "
+                  f"{t['batch_size']} test images. `pnnh` = PNNHViT {pnnh_model_args(t['model_args'], s.get('pnnh_args'))} "
+                  "(our reconstruction; no skip-adds).", markdown_table(reports["rows"], s["baseline"]) + skipped_text],
+                 s, [("accuracy", "accuracy.png"), ("curves", "curves.png")])
     return results
 
 
