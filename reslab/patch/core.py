@@ -119,6 +119,19 @@ def _check_checkpointing(layer) -> None:
                              "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})")
 
 
+def _check_transformers_version(model: nn.Module) -> None:
+    """transformers >= 5 checkpoints a layer's ``forward`` (what the patched subclass overrides) and passes the
+    layer loop's hidden states positionally; 4.x layers differ in both, so they are refused, not guessed at."""
+    if not type(model).__module__.startswith("transformers."):
+        return
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        raise ValueError(f"reslab.patch: transformers {transformers.__version__} is too old for the Hugging Face "
+                         "adapters; pip install 'transformers>=5' (or reslab[hf])")
+
+
 def _containers(model: nn.Module) -> dict[str, nn.Module]:
     """Every non-empty ModuleList or Sequential: the containers a model's layer loop can run over."""
     return {name: m for name, m in model.named_modules()
@@ -164,6 +177,7 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
     if is_patched(model):
         raise ValueError("reslab.patch: this model is already patched; call reslab.unpatch(model) first to "
                          "change its connection")
+    _check_transformers_version(model)
     plans = []
     for path, stack in _find_stacks(model, layers):
         adapters = {adapter_for(layer) for layer in stack}
