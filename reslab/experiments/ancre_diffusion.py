@@ -25,6 +25,7 @@ has a lower mean on at least one metric; ``not reproduced``: otherwise.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 from pathlib import Path
@@ -36,38 +37,41 @@ from . import Experiment
 
 PAPER_RELATIVE_FID_GAIN = (69.40 - 66.01) / 69.40  # DiT-S/2, README table
 
-_COMMON = dict(arms=["residual", "ancre(tau=0.1)", "ancre(tau=0.01)"], baseline="residual",
-               lr=2e-3, weight_decay=0.0, min_lr_ratio=0.1, grad_clip=1.0, sampler="ddim", eta=0.0, cfg_scale=1.0,
-               clip_x0=True, sample_seed=1234, classifier_seed=0, classifier_batch=128)
+def _train(steps, batch, warmup, eval_every, eval_batches, task_args, model_args, lr=2e-3, threads=0):
+    """The TrainConfig settings every arm shares (AdamW, no weight decay, warmup + cosine to 0.1x, clipping 1)."""
+    return dict(steps=steps, batch_size=batch, lr=lr, weight_decay=0.0, min_lr_ratio=0.1, grad_clip=1.0,
+                warmup_steps=warmup, eval_every=eval_every, eval_batches=eval_batches,
+                log_every=max(1, eval_every // 5), threads=threads, task_args=task_args, model_args=model_args)
+
+
+def _sampling(n_samples, ddim_steps, grid_per_class):
+    return dict(sampler="ddim", eta=0.0, cfg_scale=1.0, clip_x0=True, sample_seed=1234, n_samples=n_samples,
+                ddim_steps=ddim_steps, grid_per_class=grid_per_class)
+
+
+def _classifier(steps, n_train):
+    return dict(seed=0, batch=128, steps=steps, n_train=n_train)
+
+
+_ARMS = dict(arms=["residual", "ancre(tau=0.1)", "ancre(tau=0.01)"], baseline="residual")
 
 PRESETS = {
-    "quick": dict(_COMMON, seeds=2, steps=20, batch_size=16, warmup_steps=5, eval_every=10, eval_batches=2,
-                  task_args={"n_train": 256, "n_val": 64, "resize": 8},
-                  model_args={"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
-                              "eval_timesteps": 4},
-                  n_samples=30, ddim_steps=8, grid_per_class=2, classifier_steps=20, classifier_n_train=256),
-    "cpu": dict(_COMMON, threads=1, seeds=3, steps=2000, batch_size=64, warmup_steps=100, eval_every=250, eval_batches=8,
-                task_args={"resize": 14},
-                model_args={"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.999,
-                            "eval_timesteps": 10},
-                n_samples=1000, ddim_steps=50, grid_per_class=8, classifier_steps=1500, classifier_n_train=None),
-    "gpu": dict(_COMMON, seeds=3, steps=40000, batch_size=256, warmup_steps=1000, eval_every=2000, eval_batches=40,
-                task_args={"resize": 16}, lr=3e-4,
-                model_args={"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6, "ema_decay": 0.9999,
-                            "eval_timesteps": 20},
-                n_samples=10000, ddim_steps=100, grid_per_class=10, classifier_steps=4000, classifier_n_train=None),
+    "quick": dict(_ARMS, seeds=2,
+                  train=_train(20, 16, 5, 10, 2, {"n_train": 256, "n_val": 64, "resize": 8},
+                               {"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
+                                "eval_timesteps": 4}),
+                  sampling=_sampling(30, 8, 2), classifier=_classifier(20, 256)),
+    "cpu": dict(_ARMS, seeds=3,
+                train=_train(2000, 64, 100, 250, 8, {"resize": 14},
+                             {"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.999,
+                              "eval_timesteps": 10}, threads=1),
+                sampling=_sampling(1000, 50, 8), classifier=_classifier(1500, None)),
+    "gpu": dict(_ARMS, seeds=3,
+                train=_train(40000, 256, 1000, 2000, 40, {"resize": 16},
+                             {"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6, "ema_decay": 0.9999,
+                              "eval_timesteps": 20}, lr=3e-4),
+                sampling=_sampling(10000, 100, 10), classifier=_classifier(4000, None)),
 }
-
-
-def _base_config(s: dict, out: Path):
-    from ..train import TrainConfig
-
-    return TrainConfig(task="fashion_mnist", task_args=dict(s["task_args"]), model="dit",
-                       model_args=dict(s["model_args"]), steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
-                       min_lr_ratio=s["min_lr_ratio"], warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
-                       grad_clip=s["grad_clip"], eval_every=s["eval_every"], eval_batches=s["eval_batches"],
-                       log_every=max(1, s["eval_every"] // 5), out_dir=str(out), progress=False, tensorboard=False,
-                       threads=s.get("threads", 0))
 
 
 def _load_model(cfg, task_info: dict, run_dir: Path):
@@ -81,7 +85,7 @@ def _load_model(cfg, task_info: dict, run_dir: Path):
 
 def _sample_pixels(model, n: int, s: dict, mean: float, std: float, chunk: int = 250) -> torch.Tensor:
     """n samples with labels 0,1,..,9,0,1,.. from one seeded generator (the same for every arm and seed),
-    mapped back to pixels in [0, 1]."""
+    mapped back to pixels in [0, 1]; ``s``: the preset's ``sampling`` fields."""
     g = torch.Generator().manual_seed(s["sample_seed"])
     labels = torch.arange(n) % model.n_classes
     # pixels live in [0, 1], i.e. [-mean/std, (1-mean)/std] in the task's standardised space
@@ -139,24 +143,27 @@ def _plot_metrics(per_arm: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(s: dict, out: Path, log) -> dict:
+def run(settings: dict, out: Path, log) -> dict:
     from ..analysis import frechet
     from ..analysis.topology import plot_routing, routing_matrix
-    from ..compare import compare, slug
+    from ..compare import slug
     from ..data import get_task
     from ..report import mean_std, welch_p
+    from .common import train_config
+    from .runner import build_configs, run_cells
 
-    if s.get("threads"):  # also for the classifier, sampling and fd_cls, which run outside the trainer
-        torch.set_num_threads(s["threads"])
-    base = _base_config(s, out)
-    report = compare(base, list(s["arms"]), s["seeds"], out, baseline=s["baseline"],
-                     command="reslab reproduce ancre-diffusion", log=log)
-    task = get_task("fashion_mnist", **s["task_args"])
+    t, s, c = settings["train"], settings["sampling"], settings["classifier"]
+    if t.get("threads"):  # also for the classifier, sampling and fd_cls, which run outside the trainer
+        torch.set_num_threads(t["threads"])
+    base = train_config("fashion_mnist", "dit", **t)
+    configs = build_configs(base, {arm: {"connection": arm} for arm in settings["arms"]})
+    run_cells({".": configs}, settings["seeds"], out, settings["baseline"], log, tune=settings.get("tune"),
+              title=lambda _: f"fashion_mnist / dit: {settings['seeds']} seed(s), {t['steps']} steps")
+    report = json.loads((out / "results.json").read_text())
+    task = get_task("fashion_mnist", **t["task_args"])
     mean, std = task.info["mean"], task.info["std"]
-    net, meta = frechet.fashion_classifier(task.info["input_shape"][-1], steps=s["classifier_steps"],
-                                           n_train=s["classifier_n_train"], seed=s["classifier_seed"],
-                                           batch_size=s["classifier_batch"], cache_dir=s.get("classifier_cache"),
-                                           log=log)
+    net, meta = frechet.fashion_classifier(task.info["input_shape"][-1], steps=c["steps"], n_train=c["n_train"],
+                                           seed=c["seed"], batch_size=c["batch"], cache_dir=c.get("cache"), log=log)
     n = min(s["n_samples"], task.val_x.shape[0], task.train_x.shape[0])
     ref = frechet.feature_stats(frechet.features(net, task.val_x * std + mean))  # every held-out image
     # the floor: n *real* training images against the same reference (what a perfect model would score)
@@ -170,7 +177,7 @@ def run(s: dict, out: Path, log) -> dict:
         runs = report["runs"][arm]
         d = {"seeds": [], "denoise_loss": [], "fd_cls": [], "status": []}
         for r in runs:
-            cfg = dataclasses.replace(base, connection=arm, seed=r["seed"])
+            cfg = dataclasses.replace(configs[arm], seed=r["seed"])
             run_dir = out / slug(arm) / f"seed{r['seed']}"
             d["seeds"].append(r["seed"])
             d["status"].append(r["status"])
@@ -193,23 +200,23 @@ def run(s: dict, out: Path, log) -> dict:
         for key in ("denoise_loss", "fd_cls"):
             d[f"{key}_mean"], d[f"{key}_std"] = mean_std(d[key])
         per_arm[arm] = d
-    res = per_arm[s["baseline"]]
+    res = per_arm[settings["baseline"]]
     for arm, d in per_arm.items():
-        if arm != s["baseline"]:
+        if arm != settings["baseline"]:
             d["welch_p_denoise_loss"] = welch_p(d["denoise_loss"], res["denoise_loss"])
             d["welch_p_fd_cls"] = welch_p(d["fd_cls"], res["fd_cls"])
     _plot_metrics(per_arm, out / "metrics.png",
                   f"DiT on Fashion-MNIST {task.info['input_shape'][-1]}x{task.info['input_shape'][-1]}, "
-                  f"{s['steps']} steps, {s['seeds']} seeds")
+                  f"{t['steps']} steps, {settings['seeds']} seeds")
     results = {
-        "baseline": s["baseline"], "arms": report["arms"], "seeds": s["seeds"], "per_arm": per_arm,
+        "baseline": settings["baseline"], "arms": report["arms"], "seeds": settings["seeds"], "per_arm": per_arm,
         "rows": report["rows"], "fd_real_floor": fd_real, "n_samples": n, "n_reference": int(task.val_x.shape[0]),
         "image_size": task.info["input_shape"][-1],
         "classifier": {k: v for k, v in meta.items() if k != "path"},
         "paper_relative_fid_gain": PAPER_RELATIVE_FID_GAIN,
     }
     verdict_, why = verdict(results)
-    _write_readme(out, s, results, verdict_, why)
+    _write_readme(out, settings, results, verdict_, why)
     return results
 
 
@@ -243,7 +250,11 @@ def verdict(results: dict) -> tuple[str, str]:
     return v, text + ". " + "; ".join(lines) + f". Real-data fd_cls floor {results['fd_real_floor']:.3f}."
 
 
-def _write_readme(out: Path, s: dict, results: dict, verdict_: str, why: str) -> None:
+def _write_readme(out: Path, settings: dict, results: dict, verdict_: str, why: str) -> None:
+    from ..compare import slug
+    from .runner import write_readme
+
+    t, s = settings["train"], settings["sampling"]
     rows = ["| arm | held-out denoise MSE (mean ± std) | fd_cls (mean ± std) | per seed (MSE / fd_cls) "
             "| Welch p (MSE, fd) |",
             "|---|---|---|---|---|"]
@@ -254,33 +265,22 @@ def _write_readme(out: Path, s: dict, results: dict, verdict_: str, why: str) ->
         rows.append(f"| `{arm}` | {d['denoise_loss_mean']:.4f} ± {d['denoise_loss_std']:.4f} | "
                     f"{d['fd_cls_mean']:.3f} ± {d['fd_cls_std']:.3f} | {per_seed} | {p} |")
     side = results["image_size"]
-    from ..compare import slug
-
-    grids = "\n".join(f"![{arm}](samples_{slug(arm)}.png)" for arm in results["arms"])
     clf = results["classifier"]
-    text = f"""# ancre-diffusion: DiT residual vs ANCRe on Fashion-MNIST {side}x{side}
-
-**Verdict: {verdict_}** — {why}
-
-Claim (ANCRe, arXiv:2602.09009 §5.2): ANCRe lowers the denoising loss and improves sample quality of
+    setup = f"""Claim (ANCRe, arXiv:2602.09009 §5.2): ANCRe lowers the denoising loss and improves sample quality of
 DiT (DiT-S/2 FID-50K 69.40 → 66.01 on ImageNet 256, relative {100 * results['paper_relative_fid_gain']:.1f}%).
 
-Setup: {s['steps']} steps, batch {s['batch_size']}, AdamW lr {s['lr']} (warmup {s['warmup_steps']}, cosine), no weight
-decay, EMA {s['model_args'].get('ema_decay')}; DiT {s['model_args']}; {s['seeds']} seeds, paired data order.
-Denoise MSE: EMA weights on the test set, {s['model_args'].get('eval_timesteps')} fixed timesteps × seeded noise.
+Setup: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']} (warmup {t['warmup_steps']}, cosine), no weight
+decay, EMA {t['model_args'].get('ema_decay')}; DiT {t['model_args']}; {settings['seeds']} seeds, paired data order.
+Denoise MSE: EMA weights on the test set, {t['model_args'].get('eval_timesteps')} fixed timesteps × seeded noise.
 fd_cls: {results['n_samples']} DDIM-{s['ddim_steps']} samples (eta {s['eta']}, no guidance, x0 clipped to
 the pixel range: {s['clip_x0']}) vs all
 {results['n_reference']} test images, in the {clf.get('feature_dim')}-d features of reslab's Fashion-MNIST CNN
 (test accuracy {clf.get('test_accuracy', float('nan')):.3f}) — **not FID**. Floor (real training images vs test):
-{results['fd_real_floor']:.3f}.
-
-{chr(10).join(rows)}
-
-![metrics](metrics.png) ![curves](curves.png)
-
-{grids}
-"""
-    (out / "README.md").write_text(text)
+{results['fd_real_floor']:.3f}."""
+    write_readme(out / "README.md", f"ancre-diffusion: DiT residual vs ANCRe on Fashion-MNIST {side}x{side}", verdict_,
+                 why, [setup, "\n".join(rows)], settings,
+                 [("metrics", "metrics.png"), ("curves", "curves.png")]
+                 + [(arm, f"samples_{slug(arm)}.png") for arm in results["arms"]])
 
 
 EXPERIMENT = Experiment(
