@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import perturb
 from torch import nn
 
 import reslab
@@ -48,15 +49,6 @@ def make_blocks(k=K, branches=BR, dim=D):
 
 def build(spec, k=K, dim=D, branches=BR, channel_dim=-1):
     return reslab.connection(spec, n_blocks=k, dim=dim, channel_dim=channel_dim, branches_per_block=branches)
-
-
-def perturb(conn, scale=0.3, seed=0):
-    """Move every parameter off its init, so the checks do not pass only at a special point."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in conn.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return conn
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import perturb
 import torch.nn.functional as F
 
 import reslab
@@ -32,14 +33,6 @@ def residual_out(fs, x):
     for f in fs:
         h = h + f(h)
     return h
-
-
-def perturb(conn, scale=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in conn.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return conn
 
 
 def test_hyper_sum_is_n_times_residual_at_init_and_equal_after_a_final_norm():
