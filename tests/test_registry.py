@@ -72,3 +72,18 @@ def test_cli_connections_lists_json(capsys):
     assert by_name["ancre"]["extra_params"].startswith("K(K+1)/2 - 1")
     assert "tau" in by_name["ancre"]["options"]
     assert by_name["laurel"]["example"] == "laurel(rw, lr)"
+
+
+def test_connection_entry_point_refuses_bad_arguments_with_one_line_errors():
+    with pytest.raises(ValueError, match="spec must be a string.*got NoneType None"):
+        reslab.connection(None, 2, 8)
+    with pytest.raises(ValueError, match="n_blocks must be an integer >= 0, got -1"):
+        reslab.connection("residual", -1, 8)
+    with pytest.raises(ValueError, match="dim must be an integer >= 1, got 0"):
+        reslab.connection("ancre", 2, 0)
+    with pytest.raises(ValueError, match="branches_per_block must be an integer >= 1"):
+        reslab.connection("skipinit", 2, 8, branches_per_block=0)
+    with pytest.raises(ValueError, match="option 'tau': 0.0 is out of range"):
+        reslab.connection("ancre(tau=0)", 2, 8)
+    with pytest.raises(ValueError, match="not a finite number"):
+        reslab.connection("ancre(tau=inf)", 2, 8)
