@@ -58,3 +58,28 @@ def test_laurel_vision_quick_runs_on_tiny_idx_files(tmp_path, monkeypatch):
 
 
 # the verdict rules are tested in tests/test_verdicts.py
+
+
+def test_runner_arms_are_overrides_and_cells_train_through_run_arms(tmp_path):
+    """The declarative runner: arm overrides merge into the shared config, every cell runs through run_arms (tuning
+    included), the per-seed values come back per arm, and the shared plot and README writers produce files."""
+    from reslab.experiments.common import train_config
+    from reslab.experiments.runner import (arm_values, build_configs, errorbar_panels, run_cells, seed_stats,
+                                           write_readme)
+
+    base = train_config("teacher", "mlp", task_args={"in_dim": 4, "out_dim": 1, "n_train": 64, "n_val": 32},
+                        model_args={"width": 8, "n_blocks": 2}, steps=4, batch_size=16, eval_every=2, eval_batches=1,
+                        warmup_steps=1, threads=1)
+    configs = build_configs(base, {"residual": {}, "plain": {"connection": "plain", "model_args": {"n_blocks": 3}}})
+    assert configs["plain"].model_args == {"width": 8, "n_blocks": 3} and configs["residual"].connection == "residual"
+    values = run_cells({"a": configs}, 2, tmp_path, "residual", log=lambda m: None, tune={"lr": [1e-3, 3e-3]})
+    v = values["a"]
+    assert set(v) == {"residual", "plain"} and v["plain"]["tuned"]["lr"] in (1e-3, 3e-3)
+    assert len(v["plain"]["metric"]) == 2 and v["plain"]["status"] == ["completed"] * 2
+    assert len(v["plain"]["tune_points"]) == 2 and seed_stats(v["plain"])["n_ok"] == 2
+    assert arm_values({"runs": {"x": [{"status": "diverged"}]}})["x"]["tuned"] is None
+    errorbar_panels({"p": {"residual": ([1, 2], [0.5, float("nan")], [0.1, float("nan")], [False, True])}},
+                    tmp_path / "e.png", "x", "y", floor=0.1)
+    assert (tmp_path / "e.png").stat().st_size > 1000
+    write_readme(tmp_path / "R.md", "t", "partial", "why", ["| a |"], {"k": 1}, [("e", "e.png")])
+    assert (tmp_path / "R.md").read_text().startswith("# t\n\n**Verdict: partial** — why")

@@ -208,3 +208,37 @@ def test_dissipation_plot_labels_the_moment_ratio_axes(tmp_path, monkeypatch):
             labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and t.get_visible()]
             lo, hi = ax.get_ylim()
             assert len([t for t in ax.get_yticks() if lo <= t <= hi]) >= 2 and labels, ax.get_title()
+
+
+def _rex_results(sgd: dict, adamw: dict | None = None, depths=(20, 44)) -> dict:
+    """rex-normfree results from {arm: {depth: [per-seed accuracy or None for a diverged seed]}} per optimiser."""
+    from reslab.experiments.rex_normfree import accuracy_table
+
+    def per_depth(arms):
+        return {str(d): {"arms": {a: {"acc": v[d], "status": ["diverged" if x is None else "completed" for x in v[d]],
+                                      "tuned": {"lr": 0.04}, "connection": a}
+                                  for a, v in arms.items()}} for d in depths}
+
+    opts = {"sgd": sgd} | ({"adamw": adamw} if adamw else {})
+    res = {"depths": list(depths), "arms": list(sgd), "baseline": "batchnorm",
+           "optimizers": {o: {"per_depth": per_depth(a), "tune": {"lr": [0.01, 0.04]}} for o, a in opts.items()}}
+    for o in opts:
+        res["optimizers"][o]["table"] = accuracy_table(res, o)
+    return res
+
+
+def test_rex_normfree_rule_is_decided_under_sgd_and_names_each_optimiser():
+    v = get_experiment("rex-normfree").verdict
+    stable = {20: [0.85, 0.851, 0.849], 44: [0.85, 0.852, 0.848]}
+    good = {"batchnorm": stable, "lam=1": {20: [0.84, 0.83, 0.85], 44: [None, None, None]},
+            "lam=1/sqrt(n)": stable, "lam=1/n": stable}
+    adamw_fine = dict(good, **{"lam=1": stable})  # AdamW + clipping rescues λ = 1
+    verdict, why = v(_rex_results(good, adamw_fine))
+    assert verdict == "reproduced" and why.startswith("decided under sgd")
+    assert "A [sgd]" in why and "Not counted, under adamw: A [adamw] unscaled λ=1 without BN fails or degrades " \
+                                "with depth: FAIL" in why
+    assert v(_rex_results(adamw_fine, good))[0] == "partial"  # λ = 1 trains under SGD: A fails, B passes
+    unstable = dict(good, **{"lam=1/n": {20: [0.85, 0.851, 0.849], 44: [0.80, 0.79, 0.81]}})
+    assert v(_rex_results(unstable))[0] == "partial"  # 1/n degrades: B fails
+    one_seed = {a: {d: x[:1] for d, x in per.items()} for a, per in adamw_fine.items()}
+    assert v(_rex_results(one_seed))[0] == "inconclusive"  # no failure, 1 seed: nothing testable
