@@ -53,14 +53,19 @@ MATCH = 1.0
 PARAM_RATIO = 0.6
 MATCH_FROM_DEPTH = 20
 PNNH_ARMS = ("pnnh-fixed", "pnnh-shared", "pnnh-unshared", "pnnh-none")
+#: every arm is an override of one shared config (reslab ResNet, connection residual)
 ARMS = {
-    "plain": ("resnet", "plain", {}),
-    "resnet": ("resnet", "residual", {}),
-    "pnnh-fixed": ("pnnh_cnn", "plain", {"coder": "fixed"}),
-    "pnnh-shared": ("pnnh_cnn", "plain", {"coder": "shared"}),
-    "pnnh-unshared": ("pnnh_cnn", "plain", {"coder": "unshared"}),
-    "pnnh-none": ("pnnh_cnn", "plain", {"coder": "none"}),
+    "plain": {"connection": "plain"},
+    "resnet": {"connection": "residual"},
+    "pnnh-fixed": {"model": "pnnh_cnn", "connection": "plain", "model_args": {"coder": "fixed"}},
+    "pnnh-shared": {"model": "pnnh_cnn", "connection": "plain", "model_args": {"coder": "shared"}},
+    "pnnh-unshared": {"model": "pnnh_cnn", "connection": "plain", "model_args": {"coder": "unshared"}},
+    "pnnh-none": {"model": "pnnh_cnn", "connection": "plain", "model_args": {"coder": "none"}},
 }
+
+
+def _is_pnnh(arm: str) -> bool:
+    return ARMS[arm].get("model") == "pnnh_cnn"
 
 
 def _train_curve(out_dir: str, last: int = 5) -> list[dict]:
@@ -70,23 +75,25 @@ def _train_curve(out_dir: str, last: int = 5) -> list[dict]:
 
 
 def _config(settings: dict, arm: str, depth: int, width: float, seed: int, out_dir: Path) -> TrainConfig:
-    model, conn, extra = ARMS[arm]
-    model_args = {"depth": depth, "width": width, **extra, **settings.get("pnnh_args", {})} if model == "pnnh_cnn" \
-        else {"depth": depth, "width": width}
-    return TrainConfig(
-        task="fashion_mnist", task_args=dict(settings["task_args"]), model=model, model_args=model_args,
-        connection=conn, steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
-        warmup_steps=settings["warmup_steps"], weight_decay=settings["weight_decay"], eval_every=settings["steps"],
-        eval_batches=settings["eval_batches"], log_every=max(1, settings["steps"] // 20), seed=seed,
-        threads=settings.get("threads", 0), progress=False, tensorboard=False,
-        out_dir=str(out_dir / "runs" / arm / f"depth{depth}" / f"width{width:g}" / f"seed{seed}"))
+    """The arm's override (plus ``pnnh_args`` for PNNH arms) of the preset's shared ``train`` settings at one depth,
+    width and seed; one validation point at the end, 20 logged training losses."""
+    from .common import train_config, with_
+
+    t = settings["train"]
+    base = train_config("fashion_mnist", "resnet", **t, eval_every=t["steps"], log_every=max(1, t["steps"] // 20),
+                        seed=seed, model_args={"depth": depth, "width": width},
+                        out_dir=str(out_dir / "runs" / arm / f"depth{depth}" / f"width{width:g}" / f"seed{seed}"))
+    over = dict(ARMS[arm])
+    if _is_pnnh(arm):
+        over["model_args"] = over["model_args"] | settings.get("pnnh_args", {})
+    return with_(base, **over)
 
 
 def count_params(settings: dict, arm: str, depth: int, width: float) -> int:
     """Parameters of one arm's model as the trainer builds it (no training)."""
     from ..models import build_model
 
-    r = settings["task_args"].get("resize") or 28
+    r = settings["train"]["task_args"].get("resize") or 28
     cfg = _config(settings, arm, depth, width, 0, Path("."))
     model = build_model(cfg.model, {"n_classes": 10, "input_shape": (1, r, r)}, cfg.connection, **cfg.model_args)
     return sum(p.numel() for p in model.parameters())
@@ -96,7 +103,7 @@ def matched_width(settings: dict, arm: str, depth: int, width: float) -> float:
     """The width at which ``arm`` has the parameter count closest to the ResNet's at ``width`` (same depth),
     searched on the widths k/64, k = 1..128·width (stage widths round(16w)/32w/64w);
     within ``PARAM_TOL`` (10%) or an error. The ResNet and plain nets keep ``width``."""
-    if ARMS[arm][0] != "pnnh_cnn":
+    if not _is_pnnh(arm):
         return width
     target = count_params(settings, "resnet", depth, width)
     lo, hi = 1, int(128 * width)  # parameters grow with width: bisect for the first k reaching the target
@@ -117,7 +124,7 @@ def _graph_check(arm: str, depth: int, width: float, settings: dict) -> dict:
     from ..models import build_model
     from ..models.pnnh import skip_add_report
 
-    r = settings["task_args"].get("resize") or 28
+    r = settings["train"]["task_args"].get("resize") or 28
     info = {"n_classes": 10, "input_shape": (1, r, r)}
     cfg = _config(settings, arm, depth, width, 0, Path("."))
     torch.manual_seed(0)
@@ -166,7 +173,7 @@ def run(settings: dict, out_dir: Path, log) -> dict:
                     log(f"  val acc {s['final_val_metric']:.4f}, train loss {s['train_loss']:.4f}, "
                         f"{s['params']} params, {1000 * (s.get('median_step_time') or math.nan):.0f} ms/step")
                 rs.append(s)
-            cache[key] = _summ(rs, settings["batch_size"])
+            cache[key] = _summ(rs, settings["train"]["batch_size"])
         return cache[key]
 
     match = settings.get("match_params", False)
@@ -404,6 +411,12 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
     return "\n".join(lines)
 
 
+def _train(steps, batch, warmup, eval_batches, task_args, threads=0):
+    """The TrainConfig settings every arm shares: AdamW lr 2e-3, weight decay 5e-4, warmup then cosine."""
+    return dict(steps=steps, batch_size=batch, lr=2e-3, warmup_steps=warmup, weight_decay=5e-4,
+                eval_batches=eval_batches, threads=threads, task_args=task_args)
+
+
 EXPERIMENT = Experiment(
     name="pnnh-vision",
     paper="Zhang, Yan, Li, Chen 2024, Peeking Behind the Curtains of Residual Learning (arXiv:2402.08645)",
@@ -414,18 +427,14 @@ EXPERIMENT = Experiment(
                  "up to '0.3x' higher training throughput (abstract). Thresholds here: digest §6 P4-P6.",
     presets={
         "quick": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared"], depths=[8, 14], match_params=True,
-                      match_from_depth=14, width=0.25, seeds=1, steps=6, batch_size=32, lr=2e-3, warmup_steps=2,
-                      weight_decay=5e-4, eval_batches=4, task_args={"n_train": 256, "n_val": 64, "resize": 8},
-                      sweep_depth=8, sweep_widths=[0.125, 0.25]),
+                      match_from_depth=14, width=0.25, seeds=1, sweep_depth=8, sweep_widths=[0.125, 0.25],
+                      train=_train(6, 32, 2, 4, {"n_train": 256, "n_val": 64, "resize": 8})),
         "cpu": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared", "pnnh-unshared"], depths=[8, 20, 32, 56],
-                    match_params=True,
-                    width=0.5, seeds=2, steps=300, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=5e-4,
-                    eval_batches=16, task_args={"n_train": 10000, "n_val": 1000, "resize": 16},
-                    sweep_depth=20, sweep_widths=[0.25, 0.5, 1.0], threads=1),
+                    match_params=True, width=0.5, seeds=2, sweep_depth=20, sweep_widths=[0.25, 0.5, 1.0],
+                    train=_train(300, 64, 20, 16, {"n_train": 10000, "n_val": 1000, "resize": 16}, threads=1)),
         "gpu": dict(arms=["plain", "resnet", "pnnh-fixed", "pnnh-shared", "pnnh-unshared", "pnnh-none"],
-                    depths=[8, 20, 32, 56, 110], match_params=True, width=1, seeds=3, steps=8000, batch_size=128, lr=2e-3,
-                    warmup_steps=400, weight_decay=5e-4, eval_batches=79, task_args={},
-                    sweep_depth=20, sweep_widths=[0.5, 1, 2]),
+                    depths=[8, 20, 32, 56, 110], match_params=True, width=1, seeds=3, sweep_depth=20,
+                    sweep_widths=[0.5, 1, 2], train=_train(8000, 128, 400, 79, {})),
     },
     run=run,
     verdict=verdict,
