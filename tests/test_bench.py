@@ -1,5 +1,6 @@
-"""Benchmarks: `reslab bench overhead` at a tiny size (JSON structure, every registered connection present,
-ratios against residual of the same run; no timing assertions) and the scoreboard on fixture summaries."""
+"""Benchmarks: `reslab bench overhead` at a tiny size (JSON structure, every registered connection present in
+every family, ratios against residual of the same run, refusal of noisy or busy-machine ratios, the compiled
+and fused paths; no timing assertions) and the scoreboard on fixture summaries."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from reslab.connections import list_connections
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("overhead")
-    result = ov.run_overhead(("gpt", "resnet"), size="tiny", repeats=3, warmup=1, memory=False, out_dir=out,
+    result = ov.run_overhead(ov.MODELS, size="tiny", repeats=3, warmup=1, memory=False, out_dir=out,
                              log=None)
     return out, result
 
@@ -25,7 +26,7 @@ def tiny_run(tmp_path_factory):
 def test_overhead_json_has_every_registered_connection(tiny_run):
     out, result = tiny_run
     on_disk = json.loads((out / "overhead.json").read_text())
-    assert on_disk["models"].keys() == {"gpt", "resnet"}
+    assert on_disk["models"].keys() == {"gpt", "resnet", "vit"}
     want = {ov.canonical_spec(i.example) for i in list_connections()} | {"laurel(rw)", "laurel(rw, lr)"}
     assert "laurel(rw, lr)" == ov.canonical_spec("laurel(rw, lr, rank=16)")  # the issue's rank=16 arm
     for m, res in on_disk["models"].items():
@@ -35,6 +36,10 @@ def test_overhead_json_has_every_registered_connection(tiny_run):
             assert len(r["times_s"]) == 3 and all(t > 0 for t in r["times_s"])
             assert r["times_s"] == r["wall_times_s"] and len(r["cpu_times_s"]) == 3  # default clock: wall
             assert r["params"] > 0 and r["units_per_step"] == (2 * 8 if m == "gpt" else 2)
+    for key in ("load_before", "load_after", "others_cpu", "busy", "path"):
+        assert key in on_disk
+    assert on_disk["machine"]["cpu_model"] and on_disk["machine"]["threads"] == on_disk["threads"]
+    assert on_disk["path"] == "eager" and not on_disk["compile"] and not on_disk["fused"]
     md = (out / "overhead.md").read_text()
     assert all(f"`{a}`" in md for a in want)
 
@@ -62,12 +67,16 @@ def test_overhead_ratios_are_against_residual_of_the_same_run(tiny_run):
 def test_overhead_targets_table_is_computed(tiny_run):
     _, result = tiny_run
     rows = result["targets"]
-    assert len(rows) == len(ov.TARGETS) * 2
+    assert len(rows) == len(ov.TARGETS) * 3
     for t in rows:
         r = result["models"][t["model"]]["arms"][t["arm"]]
         if t["metric"] == "time":
             assert t["ratio"] == r["time_ratio"]
-            assert t["status"] == ("pass" if t["ratio"] <= t["limit"] else "miss")
+            iqr = r["time_ratio_paired_q3"] - r["time_ratio_paired_q1"]
+            assert t["paired_iqr"] == pytest.approx(iqr)
+            why = ov.refusal(iqr, t["limit"], result["busy"])
+            assert t["refused"] == why
+            assert t["status"] == ("refused" if why else "pass" if t["ratio"] <= t["limit"] else "miss")
         else:  # memory was not measured in this run
             assert t["ratio"] is None and t["status"] is None
 
@@ -76,7 +85,7 @@ def test_summarize_and_targets_by_hand():
     raw = {
         "residual": {"wall_times_s": [1.0, 2.0, 3.0], "cpu_times_s": [2.0, 2.0, 2.0], "units_per_step": 10,
                      "params": 100, "connection_params": 0, "peak_step_memory_bytes": 1000},
-        "ancre": {"wall_times_s": [1.0, 2.2, 3.3], "cpu_times_s": [2.0, 2.1, 2.2], "units_per_step": 10,
+        "ancre": {"wall_times_s": [1.1, 2.2, 3.3], "cpu_times_s": [2.0, 2.1, 2.2], "units_per_step": 10,
                   "params": 105, "connection_params": 5, "peak_step_memory_bytes": 1005},
     }
     s = ov.summarize(raw)
@@ -87,7 +96,7 @@ def test_summarize_and_targets_by_hand():
         ov.summarize(raw, clock="gpu")
     assert s["ancre"]["time_ratio"] == pytest.approx(1.1)
     assert s["ancre"]["throughput"] == pytest.approx(10 / 2.2)
-    assert s["ancre"]["time_ratio_paired_median"] == pytest.approx(1.1)  # per-round ratios 1.0, 1.1, 1.1
+    assert s["ancre"]["time_ratio_paired_median"] == pytest.approx(1.1)  # per-round ratios 1.1, 1.1, 1.1: IQR 0
     assert s["ancre"]["memory_ratio"] == pytest.approx(1.005)
     assert s["ancre"]["extra_params"] == 5
     rows = {(t["target"], t["metric"]): t for t in ov.evaluate_targets({"gpt": {"arms": s}})}
@@ -102,7 +111,9 @@ def test_unique_arms_and_bad_input():
     with pytest.raises(ValueError, match="ancer"):
         ov.unique_arms(["ancer"])
     with pytest.raises(ValueError, match="unknown model"):
-        ov.run_overhead(("vit",), size="tiny", log=None)
+        ov.run_overhead(("mlp",), size="tiny", log=None)
+    with pytest.raises(ValueError, match="warmup"):
+        ov.run_overhead(("gpt",), size="tiny", warmup=0, compile="aot_eager", log=None)
     with pytest.raises(ValueError, match="unknown size"):
         ov.run_overhead(("gpt",), size="huge", log=None)
     with pytest.raises(ValueError, match="repeats"):
@@ -111,7 +122,7 @@ def test_unique_arms_and_bad_input():
 
 def test_cli_overhead_with_memory_probe(tmp_path, capsys):
     rc = main(["bench", "overhead", "--model", "resnet", "--size", "tiny", "--repeats", "1", "--warmup", "0",
-               "--connections", "plain", "--out", str(tmp_path), "--clock", "cpu"])
+               "--connections", "plain", "--out", str(tmp_path), "--clock", "cpu", "--max-load", "-1"])
     assert rc == 0
     data = json.loads((tmp_path / "overhead.json").read_text())
     assert data["clock"] == "cpu" and "**cpu** clock" in (tmp_path / "overhead.md").read_text()
@@ -120,7 +131,50 @@ def test_cli_overhead_with_memory_probe(tmp_path, capsys):
     for r in res["arms"].values():  # measured in the probe process; tiny tensors may stay under 1 page
         assert isinstance(r["peak_step_memory_bytes"], int) and r["peak_step_memory_bytes"] >= 0
     assert "RSS" in res["memory_method"] or "ru_maxrss" in res["memory_method"]
-    assert "| target |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| target |" in out and "Machine: " in out and "load average" in out
+
+
+def test_refusal_rules_by_hand():
+    assert ov.refusal(0.009, 1.01) is None
+    assert ov.refusal(0.02, 1.01) == ("paired IQR 0.020 is wider than the target's margin 0.010: rerun on a quiet "
+                                      "machine")
+    assert ov.refusal(0.0, 1.05, busy="load average 4.00 > 0.5 before the run").endswith("rerun on a quiet machine")
+    assert ov.busy_reason(0.2, [0.1, None], 0.5) is None
+    assert "load average 0.90" in ov.busy_reason(0.9, [0.1], 0.5)
+    assert "1.20 cores" in ov.busy_reason(0.2, [0.1, 1.2], 0.5)
+    assert ov.busy_reason(9.0, [9.0], None) is None  # no limit asked for
+    raw = {a: {"wall_times_s": w, "cpu_times_s": w, "units_per_step": 1, "params": 1, "connection_params": 0,
+               "peak_step_memory_bytes": None}
+           for a, w in {"residual": [1.0, 1.0, 1.0, 1.0], "scaled": [1.0, 1.0, 1.1, 1.2],
+                        "rezero": [1.0, 1.0, 1.0, 1.0]}.items()}
+    rows = {(t["arm"], t["metric"]): t for t in ov.evaluate_targets({"gpt": {"arms": ov.summarize(raw)}})}
+    assert rows[("scaled", "time")]["status"] == "refused" and "IQR" in rows[("scaled", "time")]["refused"]
+    assert rows[("rezero", "time")]["status"] == "pass"
+    rows = ov.evaluate_targets({"gpt": {"arms": ov.summarize(raw)}}, busy="load average 3.00 > 0.5 before the run")
+    assert all(t["status"] == "refused" for t in rows if t["metric"] == "time" and t["ratio"] is not None)
+    md = ov.target_table({"targets": rows})
+    assert "refused: load average 3.00" in md and "1.000×" not in md  # a refused ratio is not printed
+
+
+def test_cli_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(ov, "load_average", lambda: 7.5)
+    rc = main(["bench", "overhead", "--model", "gpt", "--size", "tiny", "--out", str(tmp_path)])
+    assert rc == 3 and not (tmp_path / "overhead.json").exists()
+    assert "load average 7.50 > 0.5" in capsys.readouterr().err
+
+
+def test_compiled_and_fused_paths(tmp_path):
+    """--compile (aot_eager here: inductor compiles for minutes on CPU) and --fused run end to end, and the
+    compiled run's default arms are residual + the targets' arms."""
+    assert ov.target_arms()[0] == "residual" and "laurel(rw, lr)" in ov.target_arms() and "mhc" in ov.target_arms()
+    res = ov.run_overhead(("gpt",), size="tiny", repeats=1, warmup=1, connections=["ancre"], memory=False,
+                          compile="aot_eager", log=None, max_load=None)
+    assert res["path"] == "compiled (aot_eager)" and list(res["models"]["gpt"]["arms"]) == ["residual", "ancre"]
+    res = ov.run_overhead(("vit",), size="tiny", repeats=1, warmup=1, connections=["denseformer"], memory=True,
+                          fused=True, log=None, max_load=None)
+    assert res["path"] == "eager, fused stream sums" and res["busy"] is None
+    assert all(r["peak_step_memory_bytes"] is not None for r in res["models"]["vit"]["arms"].values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``reslab bench overhead``: what each connection costs in time, throughput, memory and parameters.
 
 For every registered scheme (its ``example`` spec, see ``reslab connections``) plus ``laurel(rw)`` and
-``laurel(rw, lr, rank=16)``, on the GPT (default d = 256, 12 layers, T = 128) and on the CIFAR ResNet-20,
-one *training step* -- zero_grad, forward, loss, backward, AdamW step -- is timed, and
+``laurel(rw, lr, rank=16)``, on the GPT (default d = 256, 12 layers, T = 128), the CIFAR ResNet-20 and a
+small ViT (d = 192, 6 blocks, 8x8 patches of 32x32 images), one *training step* -- zero_grad, forward, loss,
+backward, AdamW step -- is timed, and
 
     time ratio   = median step time of the arm / median step time of ``residual``      (same run)
     throughput   = units per step / median step time          (tokens for the GPT, images for the ResNet)
@@ -35,7 +36,20 @@ minus the use just before it, i.e. activations + gradients + temporaries of the 
   fallback ``ru_maxrss - RSS before the first step`` (which then also counts AdamW's state); the method
   used is recorded in the JSON.
 
-Targets (CPU, ratio to ``residual``) are data (:data:`TARGETS`) and their pass/miss column is computed
+Paths. ``--compile`` times ``torch.compile(model)`` (inductor by default; what GPU users run), ``--fused``
+the opt-in fused autograd path of the stream sums (``with reslab.connections.fused(True):``; ignored under
+compile, where inductor generates its own kernels). Without either flag: the eager plain expressions.
+``--size wide`` is the same families at widths where the branches dominate the step.
+
+Hygiene. Every run records the machine (CPU model, cores), torch's threads, the 1-minute load average before
+and after, and -- over the timed rounds -- the CPU time that *other* processes took (``/proc/stat`` busy time
+minus this process's own CPU time, in cores; the load average after a run includes the run itself). A target
+gets pass/miss only when the machine was quiet (load before and others' CPU both <= ``max_load``, 0.5 by
+default) *and* the paired IQR of its ratio (q3 - q1 of the per-round ratios) is no wider than the target's
+margin (limit - 1); otherwise it is ``refused`` with the figure and "rerun on a quiet machine". The command
+line refuses to start on a busy machine unless ``--busy-ok``.
+
+Targets (ratio to ``residual``) are data (:data:`TARGETS`) and their pass/miss column is computed
 from the measured ratios. A published unified LM benchmark measured 0.78x (DenseFormer) and 0.82x
 (LAuReL RW+LR) of pre-norm throughput; the targets ask for much less overhead than that.
 """
@@ -59,18 +73,28 @@ import torch.nn.functional as F
 
 # Model sizes. GPT: the issue's d = 256, 12 layers, T = 128 (4 heads of 64, char vocabulary);
 # ResNet: CIFAR ResNet-20 on 32x32 RGB. "tiny" exists for the test suite.
+# ViT: 32x32 RGB in 4x4 patches (64 tokens + [CLS]). "wide": widths where the branches dominate a step
+# (GPT d = 768, ResNet-20 at 4x width, i.e. 64-256 channels, ViT d = 512).
 SIZES: dict[str, dict[str, dict]] = {
     "default": {
         "gpt": dict(n_layer=12, d_model=256, n_head=4, block_size=128, vocab_size=65, batch=8),
         "resnet": dict(depth=20, width=1, image=32, channels=3, classes=10, batch=32),
+        "vit": dict(n_layer=6, d_model=192, n_head=3, patch=4, image=32, channels=3, classes=10, batch=32),
+    },
+    "wide": {
+        "gpt": dict(n_layer=6, d_model=768, n_head=12, block_size=128, vocab_size=65, batch=8),
+        "resnet": dict(depth=20, width=4, image=32, channels=3, classes=10, batch=16),
+        "vit": dict(n_layer=6, d_model=512, n_head=8, patch=4, image=32, channels=3, classes=10, batch=16),
     },
     "tiny": {
         "gpt": dict(n_layer=2, d_model=16, n_head=2, block_size=8, vocab_size=11, batch=2),
         "resnet": dict(depth=8, width=0.25, image=8, channels=1, classes=3, batch=2),
+        "vit": dict(n_layer=2, d_model=16, n_head=2, patch=4, image=8, channels=1, classes=3, batch=2),
     },
 }
-MODELS = ("gpt", "resnet")
-UNITS = {"gpt": "tokens", "resnet": "images"}
+MODELS = ("gpt", "resnet", "vit")
+UNITS = {"gpt": "tokens", "resnet": "images", "vit": "images"}
+MAX_LOAD = 0.5  # load average (and others' CPU, in cores) above which timings are refused
 CLOCKS = ("wall", "cpu")
 CLOCK_TEXT = {"wall": "elapsed time", "cpu": "CPU time of the process, all threads: leaves out time spent waiting "
                                            "for a core on a shared machine"}
@@ -79,15 +103,25 @@ CLOCK_TEXT = {"wall": "elapsed time", "cpu": "CPU time of the process, all threa
 EXTRA_ARMS = ("laurel(rw)", "laurel(rw, lr, rank=16)")
 
 # (spec as the issue writes it, metric, limit on the ratio to residual). Evaluated for every model run.
+# hyper/mhc: the papers' memory statement is n copies of the stream, so a step may use at most n x residual's.
 TARGETS: list[tuple[str, str, float]] = [
     ("ancre", "time", 1.03),
     ("ancre", "memory", 1.01),
+    ("denseformer", "time", 1.03),
+    ("denseformer", "memory", 1.01),
     ("laurel(rw)", "time", 1.02),
     ("laurel(rw, lr, rank=16)", "time", 1.05),
-    ("denseformer", "time", 1.03),
     ("scaled", "time", 1.01),
     ("rezero", "time", 1.01),
+    ("skipinit", "time", 1.01),
+    ("hyper", "memory", 4.0),
+    ("mhc", "memory", 4.0),
 ]
+
+
+def target_arms() -> list[str]:
+    """``residual`` and every arm a target names: the default subset of a compiled run."""
+    return unique_arms([spec for spec, _, _ in TARGETS])
 
 # Published reference for context (throughput relative to pre-norm, a unified LM benchmark).
 PUBLISHED_THROUGHPUT = {"denseformer": 0.78, "laurel(rw, lr)": 0.82}
@@ -126,7 +160,7 @@ def unique_arms(specs: list[str]) -> list[str]:
 
 def build(model: str, size: str, spec: str, device: torch.device, seed: int = 0):
     """(model, optimizer, x, y, units per step). Same seed for every arm: identical branch weights and data."""
-    from ..models import GPT, GPTConfig, ResNet
+    from ..models import GPT, GPTConfig, ResNet, ViT
     from ..train import TrainConfig, param_groups
 
     s = SIZES[size][model]
@@ -139,8 +173,12 @@ def build(model: str, size: str, spec: str, device: torch.device, seed: int = 0)
         y = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
         units = s["batch"] * s["block_size"]
     else:
-        net = ResNet(depth=s["depth"], width=s["width"], in_channels=s["channels"], n_classes=s["classes"],
-                     connection=spec)
+        if model == "vit":
+            net = ViT(image_size=s["image"], in_channels=s["channels"], n_classes=s["classes"], patch_size=s["patch"],
+                      d_model=s["d_model"], n_layer=s["n_layer"], n_head=s["n_head"], connection=spec)
+        else:
+            net = ResNet(depth=s["depth"], width=s["width"], in_channels=s["channels"], n_classes=s["classes"],
+                         connection=spec)
         g = torch.Generator().manual_seed(seed + 1)
         x = torch.randn(s["batch"], s["channels"], s["image"], s["image"], generator=g)
         y = torch.randint(s["classes"], (s["batch"],), generator=g)
@@ -152,7 +190,8 @@ def build(model: str, size: str, spec: str, device: torch.device, seed: int = 0)
 
 
 def train_step(net, opt, x, y) -> None:
-    """zero_grad + forward + loss + backward + optimizer step; bf16 autocast on CUDA as in the trainer."""
+    """zero_grad + forward + loss + backward + optimizer step; bf16 autocast on CUDA as in the trainer.
+    ``net`` may be the ``torch.compile`` wrapper of the model."""
     opt.zero_grad(set_to_none=True)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if x.device.type == "cuda" else nullcontext()
     with ctx:
@@ -175,21 +214,111 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 # ---------------------------------------------------------------------------------------------
+# machine hygiene: what the machine is, how busy it is
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info() -> dict:
+    """Machine, cores, torch's threads and the load average now: printed and recorded by every bench."""
+    from ..train import machine
+
+    return machine() | {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "load_average": load_average()}
+
+
+def _busy_seconds() -> float | None:
+    """CPU time (s) all processes spent busy since boot: /proc/stat's first line without idle and iowait."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return (sum(f[:8]) - f[3] - f[4]) / hz  # user nice system idle iowait irq softirq steal
+
+
+class OthersCPU:
+    """Cores' worth of CPU that *other* processes used between ``start()`` and ``stop()``: the machine's busy
+    time minus this process's own CPU time (all its threads), over the elapsed time. None without /proc/stat."""
+
+    def start(self) -> "OthersCPU":
+        self.t0, self.own0, self.busy0 = time.perf_counter(), time.process_time(), _busy_seconds()
+        return self
+
+    def stop(self) -> float | None:
+        busy = _busy_seconds()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.t0
+        own = time.process_time() - self.own0
+        return round(max(0.0, (busy - self.busy0) - own) / max(wall, 1e-9), 3)
+
+
+def busy_reason(load_before: float | None, others: list[float | None], max_load: float | None) -> str | None:
+    """Why the machine does not count as quiet (None: quiet, or no limit asked for)."""
+    if max_load is None:
+        return None
+    if load_before is not None and load_before > max_load:
+        return f"load average {load_before:.2f} > {max_load} before the run"
+    worst = max((o for o in others if o is not None), default=None)
+    if worst is not None and worst > max_load:
+        return f"other processes used {worst:.2f} cores during the timed rounds (> {max_load})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # timing (interleaved) and memory
 
 
+def _compiled(net, compile: bool | str):
+    """The module a step calls: ``net`` itself, or ``torch.compile(net)`` (``compile`` True: inductor, or a
+    backend name such as ``aot_eager`` for tests)."""
+    if not compile:
+        return net
+    return torch.compile(net, backend="inductor" if compile is True else compile)
+
+
 def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int, device: torch.device,
-              seed: int = 0, log=print) -> dict[str, dict]:
-    """Interleaved timing; on CUDA also the peak step memory. Returns {spec: {...}}."""
+              seed: int = 0, log=print, compile: bool | str = False, fused: bool = False,
+              watch: dict | None = None) -> dict[str, dict]:
+    """Interleaved timing; on CUDA also the peak step memory. Returns {spec: {...}}. ``watch`` (a dict)
+    receives ``others_cpu``: other processes' CPU use during the timed rounds (see :class:`OthersCPU`)."""
+    from ..connections import fused as fused_path
     from ..train import connection_parameters
 
     built = {a: build(model, size, a, device, seed) for a in arms}
+    step_net = {a: _compiled(built[a][0], compile) for a in arms}
+    others = OthersCPU()
     rng = random.Random(seed)
     wall: dict[str, list[float]] = {a: [] for a in arms}
     cpu: dict[str, list[float]] = {a: [] for a in arms}
     cuda_peak: dict[str, list[int]] = {a: [] for a in arms}
     order = list(arms)
+    if warmup == 0:
+        others.start()
     for r in range(warmup + repeats):
+        if r == warmup and warmup:
+            others.start()
         rng.shuffle(order)  # a new order every round: no arm always runs right after the same one
         for a in order:
             net, opt, x, y, _ = built[a]
@@ -200,7 +329,8 @@ def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int,
                 before = torch.cuda.memory_allocated(device)
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            train_step(net, opt, x, y)
+            with fused_path(fused):
+                train_step(step_net[a], opt, x, y)
             _sync(device)
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if r >= warmup:
@@ -212,6 +342,8 @@ def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int,
             done = r - warmup + 1
             if done == repeats or done % max(1, repeats // 5) == 0:
                 log(f"  [{model}] round {done}/{repeats}")
+    if watch is not None:
+        watch["others_cpu"] = others.stop()
     out = {}
     for a in arms:
         net, _, _, _, units = built[a]
@@ -220,7 +352,7 @@ def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int,
                   "params": sum(p.numel() for p in net.parameters()),
                   "connection_params": conn_params,
                   "peak_step_memory_bytes": int(statistics.median(cuda_peak[a])) if cuda_peak[a] else None}
-    del built
+    del built, step_net
     gc.collect()
     return out
 
@@ -243,39 +375,50 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def probe_memory(model: str, size: str, arms: list[str], seed: int = 0, method: str = "hwm") -> dict[str, int]:
+def probe_memory(model: str, size: str, arms: list[str], seed: int = 0, method: str = "hwm",
+                 compile: bool | str = False, fused: bool = False) -> dict[str, int]:
     """Runs *inside* the probe process: peak step memory (bytes) per arm, measured in the order given.
 
     hwm: warm step, reset the peak-RSS mark, peak - current RSS over one more step (see module doc).
     maxrss: a fresh process per arm; ru_maxrss - RSS before the first step (includes AdamW state)."""
     import resource
 
+    from ..connections import fused as fused_path
+
     device = torch.device("cpu")
     out = {}
     for a in arms:
         net, opt, x, y, _ = build(model, size, a, device, seed)
+        step_net = _compiled(net, compile)
+
+        def step() -> None:  # the arm's path: compiled or eager, fused or plain
+            with fused_path(fused):
+                train_step(step_net, opt, x, y)
+
         if method == "hwm":
-            train_step(net, opt, x, y)  # allocates AdamW's state; the step below is the steady state
+            step()  # allocates AdamW's state (and compiles); the step below is the steady state
             opt.zero_grad(set_to_none=True)
             gc.collect()
             base = _proc_status("VmRSS")
             if not _reset_peak_rss():
                 raise OSError("cannot reset the peak RSS mark (/proc/self/clear_refs)")
-            train_step(net, opt, x, y)
+            step()
             out[a] = _proc_status("VmHWM") - base
         else:
             gc.collect()
             base = _proc_status("VmRSS")
             for _ in range(2):
-                train_step(net, opt, x, y)
+                step()
             out[a] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        del net, opt, x, y
+        del net, opt, x, y, step_net
         gc.collect()
     return out
 
 
-def _run_probe(model: str, size: str, arms: list[str], seed: int, method: str) -> dict[str, int]:
-    job = json.dumps({"model": model, "size": size, "arms": arms, "seed": seed, "method": method})
+def _run_probe(model: str, size: str, arms: list[str], seed: int, method: str, compile: bool | str = False,
+               fused: bool = False) -> dict[str, int]:
+    job = json.dumps({"model": model, "size": size, "arms": arms, "seed": seed, "method": method,
+                      "compile": compile, "fused": fused})
     env = os.environ | _MMAP_ENV
     proc = subprocess.run([sys.executable, "-m", "reslab.bench.overhead", "--probe", job], capture_output=True,
                           text=True, env=env, timeout=1800)
@@ -284,12 +427,13 @@ def _run_probe(model: str, size: str, arms: list[str], seed: int, method: str) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_memory(model: str, size: str, arms: list[str], seed: int = 0) -> tuple[dict[str, int | None], str]:
+def cpu_memory(model: str, size: str, arms: list[str], seed: int = 0, compile: bool | str = False,
+               fused: bool = False) -> tuple[dict[str, int | None], str]:
     """Peak step memory per arm on CPU, and the name of the method that produced it."""
     if not Path("/proc/self/status").exists():
         return {a: None for a in arms}, "unavailable (no /proc: Linux only)"
     try:
-        return _run_probe(model, size, arms, seed, "hwm"), (
+        return _run_probe(model, size, arms, seed, "hwm", compile, fused), (
             "RSS peak (VmHWM after clear_refs) minus RSS before one steady-state step, one process per model, "
             "MALLOC_MMAP_THRESHOLD_=65536")
     except RuntimeError as e:
@@ -297,7 +441,7 @@ def cpu_memory(model: str, size: str, arms: list[str], seed: int = 0) -> tuple[d
             raise
     mem = {}
     for a in arms:  # fallback: ru_maxrss cannot be reset, so one fresh process per arm
-        mem.update(_run_probe(model, size, [a], seed, "maxrss"))
+        mem.update(_run_probe(model, size, [a], seed, "maxrss", compile, fused))
     return mem, "ru_maxrss minus RSS before the first step (includes AdamW state), one process per arm"
 
 
@@ -338,29 +482,51 @@ def summarize(raw: dict[str, dict], baseline: str = "residual", clock: str = "wa
     return out
 
 
-def evaluate_targets(models: dict[str, dict]) -> list[dict]:
-    """One row per (target, model run): the measured ratio and pass/miss (None: arm or number missing)."""
+def refusal(ratio_iqr: float, limit: float, busy: str | None = None) -> str | None:
+    """Why a time ratio cannot be reported against ``limit`` (None: it can): the machine was busy, or the
+    paired IQR (q3 - q1 of the per-round ratios) is wider than the target's margin ``limit - 1``."""
+    if busy:
+        return f"{busy}: rerun on a quiet machine"
+    margin = limit - 1
+    if ratio_iqr > margin:
+        return f"paired IQR {ratio_iqr:.3f} is wider than the target's margin {margin:.3f}: rerun on a quiet machine"
+    return None
+
+
+def evaluate_targets(models: dict[str, dict], busy: str | None = None) -> list[dict]:
+    """One row per (target, model run): the measured ratio and pass/miss (None: arm or number missing), or
+    ``refused`` with the reason (time ratios only: a busy machine, or a paired IQR wider than the margin;
+    peak memory does not depend on the load)."""
     rows = []
     for spec, metric, limit in TARGETS:
         arm = canonical_spec(spec)
         for model, res in models.items():
             r = res["arms"].get(arm)
             ratio = None if r is None else r["time_ratio" if metric == "time" else "memory_ratio"]
-            noise = None
+            noise = iqr = why = None
             if r is not None and metric == "time":
-                noise = (r["time_ratio_paired_q3"] - r["time_ratio_paired_q1"]) / 2
+                iqr = r["time_ratio_paired_q3"] - r["time_ratio_paired_q1"]
+                noise = iqr / 2
+                why = refusal(iqr, limit, busy)
+            status = None if ratio is None else "refused" if why else ("pass" if ratio <= limit else "miss")
             rows.append({"target": spec, "arm": arm, "model": model, "metric": metric, "limit": limit,
-                         "ratio": ratio, "paired_half_iqr": noise,
-                         "status": None if ratio is None else ("pass" if ratio <= limit else "miss")})
+                         "ratio": ratio, "paired_iqr": iqr, "paired_half_iqr": noise, "status": status,
+                         "refused": why})
     return rows
 
 
 def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "default", repeats: int = 10,
                  warmup: int = 2, connections: list[str] | None = None, device: str = "auto",
                  memory: bool = True, seed: int = 0, out_dir: str | Path | None = None, command: str = "",
-                 clock: str = "wall", log=print) -> dict:
-    """Run the benchmark; write ``overhead.json`` and ``overhead.md`` to ``out_dir`` when given."""
-    from ..train import atomic_write_json, git_revision, machine
+                 clock: str = "wall", log=print, compile: bool | str = False, fused: bool = False,
+                 max_load: float | None = MAX_LOAD) -> dict:
+    """Run the benchmark; write ``overhead.json`` and ``overhead.md`` to ``out_dir`` when given.
+
+    ``compile``: time ``torch.compile(model)`` (True: inductor; a string names another backend) -- the default
+    arms are then only those the targets name. ``fused``: the opt-in fused stream sums. ``max_load``: above
+    it (load average before, or others' CPU during the timed rounds) every time target is refused; None:
+    no check."""
+    from ..train import atomic_write_json, git_revision
 
     log = log or (lambda *_: None)
     if size not in SIZES:
@@ -382,28 +548,49 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
     if clock == "cpu" and dev.type != "cpu":
         raise ValueError("clock='cpu' measures CPU time, which says nothing about GPU work; use clock='wall' on "
                          f"{dev.type}")
-    arms = unique_arms(list(connections)) if connections else default_arms()
+    if compile and warmup < 1:
+        raise ValueError("a compiled run needs warmup >= 1 (the first step compiles)")
+    if compile and fused:
+        log("note: --fused has no effect under --compile (inductor generates its own fused kernels)")
+    arms = unique_arms(list(connections)) if connections else (target_arms() if compile else default_arms())
     t0 = time.time()
-    result: dict = {"command": command or "reslab bench overhead", "git": git_revision(), "machine": machine(),
+    mach = machine_info()
+    load_before = mach["load_average"]
+    path = ("compiled (" + ("inductor" if compile is True else str(compile)) + ")") if compile else (
+        "eager, fused stream sums" if fused else "eager")
+    result: dict = {"command": command or "reslab bench overhead", "git": git_revision(), "machine": mach,
                     "device": dev.type, "size": size, "repeats": repeats, "warmup": warmup, "seed": seed,
-                    "clock": clock, "threads": torch.get_num_threads(),
+                    "clock": clock, "threads": torch.get_num_threads(), "compile": compile, "fused": fused,
+                    "path": path, "max_load": max_load, "load_before": load_before,
                     "baseline": "residual", "arms": arms, "models": {}}
+    log(f"machine: {mach['cpu_model']}, {mach['cpus']} cores, torch {mach['torch']}, {mach['threads']} thread(s); "
+        f"load average before: {load_before}; path: {path}")
+    others: list[float | None] = []
     for m in models:
         log(f"[{m}] timing {len(arms)} arms: {warmup} warm-up + {repeats} interleaved rounds on {dev.type}")
-        raw = time_arms(m, size, arms, repeats, warmup, dev, seed, log)
+        watch: dict = {}
+        raw = time_arms(m, size, arms, repeats, warmup, dev, seed, log, compile=compile, fused=fused, watch=watch)
+        others.append(watch.get("others_cpu"))
         method = "torch.cuda.max_memory_allocated - memory_allocated around a steady-state step"
         if dev.type == "cpu":
             if memory:
                 log(f"[{m}] peak step memory: probe process")
-                mem, method = cpu_memory(m, size, arms, seed)
+                mem, method = cpu_memory(m, size, arms, seed, compile, fused)
             else:
                 mem, method = {a: None for a in arms}, "not measured (--no-memory)"
             for a in arms:
                 raw[a]["peak_step_memory_bytes"] = mem[a]
         result["models"][m] = {"config": SIZES[size][m], "unit": UNITS[m], "memory_method": method,
-                               "arms": summarize(raw, clock=clock)}
-    result["targets"] = evaluate_targets(result["models"])
+                               "others_cpu": others[-1], "arms": summarize(raw, clock=clock)}
+    result["load_after"] = load_average()
+    result["others_cpu"] = others
+    result["busy"] = busy_reason(load_before, others, max_load)
+    result["targets"] = evaluate_targets(result["models"], result["busy"])
     result["wall_time_s"] = round(time.time() - t0, 1)
+    log(f"load average after: {result['load_after']} (includes this run); other processes' CPU during the timed "
+        f"rounds: {', '.join('—' if o is None else f'{o:.2f}' for o in others)} cores")
+    if result["busy"]:
+        log(f"NOT A VALID TIMING: {result['busy']}; every time ratio is refused -- rerun on a quiet machine")
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -422,42 +609,61 @@ def _f(x, spec: str) -> str:
 
 
 def target_table(result: dict) -> str:
-    lines = ["| target | model | metric | limit | measured ratio | paired ½IQR | status |", "|---|---|---|---|---|---|---|"]
+    lines = ["| target | model | metric | limit | measured ratio | paired IQR | status |", "|---|---|---|---|---|---|---|"]
     for t in result["targets"]:
+        if t["status"] == "refused":  # the ratio is not reported, only why
+            lines.append(f"| `{t['target']}` | {t['model']} | {t['metric']} | ≤ {t['limit']:.2f}× | — | "
+                         f"{_f(t.get('paired_iqr'), '.3f')} | refused: {t['refused']} |")
+            continue
         status = {"pass": "pass", "miss": "**miss**", None: "—"}[t["status"]]
         lines.append(f"| `{t['target']}` | {t['model']} | {t['metric']} | ≤ {t['limit']:.2f}× | "
-                     f"{_f(t['ratio'], '.3f')}× | {_f(t['paired_half_iqr'], '.3f')} | {status} |")
+                     f"{_f(t['ratio'], '.3f')}× | {_f(t.get('paired_iqr'), '.3f')} | {status} |")
     return "\n".join(lines) + "\n"
+
+
+def hygiene_line(result: dict) -> str:
+    """Machine, threads, load before/after, others' CPU: the line every bench report starts with."""
+    m = result["machine"]
+    others = ", ".join("—" if o is None else f"{o:.2f}" for o in result.get("others_cpu", []))
+    return (f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores, {result.get('threads', '?')} torch thread(s); "
+            f"load average {result.get('load_before')} before, {result.get('load_after')} after (the latter "
+            f"includes this run); other processes' CPU during the timed rounds: {others or '—'} cores.")
 
 
 def markdown(result: dict) -> str:
     dev = result["device"]
     clock = result.get("clock", "wall")
     other = next(c for c in CLOCKS if c != clock)
-    parts = [f"# Connection overhead ({dev}, size {result['size']})\n",
+    parts = [f"# Connection overhead ({dev}, size {result['size']}, {result.get('path', 'eager')})\n",
              f"`{result['command']}` — git {result['git']}, {result['machine'].get('platform', '')}, "
              f"torch {result['machine'].get('torch', '')}, {result.get('threads', '?')} thread(s); "
              f"{result['warmup']} warm-up + {result['repeats']} interleaved rounds; wall {result['wall_time_s']} s.\n",
              f"One step = zero_grad + forward + loss + backward + AdamW step, timed on the **{clock}** clock "
              f"({CLOCK_TEXT[clock]}). Ratios are to `residual` in the same run: *time ×* is the ratio of medians, "
              f"*paired* the median [IQR] of per-round ratios (a noise gauge), *{other} ×* the ratio of medians on "
-             f"the other clock.\n"]
+             f"the other clock.\n",
+             f"Machine: {hygiene_line(result)}\n"]
+    if result.get("busy"):
+        parts.append(f"**Not a valid timing: {result['busy']}.** Every time target is refused; rerun on a quiet "
+                     f"machine.\n")
     for m, res in result["models"].items():
         unit = res["unit"]
         cfg = ", ".join(f"{k}={v}" for k, v in res["config"].items())
         parts.append(f"## {m} ({cfg})\n\nPeak step memory: {res['memory_method']}.\n")
         rows = ["| connection | params | extra | step ms (median) | " + unit + "/s | time × | paired [IQR] | "
                 f"{other} × | throughput × | peak step MB | memory × |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        refused = {t["arm"] for t in result["targets"] if t["model"] == m and t["status"] == "refused"}
         for a, r in res["arms"].items():
             mem = r["peak_step_memory_bytes"]
+            ratio = "refused" if a in refused else f"{r['time_ratio']:.3f}"  # its target's row says why
             rows.append(
                 f"| `{a}` | {r['params']:,} | {r['extra_params']:+,} | {1000 * r['time_s_median']:.1f} | "
-                f"{r['throughput']:,.0f} | {r['time_ratio']:.3f} | {r['time_ratio_paired_median']:.3f} "
+                f"{r['throughput']:,.0f} | {ratio} | {r['time_ratio_paired_median']:.3f} "
                 f"[{r['time_ratio_paired_q1']:.3f}, {r['time_ratio_paired_q3']:.3f}] | {r[f'time_ratio_{other}']:.3f} | "
                 f"{r['throughput_ratio']:.3f} | "
                 f"{_f(None if mem is None else mem / 2**20, '.1f')} | {_f(r['memory_ratio'], '.3f')} |")
         parts.append("\n".join(rows) + "\n")
-    parts.append("## Targets (CPU, ratio to `residual`)\n")
+    parts.append("## Targets (ratio to `residual`)\n")
     if dev != "cpu":
         parts.append(f"(the targets are stated for CPU; these numbers are from {dev})\n")
     parts.append(target_table(result))
@@ -476,16 +682,25 @@ def _cmd(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # the probe process inherits it through OMP_NUM_THREADS below
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    models = list(MODELS) if args.model == "both" else [args.model]
+    models = list(MODELS) if args.model in ("both", "all") else [args.model]
     connections = None
     if args.connections:
         from ..connections.registry import split_top
 
         connections = split_top(args.connections)
     command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    max_load = None if args.max_load < 0 else args.max_load
+    load = load_average()
+    if max_load is not None and load is not None and load > max_load and not args.busy_ok:
+        print(f"load average {load:.2f} > {max_load}: this machine is busy, timings would not be valid. Rerun on a "
+              f"quiet machine (or pass --busy-ok to measure anyway: every time ratio is then refused)", file=sys.stderr)
+        return 3
+    compile = args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
     result = run_overhead(models, args.size, args.repeats, args.warmup, connections, args.device,
-                          memory=args.memory, seed=args.seed, out_dir=args.out, command=command, clock=args.clock)
+                          memory=args.memory, seed=args.seed, out_dir=args.out, command=command, clock=args.clock,
+                          compile=compile, fused=args.fused, max_load=max_load)
     print()
+    print("Machine: " + hygiene_line(result))
     print(target_table(result))
     return 0
 
@@ -493,7 +708,8 @@ def _cmd(args) -> int:
 def cli_register(subparsers) -> None:
     p = subparsers.add_parser("overhead", help="time / throughput / peak memory / params of every connection "
                                                "against residual (interleaved, medians)")
-    p.add_argument("--model", choices=("gpt", "resnet", "both"), default="both")
+    p.add_argument("--model", choices=(*MODELS, "both", "all"), default="all",
+                   help="one family, or all of them (both: an old spelling of all)")
     p.add_argument("--size", choices=tuple(SIZES), default="default")
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed rounds per arm (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed interleaved rounds first (default 2)")
@@ -508,6 +724,17 @@ def cli_register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
     p.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="what the ratios use: wall (elapsed) or cpu (process CPU time; robust on a shared machine)")
+    p.add_argument("--compile", action="store_true",
+                   help="time torch.compile(model) (default arms: residual + the targets' arms; inductor on CPU "
+                        "compiles for minutes)")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # aot_eager: fast, for tests
+    p.add_argument("--fused", action="store_true",
+                   help="the opt-in fused stream sums (reslab.connections.fused(True)) instead of the plain expressions")
+    p.add_argument("--max-load", type=float, default=MAX_LOAD,
+                   help=f"refuse timings above this load average / others' CPU in cores (default {MAX_LOAD}; "
+                        "negative: no check)")
+    p.add_argument("--busy-ok", action="store_true",
+                   help="measure on a busy machine anyway (the time ratios are then refused, memory still reported)")
     p.set_defaults(func=_cmd)
 
 
@@ -519,7 +746,8 @@ def _probe_main(argv: list[str]) -> int:
         return 2
     job = json.loads(argv[1])
     try:
-        mem = probe_memory(job["model"], job["size"], job["arms"], job.get("seed", 0), job.get("method", "hwm"))
+        mem = probe_memory(job["model"], job["size"], job["arms"], job.get("seed", 0), job.get("method", "hwm"),
+                           job.get("compile", False), job.get("fused", False))
     except OSError as e:
         print(f"memory probe: {e}", file=sys.stderr)
         return 1
