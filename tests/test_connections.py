@@ -153,15 +153,23 @@ def test_channels_first_matches_channels_last(spec):
                                atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("spec", SPECS)
+EXAMPLES = sorted({REGISTRY[n].example for n in connection_names()})
+
+
+@pytest.mark.parametrize("spec", EXAMPLES)
 def test_torch_compile_fullgraph(spec):
-    """Dynamo traces the whole stack without a graph break (the eager backend keeps this test fast; the
-    inductor path is exercised by `reslab bench overhead --compile`)."""
+    """Dynamo traces the whole stack, forward and backward, without a graph break. Each scheme's example only,
+    with the aot_eager backend (dynamo + AOT autograd, no code generation): tracing is what can fail here, and
+    inductor's code generation takes minutes on 2 cores (`reslab bench overhead --compile` runs it)."""
     torch._dynamo.reset()
     conn, blocks = perturb(build(spec)), make_blocks()
-    x = torch.randn(B, T, D)
+    x = torch.randn(B, T, D, requires_grad=True)
     compiled = torch.compile(lambda h: conn(h, blocks), fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x), conn(x, blocks))
+    y = compiled(x)
+    torch.testing.assert_close(y, conn(x, blocks))
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(conn(x, blocks).square().sum(), x)
+    torch.testing.assert_close(g, g_ref)
 
 
 def test_bad_branch_shape_is_a_clear_error():
@@ -172,7 +180,7 @@ def test_bad_branch_shape_is_a_clear_error():
         conn(torch.randn(B, T, 5), make_blocks(dim=5))
 
 
-@pytest.mark.parametrize("spec", sorted({REGISTRY[n].example for n in connection_names()}))
+@pytest.mark.parametrize("spec", EXAMPLES)
 def test_trains_inside_a_resnet_with_empty_stages(spec):
     """Channels-first stages, one with a block and two with none, downsampling convolutions between them: the
     layout a scheme hands back must be one a convolution's backward takes (a strided view once corrupted the heap)."""
