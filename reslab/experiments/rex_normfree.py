@@ -36,6 +36,7 @@ whether λ = 1/n costs accuracy (gap below -``GAP_TOL``), as the paper says.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -108,6 +109,9 @@ def run(settings: dict, out_dir: Path, log) -> dict:
             plot_curves({arm: [{"curve": c} for c in v[arm]["curve"] if c] for arm in arms},
                         out_dir / f"curves_{opt}_depth{depth}.png",
                         title=f"rex-normfree: ResNet-{depth}, {opt}, no normalisation except '{BASELINE}'")
+            # run_arms' rows: val loss mean ± std, Welch p and steps to the baseline's loss against BatchNorm
+            rows = json.loads((out_dir / f"{opt}/depth{depth}" / "results.json").read_text())["rows"]
+            per_depth[str(depth)]["rows"] = rows
         results["optimizers"][opt] = {"train": o["train"], "tune": o.get("tune"), "per_depth": per_depth}
     for opt in optimizers:
         results["optimizers"][opt]["table"] = accuracy_table(results, opt)
@@ -249,7 +253,8 @@ def _sections(results: dict) -> list[str]:
     depths = results["depths"]
     out = []
     for opt, o in _opts(results).items():
-        lines = [f"**{opt}** (`{o.get('train')}`; lr grid {o.get('tune')}): validation accuracy, mean ± std over "
+        tuned = f"lr tuned per arm from {o['tune']['lr']}" if (o.get("tune") or {}).get("lr") else "one lr, not tuned"
+        lines = [f"**{opt}** (`{o.get('train')}`; {tuned}): validation accuracy, mean ± std over "
                  "seeds (Δ = gap to BatchNorm; † = diverged seeds; lr = the arm's tuned lr)", "",
                  "| arm | " + " | ".join(f"ResNet-{d}" for d in depths) + " |", "|---|" + "---|" * len(depths)]
         for arm in results["arms"]:
