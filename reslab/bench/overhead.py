@@ -616,8 +616,9 @@ def target_table(result: dict) -> str:
                          f"{_f(t.get('paired_iqr'), '.3f')} | refused: {t['refused']} |")
             continue
         status = {"pass": "pass", "miss": "**miss**", None: "—"}[t["status"]]
+        ratio = "—" if t["ratio"] is None else f"{t['ratio']:.3f}×"
         lines.append(f"| `{t['target']}` | {t['model']} | {t['metric']} | ≤ {t['limit']:.2f}× | "
-                     f"{_f(t['ratio'], '.3f')}× | {_f(t.get('paired_iqr'), '.3f')} | {status} |")
+                     f"{ratio} | {_f(t.get('paired_iqr'), '.3f')} | {status} |")
     return "\n".join(lines) + "\n"
 
 

@@ -182,12 +182,17 @@ def _proc_kb(key: str) -> int:
 
 
 class StepClock:
-    """Timestamps of every optimizer step's end (a global optimizer step post-hook)."""
+    """Timestamps of every optimizer step's end (a global optimizer step post-hook): elapsed time and the
+    process's CPU time (the latter a diagnostic on a shared machine, where it leaves out waiting for a core)."""
 
     def __init__(self):
         self.ends: list[float] = []
-        self.handle = register_optimizer_step_post_hook(
-            lambda *_: self.ends.append(time.perf_counter()))
+        self.cpu_ends: list[float] = []
+        self.handle = register_optimizer_step_post_hook(lambda *_: self._tick())
+
+    def _tick(self) -> None:
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
 
 
 def step_stats(ends: list[float], eval_interval: int, tokens_per_step: int, skip: int = SKIP) -> dict:
@@ -226,7 +231,8 @@ def _finish(job: dict, clock: StepClock, n_matmul: int, cfg: dict, extra: dict) 
     out = {"steps": len(clock.ends), "tokens_per_step": tokens, "n_matmul_params": n_matmul,
            "flops_per_token": flops_per_token(n_matmul, cfg["n_layer"], cfg["d_model"], cfg["block_size"]),
            "peak_rss_bytes": _proc_kb("VmHWM"), "torch_rss_bytes": job["torch_rss"], "threads": torch.get_num_threads(),
-           **step_stats(clock.ends, cfg["eval_interval"], tokens), **extra}
+           **step_stats(clock.ends, cfg["eval_interval"], tokens),
+           "cpu_step_s_median": step_stats(clock.cpu_ends, cfg["eval_interval"], tokens)["step_s_median"], **extra}
     Path(job["out"]).write_text(json.dumps(out))
 
 
@@ -449,6 +455,7 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
         summary[side] = {"tokens_per_s": tps, "step_ms_median": 1000 * statistics.median(r["step_s_median"] for r in rs),
                          "step_ms_q1": 1000 * statistics.median(r["step_s_q1"] for r in rs),
                          "step_ms_q3": 1000 * statistics.median(r["step_s_q3"] for r in rs),
+                         "cpu_step_ms_median": 1000 * statistics.median(r["cpu_step_s_median"] for r in rs),
                          "peak_rss_mb": max(r["peak_rss_bytes"] for r in rs) / 2**20,
                          "torch_rss_mb": statistics.median(r["torch_rss_bytes"] for r in rs) / 2**20,
                          "final_val_loss": statistics.median(r["final_val_loss"] for r in rs),
@@ -495,14 +502,17 @@ def markdown(result: dict) -> str:
              "through `np.memmap` as nanoGPT does; both validation losses on the same windows.\n"]
     if result.get("busy"):
         parts.append(f"**Not a valid timing: {result['busy']}.** The speed ratio is refused; rerun on a quiet machine.\n")
-    rows = ["| trainer | params | tokens/s | step ms median [IQR] | peak RSS MB (torch alone) | MFU | final val loss |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| trainer | params | tokens/s | step ms median [IQR] | CPU ms/step | peak RSS MB (torch alone) | MFU | "
+            "final val loss |", "|---|---|---|---|---|---|---|---|"]
     for side, name in (("reslab", "reslab (RoPE, SwiGLU, RMSNorm)"), ("nanogpt", "nanoGPT (re-implementation)")):
         s = result["summary"][side]
         rows.append(f"| {name} | {s['params']:,} | {s['tokens_per_s']:,.0f} | {s['step_ms_median']:.2f} "
-                    f"[{s['step_ms_q1']:.2f}, {s['step_ms_q3']:.2f}] | {s['peak_rss_mb']:.0f} ({s['torch_rss_mb']:.0f}) | "
+                    f"[{s['step_ms_q1']:.2f}, {s['step_ms_q3']:.2f}] | {s['cpu_step_ms_median']:.2f} | "
+                    f"{s['peak_rss_mb']:.0f} ({s['torch_rss_mb']:.0f}) | "
                     f"{100 * s['mfu']:.1f}% | {s['final_val_loss']:.4f} |")
     parts.append("\n".join(rows) + "\n")
+    parts.append("CPU ms/step: the process's CPU time per step (all threads), a diagnostic: on a shared machine it "
+                 "leaves out the time spent waiting for a core.\n")
     parts.append(f"MFU: (6 N + 12 L d T) FLOPs per token × tokens/s over this machine's dense float32 matmul rate, "
                  f"{max(mm['before'], mm['after']) / 1e9:.1f} GFLOP/s (`torch.mm` {mm['size']}², "
                  f"{mm['before'] / 1e9:.1f} before and {mm['after'] / 1e9:.1f} after the runs).\n")
