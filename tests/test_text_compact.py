@@ -34,3 +34,43 @@ def test_lm_batches_are_int64_from_compact_storage(tmp_path):
     x, y = task.get_batch("train", 4, torch.Generator().manual_seed(0))
     assert x.dtype == y.dtype == torch.int64 and torch.equal(x[:, 1:], y[:, :-1])
     assert all(xb.dtype == torch.int64 for xb, _ in task.fixed_batches("val", 2, 3))
+
+
+def test_disk_cache_memory_maps_the_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(text, "CACHE_MIN_TOKENS", 1)
+    p = tmp_path / "c.txt"
+    p.write_text("to be, or not to be ſ" * 40, encoding="utf-8")
+    text._encoded.cache_clear()
+    first = get_task(f"text:{p}", block_size=8)
+    files = sorted(f.suffix for f in (tmp_path / "cache").iterdir())
+    assert files == [".bin", ".json"]  # written once, no temp files left
+
+    def no_encoding(_):
+        raise AssertionError("the cached ids should have been read")
+
+    monkeypatch.setattr(text, "encode", no_encoding)
+    text._encoded.cache_clear()
+    second = get_task(f"text:{p}", block_size=8)  # from the memory-mapped file
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.val_x, second.val_x)
+    assert first.info["itos"] == second.info["itos"] and second.train_x.dtype == torch.uint8
+    p.write_text("a different text, edited" * 40, encoding="utf-8")  # new size/mtime: a new key
+    text._encoded.cache_clear()
+    try:
+        get_task(f"text:{p}", block_size=8)
+        raise RuntimeError("an edited file must be encoded again")
+    except AssertionError:
+        pass
+    text._encoded.cache_clear()
+
+
+def test_disk_cache_off_and_small_corpora(tmp_path, monkeypatch):
+    p = tmp_path / "c.txt"
+    p.write_text("abcdefgh" * 100, encoding="utf-8")
+    monkeypatch.setenv("RESLAB_CACHE_DIR", "off")
+    assert text.cache_dir() is None
+    monkeypatch.setenv("RESLAB_CACHE_DIR", str(tmp_path / "cache"))
+    text._encoded.cache_clear()
+    get_task(f"text:{p}", block_size=8)  # 800 tokens < CACHE_MIN_TOKENS: no file
+    assert not (tmp_path / "cache").exists()
+    text._encoded.cache_clear()

