@@ -74,12 +74,19 @@ import torch.nn.functional as F
 # Model sizes. GPT: the d = 256, 12 layers, T = 128 (4 heads of 64, char vocabulary);
 # ResNet: CIFAR ResNet-20 on 32x32 RGB. "tiny" exists for the test suite.
 # ViT: 32x32 RGB in 4x4 patches (64 tokens + [CLS]). "wide": widths where the branches dominate a step
-# (GPT d = 768, ResNet-20 at 4x width, i.e. 64-256 channels, ViT d = 512).
+# (GPT d = 768, ResNet-20 at 4x width, i.e. 64-256 channels, ViT d = 512). "small": the default widths at
+# fewer blocks, for --compile (inductor compiles the unrolled depth loop: a 12-layer GPT step took 240 s to
+# compile on this 2-core machine under load, per arm).
 SIZES: dict[str, dict[str, dict]] = {
     "default": {
         "gpt": dict(n_layer=12, d_model=256, n_head=4, block_size=128, vocab_size=65, batch=8),
         "resnet": dict(depth=20, width=1, image=32, channels=3, classes=10, batch=32),
         "vit": dict(n_layer=6, d_model=192, n_head=3, patch=4, image=32, channels=3, classes=10, batch=32),
+    },
+    "small": {
+        "gpt": dict(n_layer=4, d_model=256, n_head=4, block_size=128, vocab_size=65, batch=8),
+        "resnet": dict(depth=14, width=1, image=32, channels=3, classes=10, batch=32),
+        "vit": dict(n_layer=4, d_model=192, n_head=3, patch=4, image=32, channels=3, classes=10, batch=32),
     },
     "wide": {
         "gpt": dict(n_layer=6, d_model=768, n_head=12, block_size=128, vocab_size=65, batch=8),
