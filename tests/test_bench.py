@@ -328,3 +328,23 @@ def test_scaled_add_matches_plain_autograd():
             if u is not None:
                 assert u.dtype == v.dtype
                 torch.testing.assert_close(u, v)
+
+
+def test_combined_table_over_runs(tiny_run, tmp_path, capsys):
+    out, result = tiny_run
+    compiled = json.loads((out / "overhead.json").read_text()) | {"path": "compiled (inductor)", "busy": None}
+    for t in compiled["targets"]:
+        t["status"] = "pass" if t["metric"] == "time" and t["ratio"] is not None else t["status"]
+    compiled["targets"][0]["status"] = "refused"  # ancre on gpt: refused in this run
+    (tmp_path / "c.json").write_text(json.dumps(compiled))
+    assert main(["bench", "overhead", "--table-from", str(out / "overhead.json"), str(tmp_path / "c.json")]) == 0
+    text = capsys.readouterr().out
+    rows = {l.split("|")[1].strip(): l for l in text.splitlines() if l.startswith("| `")}
+    assert set(rows) == {f"`{a}`" for a in result["arms"]}
+    header = next(l for l in text.splitlines() if l.startswith("| connection"))
+    assert header.count("|") == 2 + 6 and "compiled (inductor)" in header  # 3 families x 2 runs
+    ancre = rows["`ancre`"].split("|")[2:-1]
+    first_busy = bool(result["busy"])
+    assert ancre[3].strip().startswith("refused")  # gpt column of the compiled run
+    assert ancre[0].strip().startswith("refused") == (first_busy or any(
+        t["arm"] == "ancre" and t["model"] == "gpt" and t["status"] == "refused" for t in result["targets"]))

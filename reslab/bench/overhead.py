@@ -680,11 +680,49 @@ def markdown(result: dict) -> str:
     return "\n".join(parts)
 
 
+def combined_table(results: list[dict]) -> str:
+    """One markdown table over several runs (eager, fused, compiled, 1/2 threads): a row per scheme, a column
+    per (family, run) with the time ratio and memory ratio to ``residual`` -- ``refused`` where that run
+    refused the ratio (busy machine, or a paired IQR wider than the scheme's target margin), ``—`` where
+    the run did not measure it. For the README's overhead table."""
+    cols = [(m, r) for r in results for m in r["models"]]
+    arms: list[str] = []
+    for r in results:
+        for a in r["arms"]:
+            if a not in arms:
+                arms.append(a)
+
+    def label(r: dict) -> str:
+        return f"{r.get('path', 'eager')}, {r.get('threads', '?')} thr"
+
+    head = "| connection | " + " | ".join(f"{m} ({label(r)})" for m, r in cols) + " |"
+    lines = [head, "|---|" + "---|" * len(cols)]
+    for a in arms:
+        cells = []
+        for m, r in cols:
+            arm = r["models"][m]["arms"].get(a)
+            if arm is None:
+                cells.append("—")
+                continue
+            refused = any(t["arm"] == a and t["model"] == m and t["status"] == "refused" for t in r["targets"])
+            if r.get("busy"):
+                refused = True  # a busy run's time ratios are not reported at all
+            t = "refused" if refused else f"{arm['time_ratio']:.3f}×"
+            mem = "—" if arm.get("memory_ratio") is None else f"{arm['memory_ratio']:.3f}×"
+            cells.append(f"{t} / {mem}")
+        lines.append(f"| `{a}` | " + " | ".join(cells) + " |")
+    return ("Each cell: step time × / peak step memory × against `residual` in the same run.\n\n"
+            + "\n".join(lines) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 
 
 def _cmd(args) -> int:
+    if args.table_from:
+        print(combined_table([json.loads(Path(f).read_text()) for f in args.table_from]))
+        return 0
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0 keeps torch's default), got {args.threads}")
     if args.threads:
@@ -741,6 +779,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--max-load", type=float, default=MAX_LOAD,
                    help=f"refuse timings above this load average / others' CPU in cores (default {MAX_LOAD}; "
                         "negative: no check)")
+    p.add_argument("--table-from", nargs="+", metavar="OVERHEAD_JSON", default=None,
+                   help="measure nothing: print one table (a row per scheme, a column per family and run) from "
+                        "the given overhead.json files, e.g. the eager and the compiled run, for the README")
     p.add_argument("--busy-ok", action="store_true",
                    help="measure on a busy machine anyway (the time ratios are then refused, memory still reported)")
     p.set_defaults(func=_cmd)
