@@ -9,6 +9,7 @@ resumes where it stopped; unfinished runs resume from their checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -251,9 +252,11 @@ CODE_PARTS = ("connections", "models", "patch", "data", "train.py", "diffusion.p
 RUN_RECORD = "reslab_run.json"  # written beside a run's summary.json: code revision and training wall time
 
 
+@functools.lru_cache(maxsize=None)
 def code_revision(parts=CODE_PARTS) -> str:
     """A content hash (12 hex digits) of the source files a training run depends on: reused runs must match it,
-    so a run trained by older code is never mixed with new ones (committed or not)."""
+    so a run trained by older code is never mixed with new ones (committed or not). Computed once per process:
+    a running process trains with the code it imported, whatever is edited on disk meanwhile."""
     import hashlib
 
     root = Path(__file__).resolve().parent
