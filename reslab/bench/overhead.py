@@ -238,6 +238,33 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cores_text(others) -> str:
+    """Other processes' CPU per measurement, in cores ('—' where it could not be read)."""
+    return ", ".join("—" if o is None else f"{o:.2f}" for o in others)
+
+
+def refuse_if_busy(max_load: float, busy_ok: bool, consequence: str) -> bool:
+    """The bench CLIs' gate: True (after saying why on stderr) when the load average is above ``max_load``
+    (negative: no gate) and ``busy_ok`` was not given; ``consequence`` says what --busy-ok would mean."""
+    load = load_average()
+    if max_load < 0 or load is None or load <= max_load or busy_ok:
+        return False
+    print(f"load average {load:.2f} > {max_load}: this machine is busy, timings would not be valid. Rerun on a "
+          f"quiet machine (or pass --busy-ok to measure anyway: {consequence})", file=sys.stderr)
+    return True
+
+
+def write_outputs(out_dir, stem: str, result: dict, markdown_text: str, log=print) -> None:
+    """``<stem>.json`` (atomically) and ``<stem>.md`` in ``out_dir``."""
+    from ..train import atomic_write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.md").write_text(markdown_text)
+    log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
+
+
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS has none)."""
     try:
@@ -533,7 +560,7 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
     arms are then only those the targets name. ``fused``: the opt-in fused stream sums. ``max_load``: above
     it (load average before, or others' CPU during the timed rounds) every time target is refused; None:
     no check."""
-    from ..train import atomic_write_json, git_revision
+    from ..train import git_revision
 
     log = log or (lambda *_: None)
     if size not in SIZES:
@@ -595,15 +622,11 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
     result["targets"] = evaluate_targets(result["models"], result["busy"])
     result["wall_time_s"] = round(time.time() - t0, 1)
     log(f"load average after: {result['load_after']} (includes this run); other processes' CPU during the timed "
-        f"rounds: {', '.join('—' if o is None else f'{o:.2f}' for o in others)} cores")
+        f"rounds: {cores_text(others)} cores")
     if result["busy"]:
         log(f"NOT A VALID TIMING: {result['busy']}; every time ratio is refused -- rerun on a quiet machine")
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "overhead.json", result)
-        (out / "overhead.md").write_text(markdown(result))
-        log(f"wrote {out / 'overhead.json'} and {out / 'overhead.md'}")
+        write_outputs(out_dir, "overhead", result, markdown(result), log)
     return result
 
 
@@ -632,7 +655,7 @@ def target_table(result: dict) -> str:
 def hygiene_line(result: dict) -> str:
     """Machine, threads, load before/after, others' CPU: the line every bench report starts with."""
     m = result["machine"]
-    others = ", ".join("—" if o is None else f"{o:.2f}" for o in result.get("others_cpu", []))
+    others = cores_text(result.get("others_cpu", []))
     return (f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores, {result.get('threads', '?')} torch thread(s); "
             f"load average {result.get('load_before')} before, {result.get('load_after')} after (the latter "
             f"includes this run); other processes' CPU during the timed rounds: {others or '—'} cores.")
@@ -735,12 +758,9 @@ def _cmd(args) -> int:
 
         connections = split_top(args.connections)
     command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
-    max_load = None if args.max_load < 0 else args.max_load
-    load = load_average()
-    if max_load is not None and load is not None and load > max_load and not args.busy_ok:
-        print(f"load average {load:.2f} > {max_load}: this machine is busy, timings would not be valid. Rerun on a "
-              f"quiet machine (or pass --busy-ok to measure anyway: every time ratio is then refused)", file=sys.stderr)
+    if refuse_if_busy(args.max_load, args.busy_ok, "every time ratio is then refused"):
         return 3
+    max_load = None if args.max_load < 0 else args.max_load
     compile = args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
     result = run_overhead(models, args.size, args.repeats, args.warmup, connections, args.device,
                           memory=args.memory, seed=args.seed, out_dir=args.out, command=command, clock=args.clock,

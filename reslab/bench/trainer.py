@@ -408,8 +408,8 @@ def _run_child(side: str, job: dict, folder: Path, i: int) -> tuple[dict, float 
 
 def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: int = 0, out_dir: str | Path | None = None,
                       command: str = "", max_load: float | None = None, log=print, steps: int | None = None) -> dict:
-    from ..train import atomic_write_json, git_revision
-    from .overhead import MAX_LOAD, busy_reason, load_average, machine_info
+    from ..train import git_revision
+    from .overhead import MAX_LOAD, busy_reason, cores_text, load_average, machine_info, write_outputs
 
     log = log or (lambda *_: None)
     if preset not in PRESETS:
@@ -475,19 +475,17 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
                         "status": "refused" if refused else ("pass" if ok else "miss"), "refused": refused})
     result["targets"] = targets
     log(f"load average after: {result['load_after']}; other processes' CPU during the runs: "
-        f"{', '.join('—' if o is None else f'{o:.2f}' for o in others)} cores")
+        f"{cores_text(others)} cores")
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "trainer.json", result)
-        (out / "trainer.md").write_text(markdown(result))
-        log(f"wrote {out / 'trainer.json'} and {out / 'trainer.md'}")
+        write_outputs(out_dir, "trainer", result, markdown(result), log)
     return result
 
 
 def markdown(result: dict) -> str:
+    from .overhead import cores_text
+
     m, c = result["machine"], result["config"]
-    others = ", ".join("—" if o is None else f"{o:.2f}" for o in result["others_cpu"])
+    others = cores_text(result["others_cpu"])
     mm = result["matmul_flops"]
     parts = [f"# reslab's trainer vs nanoGPT (preset `{result['preset']}`)\n",
              f"`{result['command']}` — git {result['git']}; {m.get('cpu_model')}, {m.get('cpus')} cores, torch "
@@ -536,13 +534,9 @@ def markdown(result: dict) -> str:
 def _cmd(args) -> int:
     import shlex
 
-    from .overhead import load_average
+    from .overhead import refuse_if_busy
 
-    max_load = None if args.max_load < 0 else args.max_load
-    load = load_average()
-    if max_load is not None and load is not None and load > max_load and not args.busy_ok:
-        print(f"load average {load:.2f} > {max_load}: this machine is busy, timings would not be valid. Rerun on a "
-              f"quiet machine (or pass --busy-ok to measure anyway: the speed ratio is then refused)", file=sys.stderr)
+    if refuse_if_busy(args.max_load, args.busy_ok, "the speed ratio is then refused"):
         return 3
     command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     result = run_trainer_bench(args.preset, args.repeats, args.threads, args.out, command,
