@@ -19,3 +19,26 @@ def perturb(module, scale=0.3, seed=0):
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
+
+
+def write_fake_fashion_mnist(folder, n_train: int, n_test: int, seed: int = 0):
+    """Gzipped idx files in Fashion-MNIST's layout whose images carry their label in their brightness, so a
+    model can learn something; returns ``folder`` (point $RESLAB_DATA at it)."""
+    import gzip
+
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def idx(path, arr, magic):
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + arr.astype(np.uint8).tobytes())
+
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19).clip(0, 255)
+        idx(folder / f"{split}-images-idx3-ubyte.gz", images, 2051)
+        idx(folder / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
+    return folder

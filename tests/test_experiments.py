@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import write_fake_fashion_mnist
 
 from reslab.cli import main
 from reslab.experiments import VERDICTS, experiments, get_experiment
@@ -30,24 +31,7 @@ def test_quick_preset_runs_and_writes_a_summary(name, tmp_path, capsys):
 
 def test_laurel_vision_quick_runs_on_tiny_idx_files(tmp_path, monkeypatch):
     """Fashion-MNIST is read from idx files the test writes (no real data needed)."""
-    import gzip
-
-    import numpy as np
-
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-
-    def idx(path, arr, magic):
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-        with gzip.open(path, "wb") as f:
-            f.write(header + arr.astype(np.uint8).tobytes())
-
-    for split, n in (("train", 600), ("t10k", 300)):
-        labels = rng.integers(0, 10, n)
-        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19).clip(0, 255)
-        idx(data / f"{split}-images-idx3-ubyte.gz", images, 2051)
-        idx(data / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
+    data = write_fake_fashion_mnist(tmp_path / "data", 600, 300)
     monkeypatch.setenv("RESLAB_DATA", str(data))
     out = tmp_path / "out"
     assert main(["reproduce", "laurel-vision", "--preset", "quick", "--out", str(out)]) == 0

@@ -2,11 +2,11 @@
 Holm across schemes per depth) gives every verdict on synthetic per-seed values: it can come out either way."""
 from __future__ import annotations
 
-import gzip
 import json
 import statistics
 
 import pytest
+from conftest import write_fake_fashion_mnist
 
 from reslab.cli import main
 from reslab.experiments import VERDICTS, get_experiment
@@ -95,21 +95,7 @@ def test_lm_quick_preset_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_vision_quick_preset_runs_on_tiny_idx_files(tmp_path, monkeypatch):
-    import numpy as np
-
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-
-    def idx(path, arr, magic):
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-        with gzip.open(path, "wb") as f:
-            f.write(header + arr.astype(np.uint8).tobytes())
-
-    for split, n in (("train", 300), ("t10k", 100)):
-        labels = rng.integers(0, 10, n)
-        idx(data / f"{split}-images-idx3-ubyte.gz", (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19), 2051)
-        idx(data / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
+    data = write_fake_fashion_mnist(tmp_path / "data", 300, 100)
     monkeypatch.setenv("RESLAB_DATA", str(data))
     out = tmp_path / "out"
     assert main(["reproduce", "leaderboard-vision", "--preset", "quick", "--out", str(out)]) == 0
