@@ -99,6 +99,25 @@ def test_dtype_float64_and_bf16_are_kept(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS)
+def test_bf16_autocast_keeps_a_float32_stream(spec):
+    """Under bf16 autocast the branches' outputs are bf16 (their matmuls are); a scheme that keeps a residual
+    stream must keep it in float32, as x + f(x) does: every branch reads float32 and the result is float32.
+    (Stream mixing by einsum would otherwise run in bf16 and push the streams to bf16.)"""
+    if resolve(spec)[0].name == "plain":
+        pytest.skip("plain has no stream to keep: its state is the last branch's (bf16) output")
+    blocks, x = make_blocks(), torch.randn(B, T, D)
+    seen = []
+    for block in blocks:
+        for branch in block:
+            branch.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    conn = perturb(build(spec))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conn(x, blocks)
+    assert y.dtype == torch.float32 and set(seen) == {torch.float32}, (y.dtype, set(seen))
+    torch.testing.assert_close(y, conn(x, blocks), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("spec", SPECS)
 def test_double_backward_and_jvp(spec):
     conn = perturb(build(spec).double())
     blocks = make_blocks().double()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Connection
+from .base import Connection, stream_precision
 
 
 def hc_param_count(n: int, m: int, dim: int, layers: int, dynamic: bool, norm: str, write: str) -> int:
@@ -94,7 +94,8 @@ class StreamMix(Connection):
         """Branch t's input x (*P, D), the mixed streams H' (n, *P, D) and the write weights."""
         # weights and mixing in float32 at least (a bf16 stream mixes n terms), returned in the stream's dtype
         dtype, H = H.dtype, H.to(torch.promote_types(H.dtype, torch.float32))
-        x, Hm, B = self._mix(H, t)
+        with stream_precision(H):
+            x, Hm, B = self._mix(H, t)
         return x.to(dtype), Hm.to(dtype), B.to(dtype)
 
     def _mix(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,14 +129,16 @@ class StreamMix(Connection):
 
     def branch_output(self, state, k, b, x, out):
         _, _, Hm, B = state
-        o = self._last(out).unflatten(-1, (self.m, self.d))  # (*P, m, d)
-        if self.write == "sum" and self.dynamic:
-            add = torch.einsum("...fd,s...fg->s...gd", o, B)
-        elif self.write == "sum":  # the static beta broadcasts over the branch's fractions
-            add = B.unsqueeze(-1) * o.sum(-2, keepdim=True)
-        else:
-            add = B.unsqueeze(-1) * o
-        H = Hm + add.flatten(-2)
+        # a bf16 branch output (autocast) joins the streams in their own dtype, as x + f(x) does in residual
+        o = self._last(out).to(Hm.dtype).unflatten(-1, (self.m, self.d))  # (*P, m, d)
+        with stream_precision(Hm):
+            if self.write == "sum" and self.dynamic:
+                add = torch.einsum("...fd,s...fg->s...gd", o, B)
+            elif self.write == "sum":  # the static beta broadcasts over the branch's fractions
+                add = B.unsqueeze(-1) * o.sum(-2, keepdim=True)
+            else:
+                add = B.unsqueeze(-1) * o
+            H = Hm + add.flatten(-2)
         t = k * self.branches + b + 1
         return (H, *self._prepare(H, t)) if t < self.layers else (H,)
 

@@ -78,6 +78,7 @@ class AttnRes(Connection):
         return self.read(state, k * self.branches + b)
 
     def branch_output(self, state, k, b, x, out):
+        out = out.to(state[0].dtype)  # block sums in the stream's dtype (float32 under bf16 autocast)
         if (k * self.branches + b) % self.block == 0:  # the first branch of an AttnRes block opens it
             return state + (out,)
         return state[:-1] + (state[-1] + out,)

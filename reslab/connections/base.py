@@ -226,6 +226,14 @@ class Connection(nn.Module):
         return p.reshape(shape)
 
 
+def stream_precision(stream: Tensor):
+    """A context for arithmetic that mixes the residual stream with itself (stream mixing, depth sums by
+    einsum/matmul): autocast off, so that under bf16 autocast the stream keeps its own dtype (float32), as
+    ``x + f(x)`` keeps it in ``residual``. Without it autocast runs those einsums in bf16 and the streams
+    drift to bf16, losing precision over depth (seen on CUDA in the mhc arm: bf16 RMSNorm inputs)."""
+    return torch.autocast(stream.device.type, enabled=False)
+
+
 def as_blocks(blocks: Sequence) -> list[list[Branch]]:
     """Normalise user input: a bare callable counts as a one-branch block."""
     out = []

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Connection
+from .base import Connection, stream_precision
 from .registry import Option, register
 
 
@@ -107,7 +107,8 @@ class MHC(Connection):
 
     def _prepare(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         pre, post, res = (m.to(H.dtype) for m in self.maps(H, t))
-        x = torch.einsum("s...d,...s->...d", H, pre)
+        with stream_precision(H):
+            x = torch.einsum("s...d,...s->...d", H, pre)
         return x, post, res
 
     # -- the steps: streams (n, *P, D) channels-last; state = (H,) or (H, x, H_post, H_res) for the next branch
@@ -127,8 +128,9 @@ class MHC(Connection):
 
     def branch_output(self, state, k, b, x, out):
         H, _, post, res = state
-        o = out.movedim(self.channel_dim, -1)
-        H = torch.einsum("...ij,j...d->i...d", res, H) + post.movedim(-1, 0).unsqueeze(-1) * o
+        o = out.movedim(self.channel_dim, -1).to(H.dtype)  # a bf16 branch output joins the float32 streams
+        with stream_precision(H):
+            H = torch.einsum("...ij,j...d->i...d", res, H) + post.movedim(-1, 0).unsqueeze(-1) * o
         t = k * self.branches + b + 1
         return (H, *self._prepare(H, t)) if t < self.layers else (H,)
 
