@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU wheel of torch 2.13.0 is what we pin for set-up; package metadata keeps a range.
 TORCH_PIN := torch==2.13.0
-DEMO_STEPS ?= 120
+DEMO_STEPS ?= 100
 
 # timm imports torchvision, which does not import beside torch 2.13.0; the pair below installs (a CUDA build,
 # ~5.5 GB, about 1.5 min from the package index here), so the timm adapter tests get their own virtualenv.
@@ -20,7 +20,6 @@ $(BIN)/python:
 
 # the library itself (what the demo needs), then the test dependencies and oracles on top
 $(VENV)/.base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -e ".[yaml]"
 	touch $@
