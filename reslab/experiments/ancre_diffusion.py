@@ -61,7 +61,7 @@ PRESETS = {
                                {"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
                                 "eval_timesteps": 4}),
                   sampling=_sampling(30, 8, 2), classifier=_classifier(20, 256)),
-    "cpu": dict(_ARMS, seeds=3,
+    "cpu": dict(_ARMS, seeds=3, tune={"lr": [1e-3, 2e-3, 4e-3]},  # every arm's lr from the same grid
                 train=_train(2000, 64, 100, 250, 8, {"resize": 14},
                              {"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.999,
                               "eval_timesteps": 10}, threads=1),
