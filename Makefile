@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU wheel of torch 2.13.0 is what we pin for set-up; package metadata keeps a range.
 TORCH_PIN := torch==2.13.0
-DEMO_STEPS ?= 100
+DEMO_STEPS ?= 90
 
 # timm imports torchvision, which does not import beside torch 2.13.0; the pair below installs (a CUDA build,
 # ~5.5 GB, about 1.5 min from the package index here), so the timm adapter tests get their own virtualenv.
