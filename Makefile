@@ -19,9 +19,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # the library itself (what the demo needs), then the test dependencies and oracles on top
+# --no-compile: pip would byte-compile every file of torch (most never imported); Python compiles what it imports
 $(VENV)/.base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[yaml]"
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check -e ".[yaml]"
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.base
