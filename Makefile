@@ -41,7 +41,7 @@ setup: $(VENV)/.installed
 # every registered scheme on the quick preset's model, two runs at a time (one thread each, one per core)
 demo: $(VENV)/.base
 	$(BIN)/reslab compare --task shakespeare --model gpt --connections all --preset quick --seeds 1 --jobs 2 \
-		threads=1 steps=$(DEMO_STEPS) --out-dir runs/demo
+		threads=1 steps=$(DEMO_STEPS) eval_every=30 --out-dir runs/demo
 
 # two pytest workers (pytest-xdist), one thread each: both cores busy; the slowest tests listed at the end
 test: test-main test-timm
