@@ -118,6 +118,19 @@ def test_unique_arms_and_bad_input():
         ov.run_overhead(("gpt",), size="huge", log=None)
     with pytest.raises(ValueError, match="repeats"):
         ov.run_overhead(("gpt",), size="tiny", repeats=0, log=None)
+    with pytest.raises(ValueError, match="steps_per_round"):
+        ov.run_overhead(("gpt",), size="tiny", steps_per_round=0, log=None)
+
+
+def test_steps_per_round_times_the_mean_of_consecutive_steps(monkeypatch):
+    """With k steps per round every arm takes k optimizer steps per round and each sample is their mean."""
+    calls = []
+    real = ov.train_step
+    monkeypatch.setattr(ov, "train_step", lambda net, opt, x, y: (calls.append(id(opt)), real(net, opt, x, y)))
+    raw = ov.time_arms("gpt", "tiny", ["residual", "rezero"], repeats=2, warmup=1, device=torch.device("cpu"),
+                       log=None, steps_per_round=3)
+    assert len(calls) == 2 * (1 + 2) * 3 and len(set(calls)) == 2  # 2 arms x 3 rounds x 3 steps
+    assert all(len(raw[a]["wall_times_s"]) == 2 and len(raw[a]["cpu_times_s"]) == 2 for a in raw)
 
 
 def test_cli_overhead_with_memory_probe(tmp_path, capsys):

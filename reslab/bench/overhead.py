@@ -334,9 +334,12 @@ def _compiled(net, compile: bool | str):
 
 def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int, device: torch.device,
               seed: int = 0, log=print, compile: bool | str = False, fused: bool = False,
-              watch: dict | None = None) -> dict[str, dict]:
+              watch: dict | None = None, steps_per_round: int = 1) -> dict[str, dict]:
     """Interleaved timing; on CUDA also the peak step memory. Returns {spec: {...}}. ``watch`` (a dict)
-    receives ``others_cpu``: other processes' CPU use during the timed rounds (see :class:`OthersCPU`)."""
+    receives ``others_cpu``: other processes' CPU use during the timed rounds (see :class:`OthersCPU`).
+    ``steps_per_round``: each arm runs that many consecutive steps per round and the round's sample is their
+    mean -- the per-step jitter of a shared VM (or kernel-launch jitter on a GPU) averages out of each paired
+    ratio, while slow drifts still hit every arm alike (the arms still interleave round by round)."""
     from ..connections import fused as fused_path
     from ..train import connection_parameters
 
@@ -364,9 +367,11 @@ def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int,
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             with fused_path(fused):
-                train_step(step_net[a], opt, x, y)
+                for _ in range(steps_per_round):
+                    train_step(step_net[a], opt, x, y)
             _sync(device)
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            dt = (time.perf_counter() - t0) / steps_per_round
+            dc = (time.process_time() - c0) / steps_per_round
             if r >= warmup:
                 wall[a].append(dt)
                 cpu[a].append(dc)
@@ -553,7 +558,7 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
                  warmup: int = 2, connections: list[str] | None = None, device: str = "auto",
                  memory: bool = True, seed: int = 0, out_dir: str | Path | None = None, command: str = "",
                  clock: str = "wall", log=print, compile: bool | str = False, fused: bool = False,
-                 max_load: float | None = MAX_LOAD) -> dict:
+                 max_load: float | None = MAX_LOAD, steps_per_round: int = 1) -> dict:
     """Run the benchmark; write ``overhead.json`` and ``overhead.md`` to ``out_dir`` when given.
 
     ``compile``: time ``torch.compile(model)`` (True: inductor; a string names another backend) -- the default
@@ -572,6 +577,8 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
         raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(CLOCKS)}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if steps_per_round < 1:
+        raise ValueError(f"need steps_per_round >= 1, got {steps_per_round}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -594,6 +601,7 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
         "eager, fused stream sums" if fused else "eager")
     result: dict = {"command": command or "reslab bench overhead", "git": git_revision(), "machine": mach,
                     "device": dev.type, "size": size, "repeats": repeats, "warmup": warmup, "seed": seed,
+                    "steps_per_round": steps_per_round,
                     "clock": clock, "threads": torch.get_num_threads(), "compile": compile, "fused": fused,
                     "path": path, "max_load": max_load, "load_before": load_before,
                     "baseline": "residual", "arms": arms, "models": {}}
@@ -603,7 +611,8 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
     for m in models:
         log(f"[{m}] timing {len(arms)} arms: {warmup} warm-up + {repeats} interleaved rounds on {dev.type}")
         watch: dict = {}
-        raw = time_arms(m, size, arms, repeats, warmup, dev, seed, log, compile=compile, fused=fused, watch=watch)
+        raw = time_arms(m, size, arms, repeats, warmup, dev, seed, log, compile=compile, fused=fused, watch=watch,
+                        steps_per_round=steps_per_round)
         others.append(watch.get("others_cpu"))
         method = "torch.cuda.max_memory_allocated - memory_allocated around a steady-state step"
         if dev.type == "cpu":
@@ -668,7 +677,8 @@ def markdown(result: dict) -> str:
     parts = [f"# Connection overhead ({dev}, size {result['size']}, {result.get('path', 'eager')})\n",
              f"`{result['command']}` — git {result['git']}, {result['machine'].get('platform', '')}, "
              f"torch {result['machine'].get('torch', '')}, {result.get('threads', '?')} thread(s); "
-             f"{result['warmup']} warm-up + {result['repeats']} interleaved rounds; wall {result['wall_time_s']} s.\n",
+             f"{result['warmup']} warm-up + {result['repeats']} interleaved rounds of "
+             f"{result.get('steps_per_round', 1)} step(s) per arm; wall {result['wall_time_s']} s.\n",
              f"One step = zero_grad + forward + loss + backward + AdamW step, timed on the **{clock}** clock "
              f"({CLOCK_TEXT[clock]}). Ratios are to `residual` in the same run: *time ×* is the ratio of medians, "
              f"*paired* the median [IQR] of per-round ratios (a noise gauge), *{other} ×* the ratio of medians on "
@@ -764,7 +774,7 @@ def _cmd(args) -> int:
     compile = args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
     result = run_overhead(models, args.size, args.repeats, args.warmup, connections, args.device,
                           memory=args.memory, seed=args.seed, out_dir=args.out, command=command, clock=args.clock,
-                          compile=compile, fused=args.fused, max_load=max_load)
+                          compile=compile, fused=args.fused, max_load=max_load, steps_per_round=args.steps_per_round)
     print()
     print("Machine: " + hygiene_line(result))
     print(target_table(result))
@@ -779,6 +789,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--size", choices=tuple(SIZES), default="default")
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed rounds per arm (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed interleaved rounds first (default 2)")
+    p.add_argument("--steps-per-round", type=int, default=1,
+                   help="consecutive steps per arm in each round, timed as one sample (their mean): narrows the "
+                        "paired IQR where single steps jitter (default 1)")
     p.add_argument("--out", default="results/bench-overhead", help="folder for overhead.json / overhead.md")
     p.add_argument("--connections", default=None,
                    help="comma-separated specs (default: every registered scheme's example + laurel(rw), "
