@@ -214,3 +214,37 @@ def test_value_residual_gpt_trains_with_a_multistream_connection():
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
     assert all(p.grad is not None for n, p in model.named_parameters() if "v_mix" in n)
+
+
+def test_mhc_recompute_gives_the_same_values_and_gradients_and_stores_less():
+    """recompute (the default) checkpoints the maps: the same outputs and gradients as storing them (float64,
+    tight tolerance), far fewer numbers kept for the backward pass, and torch.func.grad (which disables the
+    saved-tensor hooks the checkpoint needs) falls back to the plain path instead of raising."""
+    fs = branches(K * BR)
+    off = perturb(build("mhc(recompute=false)"))
+    on = build("mhc")
+    on.load_state_dict(off.state_dict())
+    assert on.recompute and not off.recompute
+    x = torch.randn(B, 6, 5, D, dtype=torch.float64)
+
+    def run(conn):
+        stored = []
+
+        def pack(t):
+            stored.append(t.numel())
+            return t
+
+        inp = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = conn(inp, as_blocks(fs))
+        grads = torch.autograd.grad(y.pow(2).sum(), (inp, *conn.parameters()))
+        return y, grads, sum(stored)
+
+    y_on, g_on, kept_on = run(on)
+    y_off, g_off, kept_off = run(off)
+    torch.testing.assert_close(y_on, y_off, atol=1e-12, rtol=1e-12)
+    for a, b in zip(g_on, g_off):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    assert kept_on < kept_off / 3, (kept_on, kept_off)
+    g_func = torch.func.grad(lambda h: on(h, as_blocks(fs)).pow(2).sum())(x)
+    torch.testing.assert_close(g_func, g_on[0], atol=1e-12, rtol=1e-12)

@@ -13,6 +13,22 @@ Sinkhorn-Knopp: M = exp(logits), then ``sinkhorn_iters`` times normalise columns
 (norm, phi, sigmoid, Sinkhorn) run in float32 with autocast off, float64 when the stream is float64.
 Per branch: n*D*(n^2 + 2n) (phi) + n^2 + 2n (b) + 3 (a) parameters. Memory: n times the residual stream.
 
+recompute (default on): the maps are computed per position, and storing their intermediates for the
+backward pass (the normalised n*D-wide v, and per Sinkhorn iteration the n x n matrices and their sums,
+~2 n^2 + 2n numbers: ~800 per position at n = 4 and 20 iterations) costs more than the n streams themselves where D is
+small, as in a ResNet's 16-64 channels (issue #16: peak step memory 10.5x residual's on CPU for
+ResNet-20). As the mHC paper does, the maps run under a non-reentrant
+torch.utils.checkpoint and are recomputed in the backward pass; autograd keeps only H, which the
+mixing stores anyway, and the maps' outputs. Values and gradients are unchanged (tested), double
+backward, forward-mode AD and torch.compile(fullgraph) work with it (the registry's contract tests
+run the default), so it is on by default; the price is one more evaluation of the maps per backward
+(one (n*D) x (n^2+2n) matmul and the Sinkhorn loop per position). It is skipped where it cannot help
+or cannot run: with grad mode off, and under torch.func.grad/vjp/jacrev, which disable the
+saved-tensor hooks the checkpoint is built on. recompute=false stores them, as before. Measured with
+``reslab bench overhead --model resnet`` (ResNet-20, batch 32, CPU, peak step memory / residual's
+52.3 MB, one run): 3.72x (194.6 MB) with recompute, 10.47x (547.6 MB) with recompute=false. Its time
+cost was not measured on a quiet machine.
+
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
 b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
 H_pre = 1/2 on stream t mod n and 1/(2(n-1)) on the others: the read weights sum to 1, so every stream
@@ -33,6 +49,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import Connection, stream_precision
 from .registry import Option, register
@@ -56,20 +73,23 @@ def sinkhorn(logits: Tensor, iters: int) -> Tensor:
                   "post": "(L, n) static H_post = 2 sigmoid(b_post)",
                   "res": "(L, n, n) static H_res = SinkhornKnopp(b_res), rows = destination stream"},
     starts_as_residual=False,  # equal up to the rounding of the stored b_pre (~1e-8), tested in test_multistream.py
-    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5)"),
+    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5, recompute=false)"),
     options=[
         Option("n", "int", 4, "number of streams", min=2, max=64),
         Option("sinkhorn_iters", "int", 20, "Sinkhorn-Knopp iterations (t_max)", min=1, max=1000),
         Option("reduce", "choice", "sum", "how the n streams become the output", choices=("sum", "mean")),
         Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model", min=1, max=64),
+        Option("recompute", "bool", True, "recompute the maps (norm, phi, Sinkhorn) in the backward pass instead of "
+                                          "storing their intermediates (same values and gradients, less memory)"),
     ],
 )
 class MHC(Connection):
     """mHC: n streams; sigmoid read/write maps and a Sinkhorn-projected doubly stochastic mixing matrix."""
 
-    def __init__(self, n_blocks, dim, channel_dim=-1, n=4, sinkhorn_iters=20, reduce="sum", branches=1):
+    def __init__(self, n_blocks, dim, channel_dim=-1, n=4, sinkhorn_iters=20, reduce="sum", branches=1,
+                 recompute=True):
         super().__init__(n_blocks, dim, channel_dim)
-        self.n, self.iters, self.reduce = int(n), int(sinkhorn_iters), reduce
+        self.n, self.iters, self.reduce, self.recompute = int(n), int(sinkhorn_iters), reduce, bool(recompute)
         self.branches = self.branches_per_block = int(branches)
         L, n = n_blocks * self.branches, self.n
         self.layers = L
@@ -93,7 +113,24 @@ class MHC(Connection):
 
     def maps(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         """H_pre (*P, n), H_post (*P, n), H_res (*P, n, n) of branch t for streams H (n, *P, D), in float32
-        (float64 for a float64 stream) whatever the autocast dtype."""
+        (float64 for a float64 stream) whatever the autocast dtype. Recomputed in the backward pass where
+        :meth:`_recomputes` allows, so autograd keeps only H (stored anyway by the mixing) and the maps."""
+        if self._recomputes():
+            # preserve_rng_state=False: the maps draw no random numbers, so there is no RNG state to replay
+            return checkpoint(self._maps, H, t, use_reentrant=False, preserve_rng_state=False)
+        return self._maps(H, t)
+
+    def _recomputes(self) -> bool:
+        """Whether :meth:`maps` runs under a non-reentrant checkpoint: only when autograd will store something
+        (grad mode on), and not where saved-tensor hooks, on which that checkpoint is built, are disabled
+        (torch.func.grad / vjp / jacrev raise on them); the plain path computes the same values there."""
+        if not (self.recompute and torch.is_grad_enabled()):
+            return False
+        if torch.compiler.is_compiling():
+            return True  # dynamo traces the checkpoint as a higher-order op and AOT autograd recomputes it
+        return torch._C._autograd._saved_tensors_hooks_get_disabled_error_message() is None
+
+    def _maps(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         n, wdt = self.n, torch.promote_types(H.dtype, torch.float32)
         with torch.autocast(H.device.type, enabled=False):
             v = H.movedim(0, -2).flatten(-2).to(wdt)  # (*P, n*D), stream-major like vec(x_l)
