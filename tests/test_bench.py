@@ -361,3 +361,13 @@ def test_combined_table_over_runs(tiny_run, tmp_path, capsys):
     assert ancre[3].strip().startswith("refused")  # gpt column of the compiled run
     assert ancre[0].strip().startswith("refused") == (first_busy or any(
         t["arm"] == "ancre" and t["model"] == "gpt" and t["status"] == "refused" for t in result["targets"]))
+
+
+def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():
+    t = lambda target, status, ratio: {"target": target, "model": "gpt", "metric": "time", "limit": 1.03,  # noqa: E731
+                                       "ratio": ratio, "status": status}
+    line = sb.overhead_line({"device": "cpu", "size": "default",
+                             "targets": [t("ancre", "pass", 1.01), t("denseformer", "miss", 1.08),
+                                         t("rezero", "refused", 1.0)]}, "x.md")
+    assert "1 of 3 targets met, 1 refused as too noisy" in line
+    assert "missed: `denseformer` time on gpt (1.080× > 1.03×)" in line and "rezero" not in line

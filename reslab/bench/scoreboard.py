@@ -133,8 +133,12 @@ def overhead_line(overhead: dict | None, link: str) -> str:
     met = sum(t["status"] == "pass" for t in rows)
     misses = ", ".join(f"`{t['target']}` {t['metric']} on {t['model']} ({t['ratio']:.3f}× > {t['limit']:.2f}×)"
                        for t in rows if t["status"] == "miss")
+    refused = [t for t in rows if t["status"] == "refused"]
     line = (f"Connection overhead ({overhead.get('device', '?')}, size {overhead.get('size', '?')}): "
             f"{met} of {len(rows)} targets met")
+    if refused:  # neither met nor missed: the bench would not judge them (busy machine or too noisy a ratio)
+        line += (f", {len(refused)} refused as too noisy to judge (paired IQR wider than the target's margin, "
+                 f"or a busy machine)")
     return line + (f"; missed: {misses}" if misses else "") + f" ([details]({link}))."
 
 
