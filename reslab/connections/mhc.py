@@ -26,7 +26,8 @@ run the default), so it is on by default; the price is one more evaluation of th
 or cannot run: with grad mode off, and under torch.func.grad/vjp/jacrev, which disable the
 saved-tensor hooks the checkpoint is built on. recompute=false stores them, as before. Measured with
 ``reslab bench overhead --model resnet`` (ResNet-20, batch 32, CPU, peak step memory / residual's
-52.3 MB, one run): 3.72x (194.6 MB) with recompute, 10.47x (547.6 MB) with recompute=false. Its time
+52.3 MB, one run at torch's 2 threads): 3.72x (194.6 MB) with recompute, 10.47x (547.6 MB) with recompute=false
+(at 1 thread both were ~3.7x: there the peak lay elsewhere). Its time
 cost was not measured on a quiet machine.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
@@ -128,11 +129,13 @@ class MHC(Connection):
             return False
         if torch.compiler.is_compiling():
             return True  # dynamo traces the checkpoint as a higher-order op and AOT autograd recomputes it
-        return torch._C._autograd._saved_tensors_hooks_get_disabled_error_message() is None
+        # a private torch query (no public one); where a torch lacks it, the checkpoint path is taken
+        disabled = getattr(torch._C._autograd, "_saved_tensors_hooks_get_disabled_error_message", lambda: None)
+        return disabled() is None
 
     def _maps(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         n, wdt = self.n, torch.promote_types(H.dtype, torch.float32)
-        with torch.autocast(H.device.type, enabled=False):
+        with stream_precision(H):
             v = H.movedim(0, -2).flatten(-2).to(wdt)  # (*P, n*D), stream-major like vec(x_l)
             v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
             z = v @ self.phi[t].to(wdt)

@@ -221,8 +221,7 @@ EXPERIMENT = Experiment(
     },
     run=run,
     verdict=verdict,
-    notes="cpu preset scaled down (the committed cpu run predates the preset's train/tune fields; its settings are the same "
-          "numbers, flat): ResNet-56 at width 0.5 (8/16/32 channels), 14x14 images, a 20k-image training "
+    notes="cpu preset scaled down: ResNet-56 at width 0.5 (8/16/32 channels), 14x14 images, a 20k-image training "
           "subset, 800 steps of batch 64, 3 seeds, 7 λ from 1/n to 1; GC exact on 512 test images. The lr is tuned per "
           "λ from one grid (λ interacts with the effective LR; the paper's recipe is unknown, digest §2). GC is measured on "
           "the logits (the paper's choice is not known).",

@@ -44,7 +44,7 @@ _COMMON = dict(arms=ARMS, baseline="residual")
 PRESETS = {
     "quick": dict(_COMMON, seeds=2, train=_train(16, 16, 4, 8, 2, {"n_train": 256, "n_val": 64},
                                                  {"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2})),
-    # every arm's lr tuned on a tuning seed from the same grid; the final evaluation reads the full 10k test set
+    # every arm's lr tuned on a tuning seed from the same grid; every evaluation reads the full 10k test set
     "cpu": dict(_COMMON, seeds=4, tune={"lr": [5e-4, 1e-3, 2e-3]}, train=_train(2000, 128, 100, 500, 79, {},
                                                {"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}, threads=1)),
     "gpu": dict(_COMMON, seeds=3, train=_train(20000, 256, 1000, 1000, 40, {},
