@@ -19,11 +19,14 @@ from .common import decide, depth_premise, noninferior, row, significantly, trai
 
 def arms(s: dict) -> dict[str, dict]:
     L, r = s["layers"], s["rank"]
-    return {f"L={L} residual": {"n_layer": L, "connection": "residual"},
+    every = {f"L={L} residual": {"n_layer": L, "connection": "residual"},
             f"L={L + 1} residual": {"n_layer": L + 1, "connection": "residual"},
             "laurel(rw)": {"n_layer": L, "connection": "laurel(rw)"},
             f"laurel(rw, lr, rank={r})": {"n_layer": L, "connection": f"laurel(rw, lr, rank={r})"},
             f"laurel(rw, lr, pa, rank={r})": {"n_layer": L, "connection": f"laurel(rw, lr, pa, rank={r})"}}
+    # a preset may keep only some: "base" (L), "deeper" (L+1), "rw", "rw+lr", "rw+lr+pa"
+    keys = dict(zip(["base", "deeper", "rw", "rw+lr", "rw+lr+pa"], every))
+    return {keys[k]: every[keys[k]] for k in s.get("arms", keys)}
 
 
 def run(s: dict, out: Path, log) -> dict:
@@ -77,7 +80,8 @@ EXPERIMENT = Experiment(
     presets={"quick": dict(seeds=2, layers=2, rank=4, tune={"lr": [3e-3, 1e-2]},
                            train=_train(steps=30, batch=8, d=32, block=32, eval_every=15, eval_batches=2,
                                         max_chars=100_000)),
-             "cpu": dict(seeds=3, layers=4, rank=4, tune={"lr": [1e-3, 3e-3, 1e-2]},
+             # sized to ≲ 50 min on one core (18 runs): the three arms the claims need
+             "cpu": dict(seeds=3, layers=4, rank=4, arms=["base", "deeper", "rw+lr"], tune={"lr": [1e-3, 3e-3, 1e-2]},
                          train=_train(steps=800, batch=16, d=64, block=128, eval_every=50, eval_batches=16)),
              "gpu": dict(seeds=5, layers=12, rank=32, tune={"lr": [1e-3, 3e-3, 1e-2]},
                          train=_train(steps=10000, batch=64, d=512, block=256, eval_every=250, eval_batches=50))},
