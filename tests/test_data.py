@@ -328,7 +328,7 @@ def test_teacher_deterministic_and_noise_on_train_only():
 
 def test_registry_names_and_options():
     names = list_tasks()
-    assert set(names) == {"shakespeare", "text:PATH", "fashion_mnist", "linear", "teacher"}
+    assert set(names) == {"shakespeare", "text:PATH", "fashion_mnist", "linear", "teacher", "gaussian_classes"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in names.values())
     with pytest.raises(ValueError, match=r"unknown task 'shakespear'; valid: shakespeare, "):
         get_task("shakespear")

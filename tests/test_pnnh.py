@@ -8,10 +8,12 @@ quick presets of both experiments must run (Fashion-MNIST is faked with tiny idx
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import struct
 
 import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -126,6 +128,59 @@ def test_theorem_3_2_and_dissipation_on_probe_nets():
     plain_r2 = [r["probe_r2"] for r in rows["plain"]]
     assert plain_r2[-1] < plain_r2[0] - 0.3  # the plain net loses the input
     assert min(r["probe_r2"] for r in rows["pnnh"]) > 0.98  # the code carries it (code width 192 >= 32)
+
+
+def test_probe_model_and_gaussian_classes_task():
+    from reslab.data import get_task
+    from reslab.models import build_model
+
+    task = get_task("gaussian_classes", dim=16, n_train=64, n_val=32, seed=3)
+    assert task.train_x.shape == (64, 16) and task.val_y.shape == (32,)
+    assert torch.equal(task.train_y, get_task("gaussian_classes", dim=16, n_train=64, n_val=32, seed=3).train_y)
+    assert not torch.equal(task.train_y, get_task("gaussian_classes", dim=16, n_train=64, n_val=32, seed=4).train_y)
+    assert task.train_y.unique().numel() > 3  # the random linear map spreads the labels over the classes
+    net = build_model("probe", task.info, kind="plain", depth=3, width=8)
+    assert isinstance(net, D.ProbeNet) and net(task.val_x).shape == (32, 10)
+    with pytest.raises(ValueError, match="kind= option"):
+        build_model("probe", task.info, "ancre", kind="plain")
+    with pytest.raises(ValueError, match="probe"):
+        build_model("probe", task.info, colour="red")
+
+
+def test_fit_trains_with_the_trainer_and_reuses_the_run(tmp_path):
+    msgs = []
+    res, net = D.fit("residual", 3, 16, "synthetic", 256, tmp_path / "r", resize=4, steps=30, lr=3e-3,
+                     batch_size=32, log=msgs.append)
+    assert res["finite"] and res["steps"] == 30 and net is not None
+    assert (tmp_path / "r" / "checkpoint.pt").exists() and (tmp_path / "r" / "metrics.jsonl").exists()
+    from reslab.train import read_log
+
+    losses = [r["loss"] for r in read_log(tmp_path / "r") if "loss" in r]
+    assert res["final_loss"] == pytest.approx(sum(losses[-20:]) / 20)
+    assert [c["step"] for c in res["curve"]] == [10, 20, 30]
+    assert res["curve"][0]["train_loss"] > res["final_loss"]  # it learned something
+    # the held-out accuracy the Trainer reports is that of the returned (trained) weights
+    _, _, xv, yv = D.load_inputs("synthetic", 256, 4, 0)
+    assert res["val_acc"] == pytest.approx(D.accuracy(net, xv, yv), abs=0.02)
+    again, _ = D.fit("residual", 3, 16, "synthetic", 256, tmp_path / "r", resize=4, steps=30, lr=3e-3,
+                     batch_size=32, log=msgs.append)
+    assert any("reusing finished run" in m for m in msgs) and again["final_loss"] == res["final_loss"]
+    # a run that blows up is reported as not finite, with no model
+    bad, none = D.fit("plain", 3, 16, "synthetic", 256, tmp_path / "bad", resize=4, steps=30, lr=1e6,
+                      batch_size=32, grad_clip=0.0, log=msgs.append)
+    assert not bad["finite"] and none is None
+
+
+def test_dissipation_cli_trains_through_the_trainer(tmp_path, capsys):
+    from reslab.cli import main
+
+    rc = main(["analyze", "dissipation", "--kinds", "plain,residual", "--depth", "4", "--width", "16", "--n", "128",
+               "--n-probe", "64", "--resize", "4", "--train-steps", "12", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "dissipation.json").read_text())
+    for kind in ("plain", "residual"):
+        assert (tmp_path / "train" / kind / "checkpoint.pt").exists()
+        assert len(report[kind]["trained"]) == 4 and report[kind]["fit"]["steps"] == 12
 
 
 # ---------------------------------------------------------------------------------- PNNH layers

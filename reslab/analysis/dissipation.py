@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-KINDS = ("plain", "residual", "scaled", "pnnh")
+# the four networks of the claims are a model family (model name "probe"); re-exported here, where they are used
+from ..models.probe import KINDS, ProbeNet  # noqa: F401
+
 #: Theorem 3.2 under He init: (E[y]/E[x], E[y^2]/E[x^2]) for the plain and post-activation residual layer
 THEOREM_3_2 = {"plain": (0.0, 2.0), "residual": (1.0, 3.0)}
 
@@ -137,89 +138,6 @@ def ridge_probe_r2(f_train: Tensor, x_train: Tensor, f_test: Tensor, x_test: Ten
 
 
 # ------------------------------------------------------------------------------------- networks
-
-class _PlainLayer(nn.Module):
-    """h -> ReLU(W h), W ~ He normal."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.lin = nn.Linear(d, d, bias=False)
-        self.act = nn.ReLU()
-        nn.init.kaiming_normal_(self.lin.weight, nonlinearity="relu")
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.act(self.lin(h))
-
-
-class _ResidualLayer(_PlainLayer):
-    """h -> ReLU(h + W h): the post-activation residual layer of Theorem 3.2 (He et al. 2016 v1, one-layer branch)."""
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.act(h + self.lin(h))
-
-
-class _ScaledLayer(nn.Module):
-    """h -> h + lam W2 ReLU(W1 h): a pre-activation residual block scaled by lam (REX rule lam = 1/sqrt(L))."""
-
-    def __init__(self, d: int, lam: float):
-        super().__init__()
-        self.w1, self.w2 = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
-        self.act, self.lam = nn.ReLU(), lam
-        for w in (self.w1, self.w2):
-            nn.init.kaiming_normal_(w.weight, nonlinearity="relu")
-
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.lam * self.w2(self.act(self.w1(h)))
-
-
-class ProbeNet(nn.Module):
-    """The networks of the dissipation claims, at He init, without normalisation:
-
-        embed:    h_0 = E x                       (E ~ N(0, 1/in_dim): unit-scale features)
-        plain:    h_l = ReLU(W_l h_{l-1})
-        residual: h_l = ReLU(h_{l-1} + W_l h_{l-1})             (Theorem 3.2's post-activation form)
-        scaled:   h_l = h_{l-1} + lam W2_l ReLU(W1_l h_{l-1})   (lam = 1/sqrt(depth) unless given)
-        pnnh:     the PNNH MLP (reslab.models.pnnh.PNNHMLP, learner width ``width``, code width
-                  ``code_width * width``, norm none): its stem replaces E, layers 1..depth follow
-        head:     logits = U h_depth (for training)
-
-    ``diagnostic_layers()`` are layers 1..depth; each holds one ReLU."""
-
-    def __init__(self, kind: str, depth: int, width: int, in_dim: int, out_dim: int = 10, lam: float | None = None,
-                 coder: str = "fixed", code_width: float = 0.5):
-        super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"ProbeNet: kind={kind!r} is not one of {', '.join(KINDS)}")
-        for k, v in (("depth", depth), ("width", width), ("in_dim", in_dim), ("out_dim", out_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ProbeNet: {k} must be a positive int, got {v!r}")
-        self.kind, self.depth = kind, depth
-        self.lam = (1 / math.sqrt(depth)) if lam is None else float(lam)
-        if kind == "pnnh":
-            from ..models.pnnh import PNNHMLP
-
-            self.net = PNNHMLP(in_dim, out_dim, width=width, n_layers=depth, coder=coder, code_width=code_width,
-                               norm="none")
-            return
-        self.embed = nn.Linear(in_dim, width, bias=False)
-        nn.init.normal_(self.embed.weight, std=1 / math.sqrt(in_dim))
-        make = {"plain": lambda: _PlainLayer(width), "residual": lambda: _ResidualLayer(width),
-                "scaled": lambda: _ScaledLayer(width, self.lam)}[kind]
-        self.layers = nn.ModuleList(make() for _ in range(depth))
-        self.head = nn.Linear(width, out_dim)
-
-    def diagnostic_layers(self) -> list[nn.Module]:
-        return list(self.net.layers) if self.kind == "pnnh" else list(self.layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        if self.kind == "pnnh":
-            return self.net(x)
-        h = self.embed(x)
-        for layer in self.layers:
-            h = layer(h)
-        return self.head(h)
-
 
 # ------------------------------------------------------------------------------------ profiling
 
@@ -372,51 +290,62 @@ def synthetic_inputs(n: int, dim: int, seed: int = 0) -> Tensor:
     return torch.randn(n, dim, generator=g)
 
 
-def load_inputs(data: str, n: int, resize: int = 8, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_train, y_train, x_val, y_val): ``fashion_mnist`` (n training images at resize x resize,
-    flattened) or ``synthetic`` (Gaussian vectors of dim resize^2 with labels from a random linear
-    teacher, so a net can be trained on them)."""
+DATA = ("synthetic", "fashion_mnist")
+
+
+def probe_task(data: str, n: int, resize: int = 8, seed: int = 0) -> tuple[str, dict]:
+    """The reslab task (name, options) behind ``data``: ``fashion_mnist`` (a seeded random subset of n training
+    images at resize x resize, up to 10,000 test images) or ``synthetic`` (``gaussian_classes``: Gaussian vectors
+    of dim resize^2 labelled by a random linear map, so a net can be trained on them)."""
     if data == "fashion_mnist":
-        from ..data import get_task
-
-        task = get_task("fashion_mnist", n_train=n, n_val=min(n, 10000), resize=resize, subset="random", seed=seed)
-        return task.train_x.flatten(1), task.train_y, task.val_x.flatten(1), task.val_y
+        return "fashion_mnist", {"n_train": n, "n_val": min(n, 10000), "resize": resize, "subset": "random", "seed": seed}
     if data == "synthetic":
-        d = resize * resize
-        x = synthetic_inputs(2 * n, d, seed)
-        teacher = torch.randn(d, 10, generator=torch.Generator().manual_seed(seed + 1))
-        y = (x @ teacher).argmax(1)
-        return x[:n], y[:n], x[n:], y[n:]
-    raise ValueError(f"unknown data {data!r}; valid: fashion_mnist, synthetic")
+        return "gaussian_classes", {"dim": resize * resize, "n_train": n, "n_val": n, "seed": seed}
+    raise ValueError(f"unknown data {data!r}; valid: {', '.join(DATA)}")
 
 
-def fit(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 1e-3, batch_size: int = 128,
-        seed: int = 0, grad_clip: float = 1.0, curve_every: int = 10) -> dict:
-    """A short AdamW classification run (constant lr, clipping) so the diagnostics can be repeated
-    after training; returns the last 20 steps' mean loss, whether it stayed finite, and the loss curve
-    (every ``curve_every`` steps, the mean of the last 20 steps' losses: the same smoothing as the final
-    loss, so a run "reaches" another's final loss on a comparable scale)."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    losses, curve = [], []
-    for _ in range(steps):
-        ix = torch.randint(x.shape[0], (batch_size,), generator=g)
-        loss = F.cross_entropy(model(x[ix]), y[ix])
-        if not torch.isfinite(loss):
-            return {"final_loss": float("nan"), "finite": False, "steps": len(losses), "curve": curve}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if len(losses) % curve_every == 0 or len(losses) == steps:
-            tail = losses[-20:]
-            curve.append({"step": len(losses), "train_loss": sum(tail) / len(tail)})
+def load_inputs(data: str, n: int, resize: int = 8, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_train, y_train, x_val, y_val) of :func:`probe_task`, inputs flattened: the same tensors the trainer
+    sees when :func:`fit` trains on ``data``."""
+    from ..data import get_task
+
+    name, options = probe_task(data, n, resize, seed)
+    task = get_task(name, **options)
+    return task.train_x.flatten(1), task.train_y, task.val_x.flatten(1), task.val_y
+
+
+def fit(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Path, *, resize: int = 8,
+        seed: int = 0, steps: int = 300, lr: float = 1e-3, batch_size: int = 128, lam: float | None = None,
+        grad_clip: float = 1.0, threads: int = 0, curve_every: int = 10, log=print) -> tuple[dict, nn.Module | None]:
+    """Train a :class:`ProbeNet` with reslab's Trainer (AdamW at a constant lr, no weight decay, clipping; the
+    run is reused when its config and code match) so that the diagnostics can be repeated after training.
+
+    Returns (result, trained model or None if it diverged). ``result``: ``final_loss`` (mean training loss of the
+    last 20 steps), ``finite``, ``steps``, ``val_acc`` (the whole held-out split), ``curve`` (every
+    ``curve_every`` steps, the mean of the last 20 steps' losses: the same smoothing as ``final_loss``, so a run
+    "reaches" another's final loss on a comparable scale) and ``run`` (the run folder)."""
+    from ..compare import train_or_reuse
+    from ..train import TrainConfig, load_trained, read_log
+
+    task, task_args = probe_task(data, n, resize, seed)
+    n_val = task_args["n_val"]
+    model_args = {"kind": kind, "depth": depth, "width": width} | ({} if lam is None else {"lam": float(lam)})
+    cfg = TrainConfig(task=task, task_args=task_args, model="probe", model_args=model_args, steps=steps,
+                      batch_size=batch_size, lr=lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                      grad_clip=grad_clip, eval_every=steps, eval_batches=math.ceil(n_val / batch_size), log_every=1,
+                      seed=seed, out_dir=str(out_dir), threads=threads, progress=False, tensorboard=False)
+    summary = train_or_reuse(cfg, log, tag=f"[{data}/{kind} depth {depth} seed {seed}]")
+    losses = [r["loss"] for r in read_log(out_dir) if "loss" in r]
+    finite = summary.get("status") == "completed"
+    curve = []
+    for i in range(curve_every, len(losses) + 1, curve_every):
+        tail = losses[max(0, i - 20):i]
+        curve.append({"step": i, "train_loss": sum(tail) / len(tail)})
     tail = losses[-20:]
-    return {"final_loss": sum(tail) / len(tail) if tail else float("nan"), "finite": True, "steps": len(losses),
-            "curve": curve}
+    result = {"final_loss": sum(tail) / len(tail) if (tail and finite) else float("nan"), "finite": finite,
+              "steps": len(losses), "curve": curve, "run": str(out_dir),
+              "val_acc": summary.get("final_val_metric") if finite else float("nan")}
+    return result, (load_trained(out_dir)[0] if finite else None)
 
 
 @torch.no_grad()
@@ -507,13 +436,18 @@ def _cmd(args) -> int:
             report[kind]["theorem_3_2"] = chk
             print(f"\nTheorem 3.2: measured ({chk['mean_ratio']:.3f}, {chk['m2_ratio']:.3f}) vs expected "
                   f"{tuple(chk['expected'])}: {'within' if chk['within_tol'] else 'OUTSIDE'} ±10%")
-        if args.train_steps:
-            fitres = fit(net, xt, yt, args.train_steps, lr=args.lr, seed=args.seed)
-            rows = profile(net, probe_x, n_train=min(args.n_probe, xt.shape[0]))
+        if args.train_steps:  # the Trainer's own net of this kind (seeded by --seed), trained, then profiled again
+            fitres, trained = fit(kind, args.depth, args.width, args.data, args.n, out / "train" / kind,
+                                  resize=args.resize, seed=args.seed, steps=args.train_steps, lr=args.lr, lam=args.lam)
+            report[kind] |= {"fit": fitres, "val_acc": fitres["val_acc"]}
+            if trained is None:
+                print(f"\n## {kind} after {args.train_steps} steps: diverged ({fitres['run']})")
+                continue
+            rows = profile(trained, probe_x, n_train=min(args.n_probe, xt.shape[0]))
             curves[f"{kind} (trained)"] = rows
-            report[kind] |= {"trained": rows, "fit": fitres, "val_acc": accuracy(net, xv, yv)}
+            report[kind]["trained"] = rows
             print(f"\n## {kind} after {args.train_steps} steps (loss {fitres['final_loss']:.3f}, val acc "
-                  f"{report[kind]['val_acc']:.3f})\n\n{table(rows, _show_layers(args.depth))}")
+                  f"{fitres['val_acc']:.3f})\n\n{table(rows, _show_layers(args.depth))}")
     (out / "dissipation.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     plot_profiles(curves, out / "dissipation.png", title=f"{args.data}, width {args.width}, depth {args.depth}")
     print(f"\nwrote {out / 'dissipation.json'} and {out / 'dissipation.png'}")
@@ -548,11 +482,11 @@ def cli_register(subparsers) -> None:
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--lam", type=float, default=None, help="scale of the scaled residual (default 1/sqrt(depth))")
-    p.add_argument("--data", default="synthetic", choices=("synthetic", "fashion_mnist"))
+    p.add_argument("--data", default="synthetic", choices=DATA)
     p.add_argument("--resize", type=int, default=8, help="images resized to r x r (synthetic: dim r^2)")
     p.add_argument("--n", type=int, default=3000, help="training inputs loaded")
     p.add_argument("--n-probe", dest="n_probe", type=int, default=1000, help="probe fit size (held out: half that)")
-    p.add_argument("--train-steps", dest="train_steps", type=int, default=0, help="also profile after N AdamW steps")
+    p.add_argument("--train-steps", dest="train_steps", type=int, default=0, help="also train each net N AdamW steps with the Trainer (run folders under OUT/train) and profile it again")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", default=None, help="profile a finished `reslab train` run folder instead")

@@ -5,6 +5,7 @@
     get_task("fashion_mnist", n_train=5000, resize=14)
     get_task("linear", d=8)                       # whitened deep-linear regression (ANCRe theory)
     get_task("teacher", depth=4, noise=0.1)       # teacher-student regression
+    get_task("gaussian_classes", dim=64)          # linearly separable Gaussian classes (dissipation probes)
     list_tasks()                                  # {name: one-line description}
 
 Option values may be strings (from a command line or config); they are converted to the type of
@@ -25,6 +26,7 @@ _TASKS: dict[str, tuple[Callable[..., Task], str]] = {
     "text:PATH": (text.text_file, "char-level LM on any UTF-8 text file at PATH"),
     "fashion_mnist": (images.fashion_mnist, "Fashion-MNIST 10-class images (val = official test set)"),
     "linear": (synthetic.linear, "deep-linear regression with whitened inputs X Xᵀ = I (train = val, optimisation)"),
+    "gaussian_classes": (synthetic.gaussian_classes, "Gaussian vectors labelled by the argmax of a random linear map"),
     "teacher": (synthetic.teacher, "teacher-student regression: random deep tanh MLP on Gaussian inputs"),
 }
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "tiny_shakespeare": "shakespeare"}

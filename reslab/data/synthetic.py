@@ -4,6 +4,9 @@
 (Zhang, Li, He & Giannakis 2026, arXiv:2602.09009, Thms 3.2/3.3): minimise ``½‖W_K⋯W_1 X − Y‖²_F``
 with ``X Xᵀ = I``. It is an *optimisation* benchmark: train and val are the same full batch.
 
+``gaussian_classes``: Gaussian vectors labelled by the argmax of a random linear map: a classification task
+with no structure a deep net needs, for the dissipating-input diagnostics (PNNH, arXiv:2402.08645).
+
 ``teacher``: teacher-student regression. A random deep tanh MLP (the teacher) labels Gaussian
 inputs; a student learns it from ``n_train`` noisy examples and is scored on ``n_val`` clean ones.
 
@@ -109,3 +112,17 @@ def teacher(*, in_dim: int = 16, width: int = 64, depth: int = 3, out_dim: int =
             "val": "fresh inputs, noiseless teacher targets"}
     return Task(name="teacher", kind="regression", train_x=x_tr.float(), val_x=x_va.float(),
                 train_y=y_tr.float(), val_y=y_va.float(), info=info)
+
+
+def gaussian_classes(*, dim: int = 64, n_classes: int = 10, n_train: int = 3000, n_val: int = 3000,
+                     seed: int = 0) -> Task:
+    """x ~ N(0, I_dim), label = argmax(x T) with T ~ N(0, 1) of shape (dim, n_classes): linearly separable
+    classes, so any net that keeps its input can learn them. Train and val are fresh draws of the same law."""
+    for k, v, lo in (("dim", dim, 1), ("n_classes", n_classes, 2), ("n_train", n_train, 1), ("n_val", n_val, 1)):
+        _int(k, v, lo)
+    t = torch.randn(dim, n_classes, generator=_gen(seed, _WEIGHTS))
+    x_tr = torch.randn(n_train, dim, generator=_gen(seed, _TRAIN))
+    x_va = torch.randn(n_val, dim, generator=_gen(seed, _VAL))
+    info = {"input_shape": [dim], "n_classes": n_classes, "val": "fresh Gaussian inputs, same linear teacher"}
+    return Task(name="gaussian_classes", kind="classification", train_x=x_tr, val_x=x_va,
+                train_y=(x_tr @ t).argmax(1), val_y=(x_va @ t).argmax(1), info=info)

@@ -43,10 +43,11 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.dissipation import (KINDS, THEOREM_3_2, ProbeNet, accuracy, fit, load_inputs, plot_profiles,
+from ..analysis.dissipation import (KINDS, THEOREM_3_2, ProbeNet, fit, load_inputs, plot_profiles,
                                     profile, table, theorem_3_2_check)
 from ..report import mean_curve, mean_std, steps_to_target, welch_p
 from . import Experiment
+from .runner import write_readme
 
 LOSE_R2 = 0.1
 KEEP_R2 = 0.5
@@ -97,12 +98,11 @@ def _one_dataset(settings: dict, data: str, out_dir: Path, log) -> dict:
             for seed in range(seeds):
                 xt, yt, xv, yv = load_inputs(data, settings["n_train"], settings["resize"], seed)
                 probe_x = torch.cat([xt[:n_probe], xv[: n_probe // 2]])
-                torch.manual_seed(seed)
-                net = ProbeNet(kind, d, width, xt.shape[1])
-                res = fit(net, xt, yt, settings["train_steps"], lr=settings["lr"], batch_size=settings["batch_size"],
-                          seed=seed)
-                res["val_acc"] = accuracy(net, xv, yv) if res["finite"] else float("nan")
-                res["rows"] = profile(net, probe_x, n_train=n_probe) if res["finite"] else None
+                res, net = fit(kind, d, width, data, settings["n_train"], out_dir / "train" / data / kind / f"d{d}" /
+                               f"seed{seed}", resize=settings["resize"], seed=seed, steps=settings["train_steps"],
+                               lr=settings["lr"], batch_size=settings["batch_size"],
+                               threads=settings.get("threads", 0), log=log)
+                res["rows"] = profile(net, probe_x, n_train=n_probe) if net is not None else None
                 runs.append(res)
                 log(f"[{data}/{kind}] depth {d} seed {seed} trained: loss {res['final_loss']:.3f}, val acc "
                     f"{res['val_acc']:.3f}")
@@ -134,7 +134,10 @@ def run(settings: dict, out_dir: Path, log) -> dict:
                "seeds": settings["seeds"], "thresholds": {"lose_r2": LOSE_R2, "keep_r2": KEEP_R2, "tol": TOL},
                "per_data": {data: _one_dataset(settings, data, out_dir, log) for data in datasets}}
     v, why = verdict(results)
-    (out_dir / "README.md").write_text(_readme(results, settings, v, why))
+    write_readme(out_dir / "README.md", "pnnh-dissipation: dissipating inputs in plain, residual and PNNH nets", v, why,
+                 [_readme_body(results, settings)], settings,
+                 [(f"{when} {data}", f"dissipation_{when}_{data}.png") for data in datasets
+                  for when in ("init", "trained")])
     return results
 
 
@@ -243,11 +246,11 @@ def verdict(results: dict) -> tuple[str, str]:
     return v, why + ". Beside: " + " ".join(t + "." for t in text)
 
 
-def _readme(results: dict, settings: dict, v: str, why: str) -> str:
+def _readme_body(results: dict, settings: dict) -> str:
+    """The README's tables (per data set: every kind at init and after training, then the seed statistics)."""
     depth = results["max_depth"]
     show = sorted({l for l in (1, 2, 3, 5, 10, 20, 30, 50) if l <= depth} | {depth})
-    lines = [f"# pnnh-dissipation ({v})", "", why, "",
-             f"Inputs of dimension {settings['resize'] ** 2}, width {results['width']}, {results['seeds']} seed(s), "
+    lines = [f"Inputs of dimension {settings['resize'] ** 2}, width {results['width']}, {results['seeds']} seed(s), "
              f"one net of depth {depth} per kind and seed. Probe: ridge (penalty chosen on a validation split), "
              f"{settings['n_probe']} fit / {settings['n_probe'] // 2} held-out inputs.", ""]
     for data, res in results["per_data"].items():
@@ -285,8 +288,6 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
                                  f"{fmt(e['welch_p_acc_vs_residual'])} | "
                                  f"{'—' if e['steps_to_target'] is None else e['steps_to_target']} |")
             lines.append("")
-        lines += [f"![init {data}](dissipation_init_{data}.png)", "",
-                  f"![trained {data}](dissipation_trained_{data}.png)", ""]
     return "\n".join(lines)
 
 
@@ -314,6 +315,7 @@ EXPERIMENT = Experiment(
           "offline). Theorem 3.2's second moment is read as E[y²]/E[x²] (the numbers match exactly then); the "
           "Cantelli bound form is our reconstruction. The scaled residual's λ = 1/sqrt(max_depth) is used at "
           "every layer of the one deep net. PNNH = our reconstruction (reslab/models/pnnh.py), fixed coder. "
-          "The 'after training' nets are trained with a short AdamW loop (dissipation.fit), not the trainer.",
+          "The 'after training' nets are trained by reslab's Trainer (model 'probe', constant lr, no weight decay, "
+          "clipping 1; dissipation.fit), each run reused when its config and code match.",
     tags=["pnnh", "dissipation", "diagnostics"],
 )

@@ -113,6 +113,12 @@ for _name, _builder in _PNNH_BUILDERS.items():
     register_model(_name, _builder)
 __all__ += ["PNNHCNN", "PNNHGPT", "PNNHMLP", "PNNHViT"]
 
+# The plain / residual / scaled / PNNH stacks of PNNH's dissipating-input claims (reslab.analysis.dissipation).
+from .probe import ProbeNet, build_probe  # noqa: E402
+
+register_model("probe", build_probe)
+__all__ += ["ProbeNet"]
+
 # Hugging Face decoder LMs (transformers imported only when one is built), wired through reslab.patch.
 from .hf import ARCHS as _HF_ARCHS  # noqa: E402
 from .hf import HFCausalLM, build_hf  # noqa: E402
