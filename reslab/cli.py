@@ -280,6 +280,10 @@ def cmd_compare(args) -> int:
     out = (cfg.out_dir if cfg.out_dir != TrainConfig.out_dir
            else f"runs/compare-{cfg.task.replace(':', '_').replace('/', '_')}-{cfg.model}")
     tune = parse_tune(args.tune)
+    if args.tune_extend:
+        if not tune:
+            raise ValueError("--tune-extend needs a --tune grid to extend (e.g. --tune lr=1e-3,3e-3,1e-2 --tune-extend 2)")
+        tune["extend"] = args.tune_extend
     compare(cfg, arms, args.seeds, out, baseline=args.baseline, command=_command_line(args), tune=tune,
             jobs=args.jobs)
     return 0
@@ -349,6 +353,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="append", default=[], metavar="KEY=v1,v2,...",
                    help="tune KEY (a train flag such as lr, or model_args.NAME) per arm on a tuning seed by validation "
                         "loss, then run each arm's seeds at its own best value; repeat for several keys")
+    p.add_argument("--tune-extend", dest="tune_extend", type=int, default=0, metavar="N",
+                   help="with one --tune key: an arm whose best value is at an edge of the grid tries up to N more "
+                        "values beyond it (the grid's own ratio), so no arm is left at an edge")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="run one paper-claim experiment and write its summary with a verdict")

@@ -204,35 +204,90 @@ def with_values(cfg: TrainConfig, values: dict) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
+EXTEND = "extend"  # reserved key of a tune grid: how many points an arm may add beyond an edge of it
+
+
+def _grid_edge_value(values: list, upward: bool):
+    """The next point beyond the grid's top (or bottom) edge, one more step of the ratio between its last two points
+    there (their difference when a point is <= 0), rounded to the fewest significant digits that still move it at
+    least half that step (1e-3, 3e-3, 1e-2 -> 3e-2, not 3.33e-2)."""
+    import math
+
+    lo, hi = (values[-2], values[-1]) if upward else (values[1], values[0])
+    if isinstance(lo, int) and isinstance(hi, int):  # an integer grid (a width, a rank) stays integer
+        nxt = round(hi * hi / lo) if lo > 0 and hi > 0 else hi + (hi - lo)
+        return nxt if nxt != hi else hi + (1 if upward else -1)
+    if lo <= 0 or hi <= 0:
+        return hi + (hi - lo)
+    nxt = hi * (hi / lo)
+    for digits in (1, 2, 6):
+        cand = float(f"{nxt:.{digits - 1}e}")
+        if (cand > hi if upward else cand < hi) and abs(math.log(cand / hi)) >= 0.5 * abs(math.log(nxt / hi)):
+            return cand
+    return nxt
+
+
 def tune_arms(configs: dict[str, TrainConfig], grid: dict[str, list], out_dir: str | Path,
               seed: int | None = None, log=print) -> tuple[dict[str, TrainConfig], dict]:
     """Tune every arm alike: each arm trains once per point of the same grid (the product of ``grid``'s values) on
     one tuning seed (default: the arm's seed + TUNE_SEED_OFFSET, never a reported seed) and keeps the point with
     the lowest final validation loss (a diverged run counts as +inf). Returns the arms' configs at their own best
-    point, and per arm the grid, the validation loss of every point and the chosen point."""
+    point, and per arm the grid, the validation loss of every point, the chosen point and whether it lies at an
+    edge of the grid (then the best value may lie beyond it).
+
+    ``grid["extend"] = N`` (one key with increasing numeric values only): an arm whose best point is at an edge
+    trains the next point beyond it (the grid's own ratio, e.g. 1e-3, 3e-3, 1e-2 -> 3e-2), up to N points, and
+    stops as soon as its best point is inside; every arm follows the same rule."""
     import itertools
     import math
 
+    grid = dict(grid)
+    extend = int(grid.pop(EXTEND, 0) or 0)
     keys = list(grid)
+    if extend:
+        vals = grid[keys[0]] if len(keys) == 1 else []
+        if (len(keys) != 1 or len(vals) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         for v in vals) or list(vals) != sorted(set(vals))):
+            raise ValueError(f"tune: extend={extend} needs one key with >= 2 increasing numbers (e.g. "
+                             f"{{'lr': [1e-3, 3e-3, 1e-2], 'extend': 2}}); got {grid}")
     points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
     tuned, report = {}, {}
     for arm, cfg in configs.items():
         tseed = cfg.seed + TUNE_SEED_OFFSET if seed is None else seed
-        scores = []
-        for point in points:
+
+        def score(point: dict) -> float:
             name = ",".join(f"{k}={v}" for k, v in point.items())
             run = dataclasses.replace(with_values(cfg, point), seed=tseed,
                                       out_dir=str(Path(out_dir) / "tune" / slug(arm) / slug(name)))
             s = train_or_reuse(run, log, tag=f"[tune {arm} {name}]")
             loss = s.get("final_val_loss") if s.get("status") == "completed" else None
-            scores.append(loss if loss is not None and math.isfinite(loss) else math.inf)
-        best = min(range(len(points)), key=lambda i: scores[i])
-        tuned[arm] = with_values(cfg, points[best])
-        report[arm] = {"grid": grid, "seed": tseed, "metric": "final_val_loss",
-                       "points": [{"values": p, "val_loss": None if math.isinf(v) else v} for p, v in zip(points, scores)],
-                       "chosen": points[best]}
-        log(f"[tune {arm}] chose {points[best]} (val loss "
-            + ", ".join("inf" if math.isinf(v) else f"{v:.4f}" for v in scores) + ")")
+            return loss if loss is not None and math.isfinite(loss) else math.inf
+
+        mine = list(points)
+        scores = [score(p) for p in mine]
+        added = []
+        while len(added) < extend:
+            best = min(range(len(mine)), key=lambda i: scores[i])
+            if 0 < best < len(mine) - 1:
+                break
+            values = [p[keys[0]] for p in mine]
+            # all diverged (best = 0 by convention) or the bottom is best: go below; the top is best: go above
+            up = best == len(mine) - 1 and math.isfinite(scores[best])
+            new = {keys[0]: _grid_edge_value(values, upward=up)}
+            if up:
+                mine.append(new), scores.append(score(new))
+            else:
+                mine.insert(0, new), scores.insert(0, score(new))
+            added.append(new[keys[0]])
+        best = min(range(len(mine)), key=lambda i: scores[i])
+        edge = len(mine) > 1 and len(keys) == 1 and best in (0, len(mine) - 1)
+        tuned[arm] = with_values(cfg, mine[best])
+        report[arm] = {"grid": grid | ({EXTEND: extend} if extend else {}), "seed": tseed, "metric": "final_val_loss",
+                       "points": [{"values": p, "val_loss": None if math.isinf(v) else v} for p, v in zip(mine, scores)],
+                       "chosen": mine[best], "at_edge": edge, "extended": added}
+        log(f"[tune {arm}] chose {mine[best]} (val loss "
+            + ", ".join("inf" if math.isinf(v) else f"{v:.4f}" for v in scores) + ")"
+            + (f"; grid extended by {added}" if added else "") + ("; AT THE EDGE of the grid" if edge else ""))
     return tuned, report
 
 
@@ -243,7 +298,9 @@ def tuning_markdown(tuning: dict) -> str:
         pts = "; ".join(",".join(f"{k}={v}" for k, v in p["values"].items()) + " → "
                         + ("diverged" if p["val_loss"] is None else f"{p['val_loss']:.4f}") for p in t["points"])
         lines.append(f"- `{arm}` (seed {t['seed']}): {pts}; chosen **"
-                     + ",".join(f"{k}={v}" for k, v in t["chosen"].items()) + "**")
+                     + ",".join(f"{k}={v}" for k, v in t["chosen"].items()) + "**"
+                     + (f" (grid extended by {', '.join(map(str, t['extended']))})" if t.get("extended") else "")
+                     + (" — at the edge of the grid: the best value may lie beyond it" if t.get("at_edge") else ""))
     return "\n".join(lines) + "\n\n"
 
 

@@ -190,6 +190,68 @@ def test_compare_tune_picks_each_arms_own_value(tmp_path, capsys):
     assert len(runs) == 2 and all(json.loads(p.read_text())["code_revision"] for p in runs)
 
 
+def _fake_tuning(monkeypatch, best: dict[str, float]):
+    """tune_arms against a stand-in trainer whose val loss is (ln lr - ln best[arm])^2; lr > 1 diverges."""
+    import math
+
+    from reslab import compare
+
+    trained = []
+
+    def fake(cfg, log=print, tag=""):
+        trained.append((cfg.connection, cfg.lr))
+        if cfg.lr > 1:
+            return {"status": "diverged", "final_val_loss": None}
+        return {"status": "completed", "final_val_loss": (math.log(cfg.lr) - math.log(best[cfg.connection])) ** 2}
+
+    monkeypatch.setattr(compare, "train_or_reuse", fake)
+    return trained
+
+
+def test_tuning_extends_the_grid_beyond_an_edge_and_flags_what_stays_there(tmp_path, monkeypatch):
+    from reslab.compare import tune_arms, tuning_markdown
+    from reslab.train import TrainConfig
+
+    trained = _fake_tuning(monkeypatch, {"residual": 0.05, "plain": 3e-3, "ancre": 1e-5})
+    configs = {a: TrainConfig(connection=a) for a in ("residual", "plain", "ancre")}
+    tuned, rep = tune_arms(configs, {"lr": [1e-3, 3e-3, 1e-2], "extend": 2}, tmp_path)
+    # residual's optimum lies above the grid: 0.03 (edge again), then 0.09 (worse): 0.03 is inside, chosen
+    assert rep["residual"]["extended"] == [0.03, 0.09] and rep["residual"]["chosen"] == {"lr": 0.03}
+    assert not rep["residual"]["at_edge"] and tuned["residual"].lr == 0.03
+    # plain's optimum is inside the grid: nothing added
+    assert rep["plain"]["extended"] == [] and rep["plain"]["chosen"] == {"lr": 3e-3} and not rep["plain"]["at_edge"]
+    # ancre's lies far below: two points added downwards and it is still at the edge, which the report says
+    assert rep["ancre"]["extended"] == [3e-4, 9e-5] and rep["ancre"]["chosen"] == {"lr": 9e-5}
+    assert rep["ancre"]["at_edge"] and "at the edge of the grid" in tuning_markdown({"ancre": rep["ancre"]})
+    assert [p["values"]["lr"] for p in rep["ancre"]["points"]] == [9e-5, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert len(trained) == 3 * 3 + 2 + 0 + 2
+    # without extend, an edge choice is still flagged
+    _, rep0 = tune_arms({"residual": configs["residual"]}, {"lr": [1e-3, 3e-3, 1e-2]}, tmp_path)
+    assert rep0["residual"]["chosen"] == {"lr": 1e-2} and rep0["residual"]["at_edge"]
+    assert rep0["residual"]["extended"] == []
+
+
+def test_tuning_extension_goes_down_when_every_point_diverges(tmp_path, monkeypatch):
+    from reslab.compare import tune_arms
+    from reslab.train import TrainConfig
+
+    _fake_tuning(monkeypatch, {"residual": 1.0})
+    _, rep = tune_arms({"residual": TrainConfig()}, {"lr": [4.0, 8.0], "extend": 2}, tmp_path)
+    assert rep["residual"]["extended"] == [2.0, 1.0] and rep["residual"]["chosen"] == {"lr": 1.0}
+    with pytest.raises(ValueError, match="extend=2 needs one key"):
+        tune_arms({"residual": TrainConfig()}, {"lr": [1e-3, 3e-3], "weight_decay": [0, 0.1], "extend": 2}, tmp_path)
+    with pytest.raises(ValueError, match="increasing"):
+        tune_arms({"residual": TrainConfig()}, {"lr": [3e-3, 1e-3], "extend": 1}, tmp_path)
+
+
+def test_compare_cli_tune_extend_needs_a_grid(capsys):
+    from reslab.cli import main
+
+    assert main(["compare", "--task", "teacher", "--model", "mlp", "--connections", "residual", "--tune-extend",
+                 "2"]) != 0
+    assert "--tune-extend needs a --tune grid" in capsys.readouterr().err
+
+
 def test_dissipation_plot_labels_the_moment_ratio_axes(tmp_path, monkeypatch):
     """The second-moment panel (values 2-3 on a symlog axis) must carry y tick labels."""
     from reslab.analysis import dissipation as D

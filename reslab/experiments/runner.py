@@ -54,6 +54,7 @@ def arm_values(report: dict) -> dict[str, dict]:
                     "params": runs[0].get("params") if runs else None,
                     "curve": [r.get("curve") for r in runs],
                     "tuned": t["chosen"] if t else None,
+                    "tuned_at_edge": t.get("at_edge") if t else None,
                     "tune_points": t["points"] if t else None}
     return out
 
