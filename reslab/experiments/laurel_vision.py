@@ -85,7 +85,7 @@ EXPERIMENT = Experiment(
                            train=_train(steps=20, batch=32, depth=8, n_train=512, n_val=256, eval_every=10, resize=14)),
              # sized to ≲ 55 min on one core (32 runs): the four arms the claims need (RW+LR+PA runs in quick/gpu),
              # 400 steps, the full test set read twice per run
-             "cpu": dict(seeds=5, rank=16, tune={"lr": [1e-3, 2e-3, 4e-3]},
+             "cpu": dict(seeds=5, rank=16, tune={"lr": [1e-3, 2e-3, 4e-3], "extend": 1},
                          arms=["baseline", "+1 block", "rw", "rw+lr"],
                          train=_train(steps=400, batch=80, depth=14, n_train=20000, n_val=10000, eval_every=200,
                                       resize=14)),
