@@ -280,6 +280,8 @@ def cmd_compare(args) -> int:
     out = (cfg.out_dir if cfg.out_dir != TrainConfig.out_dir
            else f"runs/compare-{cfg.task.replace(':', '_').replace('/', '_')}-{cfg.model}")
     tune = parse_tune(args.tune)
+    if args.tune_extend < 0:
+        raise ValueError(f"--tune-extend must be >= 0 (points tried beyond a grid edge), got {args.tune_extend}")
     if args.tune_extend:
         if not tune:
             raise ValueError("--tune-extend needs a --tune grid to extend (e.g. --tune lr=1e-3,3e-3,1e-2 --tune-extend 2)")

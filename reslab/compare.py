@@ -210,15 +210,17 @@ EXTEND = "extend"  # reserved key of a tune grid: how many points an arm may add
 def _grid_edge_value(values: list, upward: bool):
     """The next point beyond the grid's top (or bottom) edge, one more step of the ratio between its last two points
     there (their difference when a point is <= 0), rounded to the fewest significant digits that still move it at
-    least half that step (1e-3, 3e-3, 1e-2 -> 3e-2, not 3.33e-2)."""
+    least half that step (1e-3, 3e-3, 1e-2 -> 3e-2, not 3.33e-2). None when a step down would leave the grid's sign
+    (a weight decay of 0 has nothing below it; an lr or a rank cannot reach 0)."""
     import math
 
     lo, hi = (values[-2], values[-1]) if upward else (values[1], values[0])
     if isinstance(lo, int) and isinstance(hi, int):  # an integer grid (a width, a rank) stays integer
         nxt = round(hi * hi / lo) if lo > 0 and hi > 0 else hi + (hi - lo)
-        return nxt if nxt != hi else hi + (1 if upward else -1)
+        nxt = nxt if nxt != hi else hi + (1 if upward else -1)
+        return None if (not upward and hi > 0 and nxt <= 0) or (not upward and hi <= 0) else nxt
     if lo <= 0 or hi <= 0:
-        return hi + (hi - lo)
+        return None if not upward else hi + (hi - lo)
     nxt = hi * (hi / lo)
     for digits in (1, 2, 6):
         cand = float(f"{nxt:.{digits - 1}e}")
@@ -273,21 +275,29 @@ def tune_arms(configs: dict[str, TrainConfig], grid: dict[str, list], out_dir: s
             values = [p[keys[0]] for p in mine]
             # all diverged (best = 0 by convention) or the bottom is best: go below; the top is best: go above
             up = best == len(mine) - 1 and math.isfinite(scores[best])
-            new = {keys[0]: _grid_edge_value(values, upward=up)}
+            beyond = _grid_edge_value(values, upward=up)
+            if beyond is None:  # nothing valid beyond this edge: stop, the report flags it
+                break
+            new = {keys[0]: beyond}
             if up:
                 mine.append(new), scores.append(score(new))
             else:
                 mine.insert(0, new), scores.insert(0, score(new))
             added.append(new[keys[0]])
         best = min(range(len(mine)), key=lambda i: scores[i])
-        edge = len(mine) > 1 and len(keys) == 1 and best in (0, len(mine) - 1)
+        diverged = all(math.isinf(v) for v in scores)
+        # at an edge: for some key with >= 2 values, the chosen value is that key's smallest or largest tried
+        edge = not diverged and any(
+            len({p[k] for p in mine}) > 1 and mine[best][k] in (min(p[k] for p in mine), max(p[k] for p in mine))
+            for k in keys)
         tuned[arm] = with_values(cfg, mine[best])
         report[arm] = {"grid": grid | ({EXTEND: extend} if extend else {}), "seed": tseed, "metric": "final_val_loss",
                        "points": [{"values": p, "val_loss": None if math.isinf(v) else v} for p, v in zip(mine, scores)],
-                       "chosen": mine[best], "at_edge": edge, "extended": added}
+                       "chosen": mine[best], "at_edge": edge, "all_diverged": diverged, "extended": added}
         log(f"[tune {arm}] chose {mine[best]} (val loss "
             + ", ".join("inf" if math.isinf(v) else f"{v:.4f}" for v in scores) + ")"
-            + (f"; grid extended by {added}" if added else "") + ("; AT THE EDGE of the grid" if edge else ""))
+            + (f"; grid extended by {added}" if added else "") + ("; AT THE EDGE of the grid" if edge else "")
+            + ("; EVERY POINT DIVERGED" if diverged else ""))
     return tuned, report
 
 
@@ -300,7 +310,9 @@ def tuning_markdown(tuning: dict) -> str:
         lines.append(f"- `{arm}` (seed {t['seed']}): {pts}; chosen **"
                      + ",".join(f"{k}={v}" for k, v in t["chosen"].items()) + "**"
                      + (f" (grid extended by {', '.join(map(str, t['extended']))})" if t.get("extended") else "")
-                     + (" — at the edge of the grid: the best value may lie beyond it" if t.get("at_edge") else ""))
+                     + (" — at the edge of the grid: the best value may lie beyond it" if t.get("at_edge") else "")
+                     + (" — every point diverged: no value of the grid trains this arm" if t.get("all_diverged")
+                        else ""))
     return "\n".join(lines) + "\n\n"
 
 

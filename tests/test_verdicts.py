@@ -244,12 +244,39 @@ def test_tuning_extension_goes_down_when_every_point_diverges(tmp_path, monkeypa
         tune_arms({"residual": TrainConfig()}, {"lr": [3e-3, 1e-3], "extend": 1}, tmp_path)
 
 
+def test_tuning_extension_stops_at_the_grids_sign_and_flags_an_arm_nothing_trains(tmp_path, monkeypatch):
+    from reslab import compare
+    from reslab.train import TrainConfig
+
+    seen = []
+
+    def fake(cfg, log=print, tag=""):  # weight decay 0 is best; every lr above 1 diverges
+        seen.append(cfg.weight_decay)
+        if cfg.lr > 1:
+            return {"status": "diverged", "final_val_loss": None}
+        return {"status": "completed", "final_val_loss": 1.0 + cfg.weight_decay}
+
+    monkeypatch.setattr(compare, "train_or_reuse", fake)
+    _, rep = compare.tune_arms({"a": TrainConfig()}, {"weight_decay": [0.0, 0.1], "extend": 2}, tmp_path)
+    assert rep["a"]["extended"] == [] and rep["a"]["chosen"] == {"weight_decay": 0.0} and rep["a"]["at_edge"]
+    assert min(seen) >= 0  # never a negative weight decay
+    _, rep = compare.tune_arms({"a": TrainConfig(lr=5.0)}, {"weight_decay": [0.0, 0.1]}, tmp_path)
+    assert rep["a"]["all_diverged"] and not rep["a"]["at_edge"]
+    assert "every point diverged" in compare.tuning_markdown(rep)
+    # two keys: an edge in either is flagged
+    _, rep = compare.tune_arms({"a": TrainConfig()}, {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 0.1]}, tmp_path)
+    assert rep["a"]["at_edge"]
+
+
 def test_compare_cli_tune_extend_needs_a_grid(capsys):
     from reslab.cli import main
 
     assert main(["compare", "--task", "teacher", "--model", "mlp", "--connections", "residual", "--tune-extend",
                  "2"]) != 0
     assert "--tune-extend needs a --tune grid" in capsys.readouterr().err
+    assert main(["compare", "--task", "teacher", "--model", "mlp", "--connections", "residual", "--tune",
+                 "lr=1e-3,3e-3", "--tune-extend", "-1"]) != 0
+    assert "--tune-extend must be >= 0" in capsys.readouterr().err
 
 
 def test_dissipation_plot_labels_the_moment_ratio_axes(tmp_path, monkeypatch):

@@ -318,12 +318,13 @@ def fit(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Pat
         seed: int = 0, steps: int = 300, lr: float = 1e-3, batch_size: int = 128, lam: float | None = None,
         grad_clip: float = 1.0, threads: int = 0, curve_every: int = 10, log=print) -> tuple[dict, nn.Module | None]:
     """Train a :class:`ProbeNet` with reslab's Trainer (AdamW at a constant lr, no weight decay, clipping; the
-    run is reused when its config and code match) so that the diagnostics can be repeated after training.
+    run is reused when its config and code match) so that the diagnostics can be repeated after training. Only a
+    NaN/inf loss counts as diverged (no loss-growth threshold).
 
     Returns (result, trained model or None if it diverged). ``result``: ``final_loss`` (mean training loss of the
-    last 20 steps), ``finite``, ``steps``, ``val_acc`` (the whole held-out split), ``curve`` (every
-    ``curve_every`` steps, the mean of the last 20 steps' losses: the same smoothing as ``final_loss``, so a run
-    "reaches" another's final loss on a comparable scale) and ``run`` (the run folder)."""
+    last 20 steps), ``finite``, ``steps``, ``val_acc`` (exact, on the whole held-out split), ``curve`` (every
+    ``curve_every`` steps and the last, the mean of the last 20 steps' losses: the same smoothing as
+    ``final_loss``, so a run "reaches" another's final loss on a comparable scale) and ``run`` (the run folder)."""
     from ..compare import train_or_reuse
     from ..train import TrainConfig, load_trained, read_log
 
@@ -333,19 +334,26 @@ def fit(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Pat
     cfg = TrainConfig(task=task, task_args=task_args, model="probe", model_args=model_args, steps=steps,
                       batch_size=batch_size, lr=lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                       grad_clip=grad_clip, eval_every=steps, eval_batches=math.ceil(n_val / batch_size), log_every=1,
-                      seed=seed, out_dir=str(out_dir), threads=threads, progress=False, tensorboard=False)
+                      seed=seed, out_dir=str(out_dir), threads=threads, progress=False, tensorboard=False,
+                      divergence_factor=0.0)  # "finite" means what it says: only a NaN/inf loss stops a run
     summary = train_or_reuse(cfg, log, tag=f"[{data}/{kind} depth {depth} seed {seed}]")
     losses = [r["loss"] for r in read_log(out_dir) if "loss" in r]
     finite = summary.get("status") == "completed"
     curve = []
-    for i in range(curve_every, len(losses) + 1, curve_every):
+    ends = list(range(curve_every, len(losses) + 1, curve_every))
+    if losses and (not ends or ends[-1] != len(losses)):
+        ends.append(len(losses))  # the last step is always on the curve
+    for i in ends:
         tail = losses[max(0, i - 20):i]
         curve.append({"step": i, "train_loss": sum(tail) / len(tail)})
     tail = losses[-20:]
+    model = load_trained(out_dir)[0] if finite else None
+    _, _, xv, yv = load_inputs(data, n, resize, seed)
     result = {"final_loss": sum(tail) / len(tail) if (tail and finite) else float("nan"), "finite": finite,
               "steps": len(losses), "curve": curve, "run": str(out_dir),
-              "val_acc": summary.get("final_val_metric") if finite else float("nan")}
-    return result, (load_trained(out_dir)[0] if finite else None)
+              # exact over the held-out split (the Trainer's evaluation averages per-batch accuracies)
+              "val_acc": accuracy(model, xv, yv) if model is not None else float("nan")}
+    return result, model
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ unmodified and adds the learned shortcuts on top, i.e. ``ancre(form=repo)``, res
 
 Here: class-conditional DDPM (epsilon prediction, linear schedule, T = 1000) on Fashion-MNIST
 average-pooled to 14x14 (cpu preset), a DiT with patch 2 (49 tokens), arms ``residual``,
-``ancre(tau=0.1)`` and ``ancre(tau=0.01)`` with the same data order, steps and seeds. Metrics:
+``ancre(tau=0.1)`` and (quick and gpu presets) ``ancre(tau=0.01)`` with the same data order, steps and seeds.
+Metrics:
 
 * held-out denoising loss: the epsilon-MSE of the EMA weights on the official test images, averaged
   over a fixed set of timesteps and seeded noise draws (the trainer's validation loss for DiT);
@@ -60,7 +61,7 @@ PRESETS = {
                                {"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
                                 "eval_timesteps": 4}),
                   sampling=_sampling(30, 8, 2), classifier=_classifier(20, 256)),
-    # sized to ≲ 50 min on one core (12 runs): tau = 0.1 only (the official scripts' newest value; the gpu preset
+    # sized to ≲ 50 min on one core (12 runs, up to 14 with the grid extension): tau = 0.1 only (the official scripts' newest value; the gpu preset
     # tries both), 700 steps with an EMA whose horizon (200 steps) fits them, DDIM-25 samples
     "cpu": dict(_ARMS, arms=["residual", "ancre(tau=0.1)"], seeds=3,
                 tune={"lr": [1e-3, 2e-3, 4e-3], "extend": 1},  # every arm's lr from the same grid (+1 past an edge)

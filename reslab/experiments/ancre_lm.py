@@ -1,7 +1,7 @@
 """ANCRe on language-model pretraining, at CPU scale: a char-level LLaMA-style GPT with K=8 layers on
 Shakespeare, cascaded residual vs ANCRe (repo form, tau=0.01), ANCRe with its routing frozen at the uniform
-average (learn=false: the control for "learning the topology matters") and DenseFormer, equal steps and data,
-every arm at its own learning rate tuned from the same grid.
+average (learn=false: the control for "learning the topology matters") and DenseFormer (quick and gpu presets
+only: prior art, not a claim), equal steps and data, every arm at its own learning rate tuned from the same grid.
 
 The paper (LLaMA 60M-1B on C4) reports lower perplexity and 34.3% fewer steps on average to reach the
 baseline's final loss. Checked: (A) ANCRe's final validation loss is significantly lower (Welch p < 0.05);

@@ -1,7 +1,7 @@
 """LAuReL's vision claims (Table 1, ResNet-50 on ImageNet) at CPU scale: a CIFAR-style ResNet on
 Fashion-MNIST. Arms: the baseline, the baseline + 1 block (one more basic block in the FIRST stage, the
-narrowest, so that it adds a few percent of parameters like the paper's +4.37%), LAuReL-RW, RW+LR and RW+LR+PA
-on the baseline, LR at the paper's rank (r = 16, its best ResNet value).
+narrowest, so that it adds a few percent of parameters like the paper's +4.37%), LAuReL-RW, RW+LR and (quick and
+gpu presets) RW+LR+PA on the baseline, LR at the paper's rank (r = 16, its best ResNet value).
 
 On test accuracy (the claim's metric), every arm at its own lr tuned from the same grid. Premise: the extra
 block helps (+1 block beats the baseline by > 2 standard errors; else ``inconclusive``). (A) RW is significantly
@@ -83,7 +83,7 @@ EXPERIMENT = Experiment(
                  "RW+LR+PA 75.25 (+2.40%)",
     presets={"quick": dict(seeds=2, rank=4, tune={"lr": [1e-3, 3e-3]},
                            train=_train(steps=20, batch=32, depth=8, n_train=512, n_val=256, eval_every=10, resize=14)),
-             # sized to ≲ 55 min on one core (32 runs): the four arms the claims need (RW+LR+PA runs in quick/gpu),
+             # sized to ≲ 55 min on one core (32 runs, up to 36 with the grid extension): the four arms the claims need (RW+LR+PA runs in quick/gpu),
              # 400 steps, the full test set read twice per run
              "cpu": dict(seeds=5, rank=16, tune={"lr": [1e-3, 2e-3, 4e-3], "extend": 1},
                          arms=["baseline", "+1 block", "rw", "rw+lr"],
