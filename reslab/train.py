@@ -506,14 +506,16 @@ def _run(cfg: TrainConfig, device: torch.device, dist: "_Dist", out: Path) -> di
     def evaluate() -> tuple[float, float]:
         model.eval()
         tot_loss = tot_metric = 0.0
+        count = 0
         with torch.no_grad(), autocast:
-            for x, y in eval_set:
+            for x, y in eval_set:  # weighted by batch size: a whole split's last batch is usually smaller
                 x, y = x.to(device), y.to(device)
                 loss, metric = _loss(model, model, task.kind, x, y)
-                tot_loss += float(loss)
-                tot_metric += float(metric)
+                tot_loss += float(loss) * x.shape[0]
+                tot_metric += float(metric) * x.shape[0]
+                count += x.shape[0]
         model.train()
-        return tot_loss / len(eval_set), tot_metric / len(eval_set)
+        return tot_loss / count, tot_metric / count
 
     # fault injection for the resume tests: the loop stops before step RESLAB_CRASH_AT_STEP, then SIGKILL
     crash_at = int(os.environ.get("RESLAB_CRASH_AT_STEP", "0"))

@@ -288,3 +288,22 @@ def test_ctrl_c_stops_at_a_step_checkpoints_and_resumes_bit_exact(tmp_path):
     proc = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert losses(tmp_path / "int" / "run") == losses(wide.out_dir)
+
+
+def test_validation_over_a_whole_split_weights_the_short_last_batch_by_its_size(tmp_path):
+    """50 held-out examples in batches of 16: 16, 16, 16, 2. The reported loss and accuracy are those of the 50
+    examples, not the mean of the four batch means (which would count the last 2 examples as much as 16)."""
+    import torch.nn.functional as F
+
+    from reslab.train import load_trained, train
+
+    cfg = TrainConfig(task="gaussian_classes", task_args={"dim": 8, "n_train": 200, "n_val": 50}, model="probe",
+                      model_args={"kind": "scaled", "depth": 2, "width": 16}, steps=20, batch_size=16, lr=1e-2,
+                      eval_every=20, eval_batches=4, log_every=10, out_dir=str(tmp_path / "r"), progress=False,
+                      tensorboard=False)
+    s = train(cfg)
+    model, task, _ = load_trained(tmp_path / "r")
+    with torch.no_grad():
+        logits = model(task.val_x)
+    assert s["final_val_loss"] == pytest.approx(float(F.cross_entropy(logits, task.val_y)), rel=1e-5)
+    assert s["final_val_metric"] == pytest.approx(float((logits.argmax(1) == task.val_y).float().mean()), abs=1e-6)
