@@ -103,7 +103,8 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
     }
     atomic_write_json(out / "results.json", report)
     tune_md = tuning_markdown(tuning) if tuning else ""
-    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n{tune_md}![curves](curves.png)\n")
+    cmd_md = f"`{command}`\n\n" if command else ""  # experiments state their command in summary.json instead
+    (out / "results.md").write_text(f"# {title}\n\n{cmd_md}{table}\n{tune_md}![curves](curves.png)\n")
     log("\n" + table)
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
     return report
