@@ -216,13 +216,14 @@ def _grid_edge_value(values: list, upward: bool):
     import math
 
     lo, hi = (values[-2], values[-1]) if upward else (values[1], values[0])
-    if isinstance(lo, int) and isinstance(hi, int):  # an integer grid (a width, a rank) stays integer
-        nxt = round(hi * hi / lo) if lo > 0 and hi > 0 else hi + (hi - lo)
-        nxt = nxt if nxt != hi else hi + (1 if upward else -1)
-        return None if (not upward and hi > 0 and nxt <= 0) or (not upward and hi <= 0) else nxt
-    if lo <= 0 or hi <= 0:
-        return None if not upward else hi + (hi - lo)
+    if not upward and hi <= 0:
+        return None
+    if lo <= 0 or hi <= 0:  # upward through 0: one more step of the difference
+        return hi + (hi - lo)
     nxt = hi * (hi / lo)
+    if isinstance(lo, int) and isinstance(hi, int):  # an integer grid (a width, a rank) stays integer
+        nxt = round(nxt) if round(nxt) != hi else hi + (1 if upward else -1)
+        return nxt if nxt > 0 else None
     for digits in (1, 2, 6):
         cand = float(f"{nxt:.{digits - 1}e}")
         if (cand > hi if upward else cand < hi) and abs(math.log(cand / hi)) >= 0.5 * abs(math.log(nxt / hi)):

@@ -137,8 +137,6 @@ def ridge_probe_r2(f_train: Tensor, x_train: Tensor, f_test: Tensor, x_test: Ten
     return 1.0 - sse / sst if sst > 0 else float("nan")
 
 
-# ------------------------------------------------------------------------------------- networks
-
 # ------------------------------------------------------------------------------------ profiling
 
 def _relu_of(module: nn.Module) -> nn.Module:
@@ -347,12 +345,11 @@ def fit(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Pat
         tail = losses[max(0, i - 20):i]
         curve.append({"step": i, "train_loss": sum(tail) / len(tail)})
     tail = losses[-20:]
-    model = load_trained(out_dir)[0] if finite else None
-    _, _, xv, yv = load_inputs(data, n, resize, seed)
+    model, task = load_trained(out_dir)[:2] if finite else (None, None)  # the run's own task: no second load
     result = {"final_loss": sum(tail) / len(tail) if (tail and finite) else float("nan"), "finite": finite,
               "steps": len(losses), "curve": curve, "run": str(out_dir),
-              # exact over the held-out split (the Trainer's evaluation averages per-batch accuracies)
-              "val_acc": accuracy(model, xv, yv) if model is not None else float("nan")}
+              # exact over the whole held-out split, computed here from the trained weights
+              "val_acc": accuracy(model, task.val_x, task.val_y) if model is not None else float("nan")}
     return result, model
 
 

@@ -75,7 +75,7 @@ class ProbeNet(nn.Module):
         self.kind, self.depth = kind, depth
         self.lam = (1 / math.sqrt(depth)) if lam is None else float(lam)
         if kind == "pnnh":
-            from ..models.pnnh import PNNHMLP
+            from .pnnh import PNNHMLP
 
             self.net = PNNHMLP(in_dim, out_dim, width=width, n_layers=depth, coder=coder, code_width=code_width,
                                norm="none")
