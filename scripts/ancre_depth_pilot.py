@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from reslab.compare import run_arms
-from reslab.experiments.ancre_depth import EXPERIMENT
-from reslab.experiments.common import depth_premise, row, train_config, with_
+from reslab.experiments.ancre_depth import EXPERIMENT, depth_arms
+from reslab.experiments.common import depth_premise, row, train_config
 
 #: name -> (task_args overrides, train overrides): what each candidate changes in ancre-depth's cpu preset
 CANDIDATES = {
@@ -56,9 +56,7 @@ def main(argv=None) -> int:
         t = dict(preset["train"]) | train_over
         t["task_args"] = dict(t["task_args"]) | task_over
         base = train_config("teacher", "mlp", **t)
-        w = preset["width"]
-        arms = {"mlp16 residual": with_(base, connection="residual", model_args={"n_blocks": 4, "width": w}),
-                "mlp64 residual": with_(base, connection="residual", model_args={"n_blocks": 16, "width": w})}
+        arms = depth_arms(base, preset["width"])
         res = run_arms(arms, args.seeds, Path(args.out) / name, baseline="mlp16 residual", tune=tune,
                        title=f"ancre-depth pilot {name}")
         shallow, deep = row(res, "mlp16 residual"), row(res, "mlp64 residual")

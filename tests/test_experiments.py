@@ -19,6 +19,20 @@ def test_registry_lists_every_experiment_with_three_presets():
         get_experiment("ancre-lnear")
 
 
+def test_presets_pick_arms_by_short_name_and_reject_unknown_ones():
+    from reslab.experiments import laurel_lm, laurel_vision
+    from reslab.experiments.common import pick_arms
+
+    cpu = get_experiment("laurel-lm").presets["cpu"]
+    assert list(laurel_lm.arms(cpu)) == [f"L={cpu['layers']} residual", f"L={cpu['layers'] + 1} residual",
+                                         f"laurel(rw, lr, rank={cpu['rank']})"]
+    cpu = get_experiment("laurel-vision").presets["cpu"]
+    assert list(laurel_vision.arms(cpu["rank"], cpu["arms"])) == [
+        "baseline", "baseline + 1 block", "laurel(rw)", f"laurel(rw, lr, rank={cpu['rank']})"]
+    assert len(laurel_vision.arms(4)) == 5  # no selection: every arm
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['rw\+pa'\].*valid: \['a', 'b'\]"):
+        pick_arms({"A": {}, "B": {}}, ["a", "b"], ["a", "rw+pa"])
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ancre-linear", "ancre-lm", "ancre-depth", "laurel-lm"])
 def test_quick_preset_runs_and_writes_a_summary(name, tmp_path, capsys):

@@ -365,6 +365,23 @@ def test_quick_presets_run(fake_fmnist, name):
         assert cfg["model"] == "pnnh_vit" and cfg["connection"] == "plain" and cfg["model_args"]["n_layer"] == 2
 
 
+@pytest.mark.parametrize("vit_args", [{"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4},
+                                      {"patch_size": 4, "d_model": 48, "n_layer": 3, "n_head": 3}])
+def test_vit_compare_pnnh_arm_is_parameter_matched(vit_args):
+    """The pnnh arm's PNNHViT has the ViT's size within 3 % (a fixed half-width learner was 16 % smaller), its
+    learner width a multiple of the heads, and no neighbouring width comes closer."""
+    from reslab.experiments.vit_compare import pnnh_model_args
+    from reslab.models.pnnh import PNNHViT
+
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    target = n(ViT(image_size=28, in_channels=1, n_classes=10, **vit_args))
+    args = pnnh_model_args(vit_args)
+    assert args["d_code"] == vit_args["d_model"] and args["d_model"] % vit_args["n_head"] == 0
+    gap = lambda w: abs(n(PNNHViT(**(args | {"d_model": w}))) - target)  # noqa: E731
+    assert gap(args["d_model"]) <= 0.03 * target
+    assert gap(args["d_model"]) <= min(gap(args["d_model"] - vit_args["n_head"]), gap(args["d_model"] + vit_args["n_head"]))
+    assert pnnh_model_args(vit_args, {"d_model": 8})["d_model"] == 8  # a preset's pnnh_args still win
+
 # -------------------------------------------------------------------------- verdict rules
 
 # ancre-diffusion's and vit-compare's verdict rules: tests/test_verdicts.py

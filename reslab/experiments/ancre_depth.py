@@ -15,17 +15,22 @@ from pathlib import Path
 
 from ..compare import run_arms, slug
 from . import Experiment
+from ..train import TrainConfig
 from .common import decide, depth_premise, diagnose_run, noninferior, row, significantly, train_config, with_
+
+
+def depth_arms(base: TrainConfig, width: int, ancre: str | None = None) -> dict[str, TrainConfig]:
+    """The 16-layer (4 blocks) and 64-layer (16 blocks) residual MLPs, and (``ancre``: its spec) the 16-layer
+    one with ANCRe. The depth pilot (scripts/ancre_depth_pilot.py) builds its two residual arms here too."""
+    arms = {"mlp16+ancre": with_(base, connection=ancre, model_args={"n_blocks": 4, "width": width})} if ancre else {}
+    arms["mlp16 residual"] = with_(base, connection="residual", model_args={"n_blocks": 4, "width": width})
+    arms["mlp64 residual"] = with_(base, connection="residual", model_args={"n_blocks": 16, "width": width})
+    return arms
 
 
 def run(s: dict, out: Path, log) -> dict:
     base = train_config("teacher", "mlp", **s["train"])
-    width = s["width"]
-    arms = {
-        "mlp16+ancre": with_(base, connection=s["ancre"], model_args={"n_blocks": 4, "width": width}),
-        "mlp16 residual": with_(base, connection="residual", model_args={"n_blocks": 4, "width": width}),
-        "mlp64 residual": with_(base, connection="residual", model_args={"n_blocks": 16, "width": width}),
-    }
+    arms = depth_arms(base, s["width"], s["ancre"])
     report = run_arms(arms, s["seeds"], out, baseline="mlp64 residual", tune=s.get("tune"),
                       title=f"teacher-student, depth efficiency: {s['seeds']} seeds, {base.steps} steps", log=log)
     diagnostics = {label: diagnose_run(out / slug(label) / f"seed{base.seed}", out, label) for label in arms}

@@ -43,6 +43,18 @@ def with_(cfg: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
+def pick_arms(every: dict[str, dict], short_names: list[str], keep: list[str] | None) -> dict[str, dict]:
+    """``every`` arm (label -> overrides), or those a preset keeps by short name (``short_names`` name
+    ``every``'s arms in order). An unknown short name is a one-line error listing the valid ones."""
+    if keep is None:
+        return dict(every)
+    short = dict(zip(short_names, every))
+    unknown = [k for k in keep if k not in short]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown} in the preset's 'arms'; valid: {list(short)}")
+    return {short[k]: every[short[k]] for k in keep}
+
+
 def row(report: dict, arm: str) -> dict:
     return next(r for r in report["rows"] if r["arm"] == arm)
 

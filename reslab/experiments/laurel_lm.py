@@ -14,7 +14,7 @@ from ..analysis.coefficients import plot_coefficients
 from ..compare import run_arms, slug
 from ..train import read_log
 from . import Experiment
-from .common import decide, depth_premise, noninferior, row, significantly, train_config, with_
+from .common import decide, depth_premise, noninferior, pick_arms, row, significantly, train_config, with_
 
 
 def arms(s: dict) -> dict[str, dict]:
@@ -25,8 +25,7 @@ def arms(s: dict) -> dict[str, dict]:
             f"laurel(rw, lr, rank={r})": {"n_layer": L, "connection": f"laurel(rw, lr, rank={r})"},
             f"laurel(rw, lr, pa, rank={r})": {"n_layer": L, "connection": f"laurel(rw, lr, pa, rank={r})"}}
     # a preset may keep only some: "base" (L), "deeper" (L+1), "rw", "rw+lr", "rw+lr+pa"
-    keys = dict(zip(["base", "deeper", "rw", "rw+lr", "rw+lr+pa"], every))
-    return {keys[k]: every[keys[k]] for k in s.get("arms", keys)}
+    return pick_arms(every, ["base", "deeper", "rw", "rw+lr", "rw+lr+pa"], s.get("arms"))
 
 
 def run(s: dict, out: Path, log) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..compare import run_arms
 from . import Experiment
-from .common import decide, depth_premise, noninferior, row, significantly, train_config, with_
+from .common import decide, depth_premise, noninferior, pick_arms, row, significantly, train_config, with_
 
 
 EXTRA_BLOCK = [1, 0, 0]  # one more basic block in the first (16-channel) stage: +2.7% parameters on ResNet-14
@@ -33,8 +33,7 @@ def arms(r: int, keep: list[str] | None = None) -> dict[str, dict]:
             "laurel(rw)": {"connection": "laurel(rw)"},
             f"laurel(rw, lr, rank={r})": {"connection": f"laurel(rw, lr, rank={r}, lr_init=xavier)"},
             f"laurel(rw, lr, pa, rank={r})": {"connection": f"laurel(rw, lr, pa, rank={r}, lr_init=xavier)"}}
-    short = dict(zip(["baseline", "+1 block", "rw", "rw+lr", "rw+lr+pa"], every))
-    return every if keep is None else {short[k]: every[short[k]] for k in keep}
+    return pick_arms(every, ["baseline", "+1 block", "rw", "rw+lr", "rw+lr+pa"], keep)
 
 
 def run(s: dict, out: Path, log) -> dict:
