@@ -33,6 +33,55 @@ def test_presets_pick_arms_by_short_name_and_reject_unknown_ones():
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['rw\+pa'\].*valid: \['a', 'b'\]"):
         pick_arms({"A": {}, "B": {}}, ["a", "b"], ["a", "rw+pa"])
 
+
+def _fake_rows(labels, values):
+    """Result rows as run_arms writes them, one per label, with the given per-seed values."""
+    rows = []
+    for i, (label, vals) in enumerate(zip(labels, values)):
+        mean = sum(vals) / len(vals)
+        rows.append({"arm": label, "params": 1000 + i, "extra_params": i, "metric_per_seed": vals, "val_loss": vals,
+                     "metric_mean": mean, "metric_std": 0.001, "val_loss_mean": mean, "val_loss_std": 0.001})
+    return rows
+
+
+@pytest.mark.parametrize("name", ["laurel-lm", "laurel-vision"])
+def test_cpu_preset_arm_labels_are_the_ones_the_verdict_reads(name):
+    """The labels a preset's arms get are the ones verdict() looks up: a preset change (rank, layers, arms)
+    cannot leave the rule reading an arm that was never trained."""
+    from reslab.experiments import laurel_lm, laurel_vision
+
+    exp, cpu = get_experiment(name), get_experiment(name).presets["cpu"]
+    if name == "laurel-lm":
+        labels = list(laurel_lm.arms(cpu))
+        res = {"rows": _fake_rows(labels, [[2.0, 2.01], [1.9, 1.91], [1.89, 1.9]]), "layers": cpu["layers"],
+               "rank": cpu["rank"]}
+    else:
+        labels = list(laurel_vision.arms(cpu["rank"], cpu["arms"]))
+        res = {"rows": _fake_rows(labels, [[0.80, 0.81], [0.85, 0.86], [0.84, 0.85], [0.86, 0.87]]),
+               "rank": cpu["rank"]}
+    assert exp.verdict(res)[0] in VERDICTS
+    res["rows"] = res["rows"][:-1]  # an arm the rule needs is missing: a one-line error naming it
+    with pytest.raises(KeyError, match="no arm 'laurel"):
+        exp.verdict(res)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_laurel_vision_rank_gives_the_papers_parameter_ratio(preset):
+    """RW+LR's extra parameters are about the paper's 0.38x of the extra block's, and within claim B's 0.4x."""
+    import torch
+
+    from reslab.experiments.laurel_vision import EXTRA_BLOCK
+    from reslab.models import build_model
+
+    s = get_experiment("laurel-vision").presets[preset]
+    info, depth = {"n_classes": 10, "input_shape": (1, 28, 28)}, s["train"]["model_args"]["depth"]
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        base = n(build_model("resnet", info, "residual", depth=depth))
+        block = n(build_model("resnet", info, "residual", depth=depth, extra_blocks=EXTRA_BLOCK)) - base
+        rwlr = n(build_model("resnet", info, f"laurel(rw, lr, rank={s['rank']}, lr_init=xavier)", depth=depth)) - base
+    assert 0.3 <= rwlr / block <= 0.4
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ancre-linear", "ancre-lm", "ancre-depth", "laurel-lm"])
 def test_quick_preset_runs_and_writes_a_summary(name, tmp_path, capsys):

@@ -363,6 +363,8 @@ def test_quick_presets_run(fake_fmnist, name):
         assert not summary["results"]["skipped"] and "pnnh" in summary["results"]["accuracy"]
         cfg = json.loads((out / "runs" / "pnnh" / "seed0" / "summary.json").read_text())["config"]  # raw runs: OUT/runs
         assert cfg["model"] == "pnnh_vit" and cfg["connection"] == "plain" and cfg["model_args"]["n_layer"] == 2
+        from reslab.experiments.vit_compare import PRESETS, pnnh_model_args
+        assert cfg["model_args"]["d_model"] == pnnh_model_args(PRESETS["quick"]["train"]["model_args"])["d_model"]
 
 
 @pytest.mark.parametrize("vit_args", [{"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4},

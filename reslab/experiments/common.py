@@ -48,6 +48,8 @@ def pick_arms(every: dict[str, dict], short_names: list[str], keep: list[str] | 
     ``every``'s arms in order). An unknown short name is a one-line error listing the valid ones."""
     if keep is None:
         return dict(every)
+    if len(short_names) != len(every):
+        raise ValueError(f"{len(short_names)} short names for {len(every)} arms: name every arm once")
     short = dict(zip(short_names, every))
     unknown = [k for k in keep if k not in short]
     if unknown:
@@ -56,7 +58,11 @@ def pick_arms(every: dict[str, dict], short_names: list[str], keep: list[str] | 
 
 
 def row(report: dict, arm: str) -> dict:
-    return next(r for r in report["rows"] if r["arm"] == arm)
+    found = [r for r in report["rows"] if r["arm"] == arm]
+    if not found:
+        raise KeyError(f"no arm {arm!r} in these results (arms: {[r['arm'] for r in report['rows']]}); "
+                       "were they made with another preset?")
+    return found[0]
 
 
 def pooled_std(a: list[float], b: list[float]) -> float:

@@ -1,7 +1,7 @@
 """LAuReL's vision claims (Table 1, ResNet-50 on ImageNet) at CPU scale: a CIFAR-style ResNet on
 Fashion-MNIST. Arms: the baseline, the baseline + 1 block (one more basic block in the FIRST stage, the
 narrowest, so that it adds a few percent of parameters like the paper's +4.37%), LAuReL-RW, RW+LR and (quick and
-gpu presets) RW+LR+PA on the baseline, LR at rank 7, the rank whose extra parameters are the paper's 0.38x of the extra block's (see RANK).
+gpu presets) RW+LR+PA on the baseline, LR at the rank whose extra parameters are about the paper's 0.38x of the extra block's, within claim B's 0.4x (see RANKS).
 
 On test accuracy (the claim's metric), every arm at its own lr tuned from the same grid. Premise: the extra
 block helps (+1 block beats the baseline by > 2 standard errors; else ``inconclusive``). (A) RW is significantly
@@ -21,8 +21,10 @@ from .common import decide, depth_premise, noninferior, pick_arms, row, signific
 EXTRA_BLOCK = [1, 0, 0]  # one more basic block in the first (16-channel) stage: +2.7% parameters on ResNet-14
 # LR's rank is set by the claim's parameter ratio, not copied: the paper's r = 16 is small against ResNet-50's
 # 256-2048 channels (RW+LR adds 0.38x the extra block's parameters there), but with our 16/32/64 channels r = 16
-# adds 0.88x. r = 7 restores the paper's ratio (1,800 vs 4,672 extra parameters: 0.385x <= the 0.4x of claim B).
-RANK = 7
+# adds 0.88x on ResNet-14. Per depth, the rank that gives about the paper's ratio (tests/test_experiments.py
+# checks it stays within claim B's 0.4x): ResNet-14 r = 7 (1,800 vs 4,672 extra parameters, 0.385x);
+# ResNet-20, with more blocks to carry an LR each, r = 3 (0.311x; r = 4 would be 0.414x).
+RANKS = {14: 7, 20: 3}
 
 
 def arms(r: int, keep: list[str] | None = None) -> dict[str, dict]:
@@ -88,18 +90,19 @@ EXPERIMENT = Experiment(
                            train=_train(steps=20, batch=32, depth=8, n_train=512, n_val=256, eval_every=10, resize=14)),
              # sized to ≲ 55 min on one core (40 runs, up to 44 with the grid extension): the four arms the claims need (RW+LR+PA runs in quick/gpu),
              # 400 steps, the full test set read twice per run. 7 seeds: at 5 the premise's +0.4 point sat at p = 0.07.
-             # The 2026-11-30 run put every arm at 4e-3..8e-3 (flat there), so the grid starts at 2e-3.
-             "cpu": dict(seeds=7, rank=RANK, tune={"lr": [2e-3, 4e-3, 8e-3], "extend": 1},
+             # The earlier 2026-11-30 run put every arm at 8e-3, the top after one extension of [1e-3, 2e-3, 4e-3],
+             # so the grid moved up a step (its own extension reaches 2e-2).
+             "cpu": dict(seeds=7, rank=RANKS[14], tune={"lr": [2e-3, 4e-3, 8e-3], "extend": 1},
                          arms=["baseline", "+1 block", "rw", "rw+lr"],
                          train=_train(steps=400, batch=80, depth=14, n_train=20000, n_val=10000, eval_every=200,
                                       resize=14)),
-             "gpu": dict(seeds=5, rank=RANK, tune={"lr": [1e-3, 2e-3, 4e-3]},
+             "gpu": dict(seeds=5, rank=RANKS[20], tune={"lr": [1e-3, 2e-3, 4e-3]},
                          train=_train(steps=8000, batch=125, depth=20, n_train=60000, n_val=10000, eval_every=500,
                                       resize=None))},
     run=run, verdict=verdict,
     notes="CPU scale: ResNet-14 (width 1), Fashion-MNIST resized to 14×14, a 20k training subset and 400 steps of 80 (RW+LR+PA only in the quick and gpu presets); "
           "evaluation on the full official test set (10,000 images). The +1 block is one basic block in the first "
           "stage (a few % of parameters, like the paper's 4.37%). LR uses xavier A init (the paper's CNN choice), B = 0, "
-          "rank 7: with stage widths 16/32/64 it gives RW+LR the paper's 0.38x of the extra block's parameters (the paper's r = 16 gives 0.88x here); one LAuReL instance per block; PA stays "
+          "rank 7 on ResNet-14 (3 on the gpu preset's ResNet-20): with stage widths 16/32/64 it gives RW+LR about the paper's 0.38x of the extra block's parameters (the paper's r = 16 gives 0.88x here); one LAuReL instance per block; PA stays "
           "within a stage. lr tuned per arm on a tuning seed from the same grid.",
 )

@@ -66,9 +66,10 @@ def pnnh_model_args(model_args: dict, overrides: dict | None = None) -> dict:
     same number of parameters (see :func:`matched_learner_width`). ``overrides`` (a preset's ``pnnh_args``) win."""
     d = model_args.get("d_model", 64)
     out = {"patch_size": model_args.get("patch_size", 7), "n_layer": model_args.get("n_layer", 6),
-           "n_head": model_args.get("n_head", 4), "d_code": d}
-    out["d_model"] = matched_learner_width(model_args, out)
-    return out | dict(overrides or {})
+           "n_head": model_args.get("n_head", 4), "d_code": d} | dict(overrides or {})
+    if "d_model" not in out:  # matched on the merged options: an override of depth or code width moves it too
+        out["d_model"] = matched_learner_width(model_args, out)
+    return out
 
 
 def _n_params(model) -> int:
