@@ -383,6 +383,27 @@ def test_experiments_are_registered_with_three_presets():
         assert set(exp.presets) == {"quick", "cpu", "gpu"} and exp.notes
 
 
+@pytest.mark.slow
+def test_rex_capacity_quick_preset_runs_end_to_end(tmp_path, monkeypatch):
+    """reproduce rex-capacity on idx files the test writes: GC per λ, each λ's steps to the baseline λ's loss,
+    the table and the plot."""
+    import json
+
+    from conftest import write_fake_fashion_mnist
+
+    from reslab.cli import main
+
+    monkeypatch.setenv("RESLAB_DATA", str(write_fake_fashion_mnist(tmp_path / "data", 600, 300)))
+    out = tmp_path / "out"
+    assert main(["reproduce", "rex-capacity", "--preset", "quick", "--out", str(out)]) == 0
+    res = json.loads((out / "summary.json").read_text())["results"]
+    assert [e["lam"] for e in res["per_lam"]] == rex_capacity.lam_grid(8, 3)
+    for e in res["per_lam"]:
+        assert all(math.isfinite(g) for g in e["gc_init"]) and "steps_to_target_per_seed" in e
+    assert "steps to 1/√n's final loss" in (out / "README.md").read_text()
+    assert (out / "gc_accuracy_vs_lambda.png").exists()
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 def test_cli_writes_tables_and_plots(tmp_path):

@@ -23,6 +23,7 @@ Reproduced = A and B; partial = one; not reproduced = neither.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -58,12 +59,15 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     baseline = spec_of(lams[len(lams) // 2])
     values = run_cells({"runs": build_configs(base, arms)}, settings["seeds"], out_dir, baseline, log,
                        tune=settings.get("tune"), title=lambda _: f"rex-capacity: ResNet-{depth}, λ grid")["runs"]
+    # steps at which each λ's seed-mean curve first reaches the baseline λ's final validation loss (the report's rows)
+    rows = {r["arm"]: r for r in json.loads((out_dir / "runs" / "results.json").read_text())["rows"]}
     per_lam = []
     for lam in lams:
         arm = spec_of(lam)
         v = values[arm]
         entry = {"lam": lam, "connection": arm, "acc": [], "status": [], "gc_init": [], "gc_final": [],
-                 "tuned": v["tuned"]}
+                 "tuned": v["tuned"], "steps_to_target": rows[arm].get("steps_to_target"),
+                 "steps_to_target_per_seed": rows[arm].get("steps_to_target_per_seed")}
         for seed, (acc, status) in enumerate(zip(v["metric"], v["status"])):
             run_dir = out_dir / "runs" / slug(arm) / f"seed{base.seed + seed}"
             entry["acc"].append(acc if status == "completed" else None)
@@ -179,16 +183,17 @@ def _plot(results: dict, path: Path) -> None:
 def _table(results: dict) -> str:
     lines = [f"ResNet-{results['depth']} on Fashion-MNIST, no normalisation, n = {results['n_branches']} residual "
              "branches; mean ± std over seeds.", "",
-             "| λ | connection | GC at init | GC after training | val accuracy | Welch p (acc vs 1/n) | diverged |"
-             + (" tuned |" if results.get("tuned") else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if results.get("tuned") else "")]
+             "| λ | connection | GC at init | GC after training | val accuracy | Welch p (acc vs 1/n) | steps to "
+             "1/√n's final loss | diverged |" + (" tuned |" if results.get("tuned") else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if results.get("tuned") else "")]
     for e in results["per_lam"]:
         gi, gf, acc = (mean_std([x for x in e[k] if x is not None]) for k in ("gc_init", "gc_final", "acc"))
         fmt = lambda m, s, p=".4g": "—" if not math.isfinite(m) else f"{m:{p}} ± {s:.2g}"  # noqa: E731
         div = sum(s == "diverged" for s in e["status"])
         p = e.get("welch_p_acc_vs_1_over_n")
         lines.append(f"| {e['lam']:g} | `{e['connection']}` | {fmt(*gi)} | {fmt(*gf)} | {fmt(*acc, '.3f')} | "
-                     f"{'—' if p is None else format(p, '.3g')} | {div}/{len(e['status'])} |"
+                     f"{'—' if p is None else format(p, '.3g')} | {e.get('steps_to_target') or '—'} | "
+                     f"{div}/{len(e['status'])} |"
                      + (f" {e.get('tuned')} |" if results.get("tuned") else ""))
     return "\n".join(lines)
 
