@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..compare import run_arms, slug
-from . import Experiment
 from ..train import TrainConfig
+from . import Experiment
 from .common import decide, depth_premise, diagnose_run, noninferior, row, significantly, train_config, with_
 
 

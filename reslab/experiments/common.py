@@ -57,6 +57,17 @@ def pick_arms(every: dict[str, dict], short_names: list[str], keep: list[str] | 
     return {short[k]: every[short[k]] for k in keep}
 
 
+def closest_size(count, target: int, lo: int, hi: int) -> int:
+    """The ``k`` in ``lo..hi`` whose ``count(k)`` is closest to ``target``, for a ``count`` that grows with ``k``
+    (a model's parameters with its width): bisect for the first ``k`` reaching the target, then take it or the one
+    before (the smaller on a tie). ``hi`` when nothing reaches the target."""
+    a, b = lo, hi
+    while a < b:
+        mid = (a + b) // 2
+        a, b = (mid + 1, b) if count(mid) < target else (a, mid)
+    return min(dict.fromkeys((max(lo, a - 1), a)), key=lambda k: abs(count(k) - target))
+
+
 def row(report: dict, arm: str) -> dict:
     found = [r for r in report["rows"] if r["arm"] == arm]
     if not found:

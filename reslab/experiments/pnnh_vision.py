@@ -105,12 +105,10 @@ def matched_width(settings: dict, arm: str, depth: int, width: float) -> float:
     within ``PARAM_TOL`` (10%) or an error. The ResNet and plain nets keep ``width``."""
     if not _is_pnnh(arm):
         return width
+    from .common import closest_size
+
     target = count_params(settings, "resnet", depth, width)
-    lo, hi = 1, int(128 * width)  # parameters grow with width: bisect for the first k reaching the target
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if count_params(settings, arm, depth, mid / 64) < target else (lo, mid)
-    best = min({max(1, lo - 1) / 64, lo / 64}, key=lambda w: abs(count_params(settings, arm, depth, w) / target - 1))
+    best = closest_size(lambda k: count_params(settings, arm, depth, k / 64), target, 1, int(128 * width)) / 64
     ratio = count_params(settings, arm, depth, best) / target
     if abs(ratio - 1) > PARAM_TOL:
         raise ValueError(f"pnnh-vision: no width of {arm} at depth {depth} within {PARAM_TOL:.0%} of the ResNet's "

@@ -23,7 +23,6 @@ Reproduced = A and B; partial = one; not reproduced = neither.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -59,15 +58,13 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     baseline = spec_of(lams[len(lams) // 2])
     values = run_cells({"runs": build_configs(base, arms)}, settings["seeds"], out_dir, baseline, log,
                        tune=settings.get("tune"), title=lambda _: f"rex-capacity: ResNet-{depth}, λ grid")["runs"]
-    # steps at which each λ's seed-mean curve first reaches the baseline λ's final validation loss (the report's rows)
-    rows = {r["arm"]: r for r in json.loads((out_dir / "runs" / "results.json").read_text())["rows"]}
     per_lam = []
     for lam in lams:
         arm = spec_of(lam)
         v = values[arm]
         entry = {"lam": lam, "connection": arm, "acc": [], "status": [], "gc_init": [], "gc_final": [],
-                 "tuned": v["tuned"], "steps_to_target": rows[arm].get("steps_to_target"),
-                 "steps_to_target_per_seed": rows[arm].get("steps_to_target_per_seed")}
+                 "tuned": v["tuned"], "steps_to_target": v["steps_to_target"],  # to the 1/sqrt(n) λ's final loss
+                 "steps_to_target_per_seed": v["steps_to_target_per_seed"]}
         for seed, (acc, status) in enumerate(zip(v["metric"], v["status"])):
             run_dir = out_dir / "runs" / slug(arm) / f"seed{base.seed + seed}"
             entry["acc"].append(acc if status == "completed" else None)

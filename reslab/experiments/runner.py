@@ -42,8 +42,10 @@ def run_cells(cells: dict[str, dict[str, TrainConfig]], seeds: int, out: Path, b
 
 def arm_values(report: dict) -> dict[str, dict]:
     """Per arm, per seed: final validation metric and loss, status, steps done, median step time, curve; the
-    arm's parameter count and, when tuned, the chosen point and the tuning seed's loss at every grid point."""
+    arm's parameter count, its steps to the baseline's final loss (mean curve and per seed) and, when tuned, the
+    chosen point and the tuning seed's loss at every grid point."""
     out = {}
+    rows = {r["arm"]: r for r in report.get("rows", [])}
     for arm, runs in report["runs"].items():
         t = report.get("tuning", {}).get(arm)
         out[arm] = {"metric": [r.get("final_val_metric") for r in runs],
@@ -53,6 +55,9 @@ def arm_values(report: dict) -> dict[str, dict]:
                     "median_step_time": [r.get("median_step_time") for r in runs],
                     "params": runs[0].get("params") if runs else None,
                     "curve": [r.get("curve") for r in runs],
+                    # first step at which the seed-mean curve (and each seed's) reaches the baseline's final loss
+                    "steps_to_target": rows.get(arm, {}).get("steps_to_target"),
+                    "steps_to_target_per_seed": rows.get(arm, {}).get("steps_to_target_per_seed"),
                     "tuned": t["chosen"] if t else None,
                     "tuned_at_edge": t.get("at_edge") if t else None,
                     "tune_points": t["points"] if t else None}
