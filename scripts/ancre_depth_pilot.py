@@ -19,16 +19,24 @@ import sys
 from pathlib import Path
 
 from reslab.compare import run_arms
+from reslab.data import get_task
 from reslab.experiments.ancre_depth import EXPERIMENT, depth_arms
 from reslab.experiments.common import depth_premise, row, train_config
 
-#: name -> (task_args overrides, train overrides): what each candidate changes in ancre-depth's cpu preset
+#: name -> (task_args overrides, train overrides, student width or None): what each candidate changes in
+#: ancre-depth's cpu preset (width 128)
 CANDIDATES = {
-    "as-is": ({}, {}),
-    "deep-teacher": ({"depth": 48}, {}),  # a deeper composition than a 16-layer student can mimic
-    "rough-teacher": ({"gain": 2.5}, {}),  # a more chaotic (higher-frequency) teacher function
-    "deep-rough-teacher": ({"depth": 48, "gain": 2.0}, {}),
-    "more-data": ({"n_train": 65536}, {"steps": 4000}),  # less data-limited: capacity can show
+    "as-is": ({}, {}, None),
+    "deep-teacher": ({"depth": 48}, {}, None),  # a deeper composition than a 16-layer student can mimic
+    "rough-teacher": ({"gain": 2.5}, {}, None),  # a more chaotic (higher-frequency) teacher function
+    "deep-rough-teacher": ({"depth": 48, "gain": 2.0}, {}, None),
+    "more-data": ({"n_train": 65536}, {"steps": 4000}, None),  # less data-limited: capacity can show
+    # At width 128 even the 16-layer student (~270k weights) has 4x the teacher's (~66k): capacity never binds, so
+    # extra depth has nothing to add. A narrow student is capacity-bound, and at a fixed width depth is how the
+    # paper's RL nets grow: the 16-layer student has ~17k weights, the 64-layer one ~68k.
+    "narrow-32": ({}, {}, 32),
+    "narrow-32-more-data": ({"n_train": 65536}, {"steps": 4000}, 32),
+    "narrow-48": ({}, {}, 48),
 }
 
 
@@ -47,25 +55,30 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown candidate(s) {unknown}; valid: {', '.join(CANDIDATES)}")
     preset = EXPERIMENT.presets["cpu"]
     tune = {"lr": [float(v) for v in args.lr.split(",")], "extend": 1}
-    lines = ["| candidate | task changes | train changes | residual-16 | residual-64 | premise (> 3 SE) | lrs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| candidate | task changes | train changes | width | residual-16 | residual-64 | explained (16 / 64) "
+             "| premise (> 3 SE) | lrs |", "|---|---|---|---|---|---|---|---|---|"]
     report = {}
     for name in names:
-        task_over, train_over = CANDIDATES[name]
+        task_over, train_over, width = CANDIDATES[name]
+        width = width or preset["width"]
         train_over = train_over | ({"steps": args.steps} if args.steps else {})
         t = dict(preset["train"]) | train_over
         t["task_args"] = dict(t["task_args"]) | task_over
         base = train_config("teacher", "mlp", **t)
-        arms = depth_arms(base, preset["width"])
+        arms = depth_arms(base, width)
+        # what predicting the mean scores: the fraction of it a student removes says whether the task is learnable
+        target_var = get_task("teacher", **t["task_args"]).val_y.var(0).mean().item()
         res = run_arms(arms, args.seeds, Path(args.out) / name, baseline="mlp16 residual", tune=tune,
                        title=f"ancre-depth pilot {name}")
         shallow, deep = row(res, "mlp16 residual"), row(res, "mlp64 residual")
         ok, text = depth_premise(deep["val_loss"], shallow["val_loss"], higher_better=False)
         lrs = ", ".join(f"{r['arm'].split()[0]} {r.get('tuned')}" for r in res["rows"])
-        lines.append(f"| {name} | {task_over or '—'} | {train_over or '—'} | {shallow['val_loss_mean']:.4g} ± "
+        explained = [1 - r["val_loss_mean"] / target_var for r in (shallow, deep)]
+        lines.append(f"| {name} | {task_over or '—'} | {train_over or '—'} | {width} | {shallow['val_loss_mean']:.4g} ± "
                      f"{shallow['val_loss_std']:.2g} | {deep['val_loss_mean']:.4g} ± {deep['val_loss_std']:.2g} | "
-                     f"{'PASS' if ok else 'FAIL'}: {text} | {lrs} |")
+                     f"{explained[0]:.0%} / {explained[1]:.0%} | {'PASS' if ok else 'FAIL'}: {text} | {lrs} |")
         report[name] = {"task_args": t["task_args"], "train": {k: v for k, v in t.items() if k != "task_args"},
+                        "width": width, "target_var": target_var, "explained": explained,
                         "premise": ok, "premise_text": text, "rows": res["rows"]}
         print(lines[-1], flush=True)
     out = Path(args.out)
