@@ -67,6 +67,7 @@ def main(argv=None) -> int:
         base = train_config("teacher", "mlp", **t)
         arms = depth_arms(base, width)
         # what predicting the mean scores: the fraction of it a student removes says whether the task is learnable
+        # (R² against the mean predictor: the val MSE is over the whole val split, see ancre_depth._train)
         target_var = get_task("teacher", **t["task_args"]).val_y.var(0).mean().item()
         res = run_arms(arms, args.seeds, Path(args.out) / name, baseline="mlp16 residual", tune=tune,
                        title=f"ancre-depth pilot {name}")
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         explained = [1 - r["val_loss_mean"] / target_var for r in (shallow, deep)]
         lines.append(f"| {name} | {task_over or '—'} | {train_over or '—'} | {width} | {shallow['val_loss_mean']:.4g} ± "
                      f"{shallow['val_loss_std']:.2g} | {deep['val_loss_mean']:.4g} ± {deep['val_loss_std']:.2g} | "
-                     f"{explained[0]:.0%} / {explained[1]:.0%} | {'PASS' if ok else 'FAIL'}: {text} | {lrs} |")
+                     f"{explained[0]:.1%} / {explained[1]:.1%} | {'PASS' if ok else 'FAIL'}: {text} | {lrs} |")
         report[name] = {"task_args": t["task_args"], "train": {k: v for k, v in t.items() if k != "task_args"},
                         "width": width, "target_var": target_var, "explained": explained,
                         "premise": ok, "premise_text": text, "rows": res["rows"]}

@@ -54,12 +54,17 @@ def verdict(res: dict) -> tuple[str, str]:
                                    else ". Arms not learning-rate tuned (one shared lr)")
 
 
-def _train(steps, batch, eval_every, teacher_n):
+N_VAL = 2048  # the teacher's validation pairs (noise-free targets)
+
+
+def _train(steps, batch, eval_every, teacher_n, eval_batches=None):
+    # eval_batches default: the whole validation split, in order (ceil(N_VAL / batch) batches), so val MSE is exact
     return dict(steps=steps, batch_size=batch, lr=1e-3, warmup_steps=max(5, steps // 20), weight_decay=0.0,
-                eval_every=eval_every, eval_batches=8, log_every=eval_every, threads=1,
+                eval_every=eval_every, eval_batches=eval_batches or -(-N_VAL // batch), log_every=eval_every,
+                threads=1,
                 model_args={"layers_per_branch": 4, "layernorm": True, "activation": "silu"},
                 task_args={"in_dim": 16, "width": 64, "depth": 16, "out_dim": 4, "n_train": teacher_n,
-                           "n_val": 2048, "noise": 0.0, "gain": 1.5})
+                           "n_val": N_VAL, "noise": 0.0, "gain": 1.5})
 
 
 EXPERIMENT = Experiment(
@@ -69,7 +74,7 @@ EXPERIMENT = Experiment(
           "task where depth matters.",
     paper_number="ANCRe at depth 16 matches or beats the baseline at depth 64 (RL, Humanoid/Ant/Arm tasks)",
     presets={"quick": dict(seeds=2, width=32, ancre="ancre(tau=0.01)", tune={"lr": [1e-3, 3e-3]},
-                           train=_train(steps=30, batch=32, eval_every=15, teacher_n=512)),
+                           train=_train(steps=30, batch=32, eval_every=15, teacher_n=512, eval_batches=8)),
              "cpu": dict(seeds=4, width=128, ancre="ancre(tau=0.01)", tune={"lr": [3e-4, 1e-3, 3e-3]},
                          train=_train(steps=2000, batch=128, eval_every=100, teacher_n=16384)),
              "gpu": dict(seeds=8, width=256, ancre="ancre(tau=0.01)", tune={"lr": [3e-4, 1e-3, 3e-3]},
