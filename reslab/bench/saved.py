@@ -30,8 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .overhead import MODELS, SIZES, _compiled, build, canonical_spec, machine_info, train_step, unique_arms, \
-    write_outputs
+from .overhead import MODELS, SIZES, _compiled, build, machine_info, train_step, unique_arms, write_outputs
 
 MB = 2 ** 20
 
@@ -69,17 +68,23 @@ def _savers(root) -> dict[int, set[str]]:
 
 def saved_for_backward(net, x, y, parameters=()) -> dict:
     """One forward + loss of ``net`` (eager or its compiled wrapper) on ``(x, y)`` under saved-tensor hooks:
-    ``{"total_bytes", "tensors", "by_shape": {"<shape> <- <savers>": {"count", "bytes"}}}`` over the distinct
-    storages saved for the backward pass, leaving out those of ``parameters``; ``savers`` are the autograd nodes
-    that keep the storage (e.g. ``MulBackward0.other``). The graph is freed afterwards (no backward)."""
+    ``{"total_bytes", "tensors", "by_shape": {"<shape> <- <savers>": {"count", "bytes"}}, "freed": n}`` over the
+    distinct storages that the graph under the loss still keeps for the backward pass, leaving out those of
+    ``parameters``; ``savers`` are the autograd nodes that keep the storage (e.g. ``MulBackward0.other``), and a
+    saved view of a larger buffer is labelled ``(view)`` and counts the whole buffer. ``freed``: storages saved by
+    graph parts dropped before the loss (not kept). The graph is freed afterwards (no backward)."""
     skip = {p.untyped_storage().data_ptr() for p in parameters}
-    seen: dict[int, tuple[tuple[int, ...], int]] = {}
+    seen: dict[int, tuple[str, torch.UntypedStorage]] = {}
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in skip and ptr not in seen:  # a view of a kept buffer costs nothing more
-            seen[ptr] = (tuple(t.shape), storage.nbytes())
+        # a view of a kept buffer costs nothing more; an empty storage costs nothing (and all share pointer 0)
+        if storage.nbytes() and ptr not in skip and ptr not in seen:
+            shape = "x".join(map(str, t.shape)) or "scalar"
+            if t.numel() * t.element_size() != storage.nbytes():
+                shape += " (view)"
+            seen[ptr] = (shape, storage)  # held, so a freed save's address cannot be reused and merged
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -88,18 +93,23 @@ def saved_for_backward(net, x, y, parameters=()) -> dict:
     savers = _savers(loss.grad_fn)
     del out, loss
     by_shape: dict[str, dict[str, int]] = {}
-    for ptr, (shape, nbytes) in seen.items():
-        key = ("x".join(map(str, shape)) or "scalar") + " <- " + (", ".join(sorted(savers.get(ptr, ()))) or "?")
+    kept = {ptr: v for ptr, v in seen.items() if ptr in savers}
+    for ptr, (shape, storage) in kept.items():
+        key = shape + " <- " + ", ".join(sorted(savers[ptr]))
         slot = by_shape.setdefault(key, {"count": 0, "bytes": 0})
         slot["count"] += 1
-        slot["bytes"] += nbytes
-    return {"total_bytes": sum(n for _, n in seen.values()), "tensors": len(seen),
-            "by_shape": dict(sorted(by_shape.items(), key=lambda kv: -kv[1]["bytes"]))}
+        slot["bytes"] += storage.nbytes()
+    return {"total_bytes": sum(s.nbytes() for _, s in kept.values()), "tensors": len(kept),
+            "by_shape": dict(sorted(by_shape.items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))),
+            "freed": len(seen) - len(kept)}
 
 
 def peak_by_category(step) -> dict:
     """Run ``step()`` once under ``torch.profiler`` (CPU, profile_memory) and read its memory timeline at the peak:
-    ``{"peak_bytes", "by_category": {category: bytes}}``. Categories are the profiler's own labels."""
+    ``{"peak_bytes", "step_peak_bytes", "by_category": {category: bytes}}``: the total at the peak, the peak above
+    what was allocated before the step (parameters, optimizer state, inputs: the timeline's first row, its
+    pre-existing allocations), which is what ``bench overhead``'s peak step memory measures, and the categories at
+    the peak. Categories are the profiler's own labels."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX  # the timeline's column order (private)
 
@@ -114,7 +124,7 @@ def peak_by_category(step) -> dict:
     if not sizes:
         raise RuntimeError("the profiler recorded no CPU allocations for this step")
     at_peak = max(sizes, key=sum)
-    return {"peak_bytes": sum(at_peak), "by_category": {names.get(i, f"column {i}"): v for i, v in enumerate(at_peak)
+    return {"peak_bytes": sum(at_peak), "step_peak_bytes": sum(at_peak) - sum(sizes[0]), "by_category": {names.get(i, f"column {i}"): v for i, v in enumerate(at_peak)
                                                         if i in names or v}}
 
 
@@ -137,54 +147,78 @@ def profile_arms(model: str, size: str, arms: list[str], compile: bool | str = F
 
 
 def differences(profiles: dict[str, dict], baseline: str = "residual") -> dict[str, dict]:
-    """Per arm against ``baseline``: the ratio of saved bytes and, per shape, the extra count and bytes (the shapes
-    where the arm keeps more or fewer tensors, largest first)."""
-    base = profiles[baseline]
+    """Per arm against ``baseline``: the ratio of saved bytes, of the step's peak (above what the step started
+    with) and, per shape, the extra count and bytes (the shapes where the arm keeps more or fewer tensors, largest
+    first, with the savers the arm has there that the baseline has not: who keeps the extra ones)."""
+    def per_shape(prof: dict) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for key, v in prof["by_shape"].items():
+            shape, savers = key.split(" <- ", 1)
+            slot = out.setdefault(shape, {"count": 0, "bytes": 0, "savers": Counter()})
+            slot["count"] += v["count"]
+            slot["bytes"] += v["bytes"]
+            slot["savers"][savers] += v["count"]
+        return out
+
+    base, base_shapes = profiles[baseline], per_shape(profiles[baseline])
+    empty = {"count": 0, "bytes": 0, "savers": Counter()}
     out = {}
     for arm, prof in profiles.items():
-        shapes = set(prof["by_shape"]) | set(base["by_shape"])
+        mine = per_shape(prof)
         rows = []
-        for s in shapes:
-            a, b = prof["by_shape"].get(s, {"count": 0, "bytes": 0}), base["by_shape"].get(s, {"count": 0, "bytes": 0})
+        for s in sorted(set(mine) | set(base_shapes)):
+            a, b = mine.get(s, empty), base_shapes.get(s, empty)
             if a["count"] != b["count"] or a["bytes"] != b["bytes"]:
                 rows.append({"shape": s, "count": a["count"], "baseline_count": b["count"],
-                             "extra_bytes": a["bytes"] - b["bytes"]})
-        rows.sort(key=lambda r: -abs(r["extra_bytes"]))
+                             "extra_bytes": a["bytes"] - b["bytes"],
+                             "new_savers": sorted((a["savers"] - b["savers"]).keys())})
+        rows.sort(key=lambda r: (-abs(r["extra_bytes"]), r["shape"]))
         peak, base_peak = prof["peak"], base["peak"]
         cats = dict.fromkeys([*peak["by_category"], *base_peak["by_category"]])
         out[arm] = {"saved_ratio": prof["total_bytes"] / base["total_bytes"] if base["total_bytes"] else None,
                     "extra_bytes": prof["total_bytes"] - base["total_bytes"], "by_shape": rows,
-                    "peak_ratio": peak["peak_bytes"] / base_peak["peak_bytes"],
+                    "peak_ratio": (peak["step_peak_bytes"] / base_peak["step_peak_bytes"]
+                                   if base_peak["step_peak_bytes"] > 0 else None),
                     "peak_extra_by_category": {c: peak["by_category"].get(c, 0) - base_peak["by_category"].get(c, 0)
                                                for c in cats}}
     return out
+
+
+def _ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.3f}×"
 
 
 def markdown(result: dict, top: int = 6) -> str:
     lines = [f"# Saved for backward: {result['path']}, size {result['size']}", "",
              f"`{result['command']}`" if result.get("command") else "", "",
              "Distinct storages autograd keeps from the forward pass to the backward pass (parameters left out), per "
-             "arm against `residual`; the shapes where an arm keeps more (or fewer) tensors, largest first.", ""]
+             "arm against `residual`; the shapes where an arm keeps more (or fewer) tensors, largest first, with the "
+             "autograd nodes that keep them in this arm and not in `residual`. The peak table: the step's peak above "
+             "the memory it started with (parameters, optimizer state, inputs), the measure of `bench overhead`.",
+             ""]
     for model, res in result["models"].items():
         lines += [f"## {model}", "", "Saved for backward:", "",
-                  "| arm | saved MB | × residual | where the difference is (shape: count vs residual's, extra MB) |",
+                  "| arm | saved MB | × residual | where the difference is (shape: count vs residual's, extra MB "
+                  "[kept by]) |",
                   "|---|---|---|---|"]
         for arm, prof in res["profiles"].items():
             d = res["differences"][arm]
             where = "; ".join(f"{r['shape']}: {r['count']} vs {r['baseline_count']}, {r['extra_bytes'] / MB:+.2f}"
+                              + (f" [{', '.join(r['new_savers'])}]" if r["new_savers"] else "")
                               for r in d["by_shape"][:top]) or "—"
             more = len(d["by_shape"]) - top
-            lines.append(f"| `{arm}` | {prof['total_bytes'] / MB:.2f} | {d['saved_ratio']:.3f}× | {where}"
+            lines.append(f"| `{arm}` | {prof['total_bytes'] / MB:.2f} | {_ratio(d['saved_ratio'])} | {where}"
                          + (f"; {more} more shapes" if more > 0 else "") + " |")
         lines += ["", "At the training step's peak (profiler memory timeline; extra MB against `residual` by "
                       "category, where it differs by more than 0.05 MB):", "",
-                  "| arm | peak MB | × residual | extra at the peak |", "|---|---|---|---|"]
+                  "| arm | step peak MB | × residual | extra at the peak |", "|---|---|---|---|"]
         for arm, prof in res["profiles"].items():
             d = res["differences"][arm]
             extra = "; ".join(f"{c} {v / MB:+.2f}" for c, v in sorted(d["peak_extra_by_category"].items(),
                                                                         key=lambda kv: -abs(kv[1]))
                               if abs(v) > 0.05 * MB) or "—"
-            lines.append(f"| `{arm}` | {prof['peak']['peak_bytes'] / MB:.2f} | {d['peak_ratio']:.3f}× | {extra} |")
+            lines.append(f"| `{arm}` | {prof['peak']['step_peak_bytes'] / MB:.2f} | {_ratio(d['peak_ratio'])} | "
+                         f"{extra} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -209,13 +243,13 @@ def run_saved(models: list[str], size: str, arms: list[str], compile: bool | str
 def _cmd(args) -> int:
     from ..connections.registry import split_top
 
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 keeps torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     models = list(MODELS) if args.model == "all" else [args.model]
-    arms = unique_arms(split_top(args.connections)) if args.connections else \
-        unique_arms(["ancre", "denseformer"])
-    if canonical_spec("residual") not in arms:
-        arms.insert(0, "residual")
+    # residual first (every difference is against it), then the given specs, deduplicated
+    arms = unique_arms(split_top(args.connections) if args.connections else ["ancre", "denseformer"])
     compile = args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
     command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     result = run_saved(models, args.size, arms, compile=compile, fused=args.fused, out_dir=args.out,
