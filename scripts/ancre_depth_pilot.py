@@ -37,6 +37,7 @@ CANDIDATES = {
     "narrow-32": ({}, {}, 32),
     "narrow-32-more-data": ({"n_train": 65536}, {"steps": 4000}, 32),
     "narrow-48": ({}, {}, 48),
+    "narrow-16": ({}, {}, 16),  # ~4.5k vs ~17k weights: far below the teacher's
 }
 
 
