@@ -196,16 +196,39 @@ def build(model: str, size: str, spec: str, device: torch.device, seed: int = 0)
     return net, opt, x.to(device), y.to(device), units
 
 
-def train_step(net, opt, x, y) -> None:
-    """zero_grad + forward + loss + backward + optimizer step; bf16 autocast on CUDA as in the trainer.
-    ``net`` may be the ``torch.compile`` wrapper of the model."""
-    opt.zero_grad(set_to_none=True)
+def step_loss(net, x, y) -> torch.Tensor:
+    """A training step's forward + loss; bf16 autocast on CUDA as in the trainer. ``net`` may be the
+    ``torch.compile`` wrapper of the model."""
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if x.device.type == "cuda" else nullcontext()
     with ctx:
         out = net(x)
-    loss = F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1))
-    loss.backward()
+    return F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1))
+
+
+def train_step(net, opt, x, y) -> None:
+    """zero_grad + :func:`step_loss` + backward + optimizer step."""
+    opt.zero_grad(set_to_none=True)
+    step_loss(net, x, y).backward()
     opt.step()
+
+
+def bench_command() -> str:
+    """The ``reslab bench ...`` command line that started this process ("" when called from Python)."""
+    return "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+
+
+def set_threads(threads: int) -> None:
+    """``--threads``: 0 keeps torch's default; otherwise torch's and OMP_NUM_THREADS (child processes inherit it)."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 keeps torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def compile_choice(args) -> bool | str:
+    """``--compile`` [``--compile-backend``]: False, True (inductor) or another backend's name (tests)."""
+    return args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
 
 
 def _sync(device: torch.device) -> None:
@@ -756,25 +779,19 @@ def _cmd(args) -> int:
     if args.table_from:
         print(combined_table([json.loads(Path(f).read_text()) for f in args.table_from]))
         return 0
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0 keeps torch's default), got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)  # the probe process inherits it through OMP_NUM_THREADS below
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    set_threads(args.threads)  # the memory probe process inherits it through OMP_NUM_THREADS
     models = list(MODELS) if args.model in ("both", "all") else [args.model]
     connections = None
     if args.connections:
         from ..connections.registry import split_top
 
         connections = split_top(args.connections)
-    command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     if refuse_if_busy(args.max_load, args.busy_ok, "every time ratio is then refused"):
         return 3
     max_load = None if args.max_load < 0 else args.max_load
-    compile = args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
     result = run_overhead(models, args.size, args.repeats, args.warmup, connections, args.device,
-                          memory=args.memory, seed=args.seed, out_dir=args.out, command=command, clock=args.clock,
-                          compile=compile, fused=args.fused, max_load=max_load, steps_per_round=args.steps_per_round)
+                          memory=args.memory, seed=args.seed, out_dir=args.out, command=bench_command(),
+                          clock=args.clock, compile=compile_choice(args), fused=args.fused, max_load=max_load, steps_per_round=args.steps_per_round)
     print()
     print("Machine: " + hygiene_line(result))
     print(target_table(result))

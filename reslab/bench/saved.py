@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .overhead import MODELS, SIZES, _compiled, build, machine_info, train_step, unique_arms, write_outputs
+from .overhead import (MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info, set_threads,
+                       step_loss, train_step, unique_arms, write_outputs)
 
 MB = 2 ** 20
 
@@ -88,10 +86,9 @@ def saved_for_backward(net, x, y, parameters=()) -> dict:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = net(x)
-        loss = F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1))
+        loss = step_loss(net, x, y)
     savers = _savers(loss.grad_fn)
-    del out, loss
+    del loss
     by_shape: dict[str, dict[str, int]] = {}
     kept = {ptr: v for ptr, v in seen.items() if ptr in savers}
     for ptr, (shape, storage) in kept.items():
@@ -124,8 +121,8 @@ def peak_by_category(step) -> dict:
     if not sizes:
         raise RuntimeError("the profiler recorded no CPU allocations for this step")
     at_peak = max(sizes, key=sum)
-    return {"peak_bytes": sum(at_peak), "step_peak_bytes": sum(at_peak) - sum(sizes[0]), "by_category": {names.get(i, f"column {i}"): v for i, v in enumerate(at_peak)
-                                                        if i in names or v}}
+    return {"peak_bytes": sum(at_peak), "step_peak_bytes": sum(at_peak) - sum(sizes[0]),
+            "by_category": {names.get(i, f"column {i}"): v for i, v in enumerate(at_peak) if i in names or v}}
 
 
 def profile_arms(model: str, size: str, arms: list[str], compile: bool | str = False, fused: bool = False,
@@ -142,7 +139,7 @@ def profile_arms(model: str, size: str, arms: list[str], compile: bool | str = F
             train_step(step_net, opt, x, y)  # compile (if any) and warm up outside the hooks
             out[arm] = saved_for_backward(step_net, x, y, parameters=list(net.parameters()))
             out[arm]["peak"] = peak_by_category(lambda: train_step(step_net, opt, x, y))
-        out[arm]["params"] = sum(p.numel() for p in net.parameters())
+        out[arm]["params"] = net.num_parameters()
     return out
 
 
@@ -243,17 +240,12 @@ def run_saved(models: list[str], size: str, arms: list[str], compile: bool | str
 def _cmd(args) -> int:
     from ..connections.registry import split_top
 
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0 keeps torch's default), got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     models = list(MODELS) if args.model == "all" else [args.model]
     # residual first (every difference is against it), then the given specs, deduplicated
     arms = unique_arms(split_top(args.connections) if args.connections else ["ancre", "denseformer"])
-    compile = args.compile_backend if (args.compile and args.compile_backend != "inductor") else args.compile
-    command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
-    result = run_saved(models, args.size, arms, compile=compile, fused=args.fused, out_dir=args.out,
-                       command=command)
+    result = run_saved(models, args.size, arms, compile=compile_choice(args), fused=args.fused, out_dir=args.out,
+                       command=bench_command())
     print(markdown(result))
     return 0
 

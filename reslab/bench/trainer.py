@@ -532,14 +532,11 @@ def markdown(result: dict) -> str:
 
 
 def _cmd(args) -> int:
-    import shlex
-
-    from .overhead import refuse_if_busy
+    from .overhead import bench_command, refuse_if_busy
 
     if refuse_if_busy(args.max_load, args.busy_ok, "the speed ratio is then refused"):
         return 3
-    command = "reslab " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
-    result = run_trainer_bench(args.preset, args.repeats, args.threads, args.out, command,
+    result = run_trainer_bench(args.preset, args.repeats, args.threads, args.out, bench_command(),
                                max_load=args.max_load, steps=args.steps)
     print()
     print(markdown(result))
