@@ -323,12 +323,40 @@ def test_teacher_deterministic_and_noise_on_train_only():
     assert a.train_y.std() > 0.05  # the teacher is not a constant
 
 
+def _linear_r2(x, y):
+    """The fraction of y's variance the best affine map of x explains."""
+    x, y = x.double(), y.double()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    resid = y - design @ torch.linalg.lstsq(design, y).solution
+    return 1 - resid.var(0).mean().item() / y.var(0).mean().item()
+
+
+def test_flow_task_is_a_standardised_deterministic_flow_whose_time_sets_its_nonlinearity():
+    kw = dict(in_dim=6, hidden=16, steps=8, out_dim=2, n_train=2000, n_val=2000, seed=3)
+    a, b = get_task("flow", **kw), get_task("flow", **kw)
+    for attr in ("train_x", "train_y", "val_x", "val_y"):
+        assert torch.equal(getattr(a, attr), getattr(b, attr))
+    assert a.train_x.shape == (2000, 6) and a.val_y.shape == (2000, 2)
+    # standardised by a reference sample of its own: about zero mean, unit variance, whatever n_train/n_val
+    assert a.val_y.mean(0).abs().max() < 0.1 and (a.val_y.std(0) - 1).abs().max() < 0.1
+    assert torch.equal(a.train_y, get_task("flow", **{**kw, "n_val": 10}).train_y)
+    # time 0 is the identity flow: the targets are a linear readout of the input; longer flows are less linear
+    assert _linear_r2(*(lambda t: (t.val_x, t.val_y))(get_task("flow", **kw, time=0.0))) > 0.9999
+    r2 = [_linear_r2(t.val_x, t.val_y) for t in (get_task("flow", **kw, time=v) for v in (1.0, 8.0))]
+    assert r2[0] > r2[1] + 0.05, r2
+    n = get_task("flow", **kw, noise=0.3)
+    assert torch.equal(n.val_y, a.val_y) and abs((n.train_y - a.train_y).std().item() - 0.3) < 0.03
+    with pytest.raises(ValueError, match="steps"):
+        get_task("flow", steps=0)
+
+
 # ----------------------------------------------------------------------------------------- registry
 
 
 def test_registry_names_and_options():
     names = list_tasks()
-    assert set(names) == {"shakespeare", "text:PATH", "fashion_mnist", "linear", "teacher", "gaussian_classes"}
+    assert set(names) == {"shakespeare", "text:PATH", "fashion_mnist", "linear", "teacher", "flow",
+                          "gaussian_classes"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in names.values())
     with pytest.raises(ValueError, match=r"unknown task 'shakespear'; valid: shakespeare, "):
         get_task("shakespear")

@@ -5,6 +5,7 @@
     get_task("fashion_mnist", n_train=5000, resize=14)
     get_task("linear", d=8)                       # whitened deep-linear regression (ANCRe theory)
     get_task("teacher", depth=4, noise=0.1)       # teacher-student regression
+    get_task("flow", time=4.0)                    # teacher-student regression on a smooth many-step flow
     get_task("gaussian_classes", dim=64)          # linearly separable Gaussian classes (dissipation probes)
     list_tasks()                                  # {name: one-line description}
 
@@ -28,6 +29,7 @@ _TASKS: dict[str, tuple[Callable[..., Task], str]] = {
     "linear": (synthetic.linear, "deep-linear regression with whitened inputs X Xᵀ = I (train = val, optimisation)"),
     "gaussian_classes": (synthetic.gaussian_classes, "Gaussian vectors labelled by the argmax of a random linear map"),
     "teacher": (synthetic.teacher, "teacher-student regression: random deep tanh MLP on Gaussian inputs"),
+    "flow": (synthetic.flow, "teacher-student regression: the flow of a random tanh vector field (many small steps)"),
 }
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "tiny_shakespeare": "shakespeare"}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}

@@ -10,6 +10,11 @@ with no structure a deep net needs, for the dissipating-input diagnostics (PNNH,
 ``teacher``: teacher-student regression. A random deep tanh MLP (the teacher) labels Gaussian
 inputs; a student learns it from ``n_train`` noisy examples and is scored on ``n_val`` clean ones.
 
+``flow``: teacher-student regression whose teacher is a long composition of small smooth steps, the time-``time``
+flow of a random tanh vector field (``steps`` Euler steps), read out by a random projection. Unlike a deep tanh
+stack at high gain it is smooth (a diffeomorphism before the readout), so students can learn it, and it is a
+composition of many residual steps, the structure a deep residual net has.
+
 Randomness comes from ``numpy.random.SeedSequence([seed, stream])`` per purpose (teacher weights,
 train inputs, val inputs, noise), so e.g. changing ``n_val`` leaves the training set unchanged.
 """
@@ -111,6 +116,45 @@ def teacher(*, in_dim: int = 16, width: int = 64, depth: int = 3, out_dim: int =
             "noise": noise, "target_std": float(y_va.std()) if n_val > 1 else 0.0,
             "val": "fresh inputs, noiseless teacher targets"}
     return Task(name="teacher", kind="regression", train_x=x_tr.float(), val_x=x_va.float(),
+                train_y=y_tr.float(), val_y=y_va.float(), info=info)
+
+
+def flow(*, in_dim: int = 16, hidden: int = 64, steps: int = 32, time: float = 4.0, gain: float = 1.5,
+         out_dim: int = 4, n_train: int = 1024, n_val: int = 1024, noise: float = 0.0, seed: int = 0) -> Task:
+    """Flow teacher: z_0 = x ~ N(0, I), z_{t+1} = z_t + (time/steps)·W2 tanh(W1 z_t + b) for ``steps`` steps,
+    y = P z_steps, standardised per output (+ noise·N(0,1) on train only).
+
+    W1 ~ N(0, gain²/in_dim), b ~ N(0, 0.25), W2 ~ N(0, 1/hidden), P ~ N(0, 1/in_dim). ``time`` sets how far from
+    linear the map is (seed 0, defaults: a linear fit explains 93 % of the variance at time 1, 71 % at 4, 57 % at 8). The
+    standardisation uses 4,096 reference inputs of their own stream, so it does not depend on n_train or n_val:
+    val MSE is in units of the target variance (predicting the mean scores ~1)."""
+    for k, v, lo in (("in_dim", in_dim, 1), ("hidden", hidden, 1), ("steps", steps, 1), ("out_dim", out_dim, 1),
+                     ("n_train", n_train, 1), ("n_val", n_val, 1)):
+        _int(k, v, lo)
+    _num("time", time), _num("gain", gain), _num("noise", noise)
+    g = _gen(seed, _WEIGHTS)
+    w1 = torch.randn(in_dim, hidden, generator=g, dtype=torch.float64) * (gain / math.sqrt(in_dim))
+    b = torch.randn(hidden, generator=g, dtype=torch.float64) * 0.5
+    w2 = torch.randn(hidden, in_dim, generator=g, dtype=torch.float64) / math.sqrt(hidden)
+    proj = torch.randn(in_dim, out_dim, generator=g, dtype=torch.float64) / math.sqrt(in_dim)
+    h = time / steps
+
+    def field_flow(x: Tensor) -> Tensor:
+        for _ in range(steps):
+            x = x + h * torch.tanh(x @ w1 + b) @ w2
+        return x @ proj
+
+    ref = field_flow(torch.randn(4096, in_dim, generator=_gen(seed, _TARGET), dtype=torch.float64))
+    mean, std = ref.mean(0), ref.std(0)
+    x_tr = torch.randn(n_train, in_dim, generator=_gen(seed, _TRAIN), dtype=torch.float64)
+    x_va = torch.randn(n_val, in_dim, generator=_gen(seed, _VAL), dtype=torch.float64)
+    y_tr, y_va = (field_flow(x_tr) - mean) / std, (field_flow(x_va) - mean) / std
+    if noise > 0:
+        y_tr = y_tr + noise * torch.randn(y_tr.shape, generator=_gen(seed, _NOISE), dtype=torch.float64)
+    info = {"in_dim": in_dim, "out_dim": out_dim, "noise": noise,
+            "teacher": f"time-{time} flow of a {hidden}-wide tanh field, {steps} Euler steps, gain {gain}",
+            "val": "fresh inputs, noiseless standardised targets"}
+    return Task(name="flow", kind="regression", train_x=x_tr.float(), val_x=x_va.float(),
                 train_y=y_tr.float(), val_y=y_va.float(), info=info)
 
 
