@@ -126,9 +126,8 @@ def flow(*, in_dim: int = 16, hidden: int = 64, steps: int = 32, time: float = 4
 
     W1 ~ N(0, gain²/in_dim), b ~ N(0, 0.25), W2 ~ N(0, 1/hidden), P ~ N(0, 1/in_dim). ``time`` sets how far from
     linear the map is (seed 0, defaults: a linear fit explains 93 % of the variance at time 1, 71 % at 4, 57 % at 8).
-    The
-    standardisation uses 4,096 reference inputs of their own stream, so it does not depend on n_train or n_val:
-    val MSE is in units of the target variance (predicting the mean scores ~1)."""
+    The standardisation uses 4,096 reference inputs of their own stream, so it does not depend on n_train or
+    n_val: val MSE is in units of the target variance (predicting the mean scores ~1)."""
     for k, v, lo in (("in_dim", in_dim, 1), ("hidden", hidden, 1), ("steps", steps, 1), ("out_dim", out_dim, 1),
                      ("n_train", n_train, 1), ("n_val", n_val, 1)):
         _int(k, v, lo)
