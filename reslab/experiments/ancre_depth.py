@@ -29,7 +29,7 @@ def depth_arms(base: TrainConfig, width: int, ancre: str | None = None) -> dict[
 
 
 def run(s: dict, out: Path, log) -> dict:
-    base = train_config("teacher", "mlp", **s["train"])
+    base = train_config(s.get("task", "teacher"), "mlp", **s["train"])
     arms = depth_arms(base, s["width"], s["ancre"])
     report = run_arms(arms, s["seeds"], out, baseline="mlp64 residual", tune=s.get("tune"),
                       title=f"teacher-student, depth efficiency: {s['seeds']} seeds, {base.steps} steps", log=log)
