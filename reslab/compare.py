@@ -126,7 +126,10 @@ def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int
                                       out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}")))
             for arm in labels for s in range(seeds)]
     results: dict[str, list[dict]] = {arm: [] for arm in labels}
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    from .runtime import tune_malloc
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=tune_malloc)  # fresh interpreters: each sets malloc as the CLI does
     futures = {pool.submit(_run_cfg, cfg, f"[{arm} seed {cfg.seed}]"): (arm, cfg) for arm, cfg in runs}
     done_arms: set[str] = set()
     arm, cfg = runs[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -67,6 +68,12 @@ def test_tiny_trainer_bench_end_to_end(tmp_path):
     assert rss["ratio"] == pytest.approx(data["summary"]["reslab"]["peak_rss_mb"] / data["summary"]["nanogpt"]["peak_rss_mb"])
     md = (tmp_path / "trainer.md").read_text()
     assert "re-implementation of nanoGPT" in md and "MFU" in md and "| tokens/s vs nanoGPT |" in md
+    # reslab's side runs with its command line's malloc setting (on glibc), the reference with glibc's default
+    tuned = "tuned" if sys.platform.startswith("linux") else data["summary"]["reslab"]["malloc"]
+    assert data["summary"]["reslab"]["malloc"] == tuned and data["summary"]["nanogpt"]["malloc"] == "default"
+    assert f"malloc {tuned}" in md and "malloc default" in md
+    with pytest.raises(ValueError, match="reslab_malloc"):
+        bt.run_trainer_bench("tiny", reslab_malloc="fast", max_load=-1, log=None)
 
 
 def test_cli_trainer_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, capsys):

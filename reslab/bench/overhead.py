@@ -298,9 +298,11 @@ def load_average() -> float | None:
 
 def machine_info() -> dict:
     """Machine, cores, torch's threads and the load average now: printed and recorded by every bench."""
+    from ..runtime import malloc_state
     from ..train import machine
 
-    return machine() | {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "load_average": load_average()}
+    return machine() | {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "load_average": load_average(),
+                        "malloc": malloc_state()}  # the timed process's; the memory probe's is always mmap-per-block
 
 
 def _busy_seconds() -> float | None:
@@ -690,7 +692,8 @@ def hygiene_line(result: dict) -> str:
     others = cores_text(result.get("others_cpu", []))
     return (f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores, {result.get('threads', '?')} torch thread(s); "
             f"load average {result.get('load_before')} before, {result.get('load_after')} after (the latter "
-            f"includes this run); other processes' CPU during the timed rounds: {others or '—'} cores.")
+            f"includes this run); other processes' CPU during the timed rounds: {others or '—'} cores"
+            + (f"; malloc {m['malloc']} (reslab/runtime.py)." if m.get("malloc") else "."))
 
 
 def markdown(result: dict) -> str:

@@ -339,12 +339,18 @@ def reslab_main(job: dict) -> None:
     cfg = job["cfg"]
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
+    from ..runtime import malloc_state, tune_malloc
     from ..train import train
+
+    if job.get("reslab_malloc", "tuned") == "tuned":
+        tune_malloc()  # as reslab's command line runs: freed activation blocks stay in the heap (reslab/runtime.py)
 
     clock = StepClock()
     summary = train(train_config(cfg, job["run_dir"], job.get("threads", 0)))
     n_matmul = summary["params"] - job["vocab_size"] * cfg["d_model"]  # all but the token-embedding lookup
-    _finish(job, clock, n_matmul, cfg, {"final_val_loss": summary["final_val_loss"], "params": summary["params"]})
+    _finish(job, clock, n_matmul, cfg, {"final_val_loss": summary["final_val_loss"], "params": summary["params"],
+                                        "malloc": malloc_state() if job.get("reslab_malloc", "tuned") == "tuned"
+                                        else "default (--reslab-malloc default)"})
 
 
 def _child_main(argv: list[str]) -> int:
@@ -407,7 +413,10 @@ def _run_child(side: str, job: dict, folder: Path, i: int) -> tuple[dict, float 
 
 
 def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: int = 0, out_dir: str | Path | None = None,
-                      command: str = "", max_load: float | None = None, log=print, steps: int | None = None) -> dict:
+                      command: str = "", max_load: float | None = None, log=print, steps: int | None = None,
+                      reslab_malloc: str = "tuned") -> dict:
+    """``reslab_malloc``: ``"tuned"`` runs reslab's side as its command line does (:func:`reslab.runtime.tune_malloc`),
+    ``"default"`` with glibc's default malloc, like the reference, to compare the model and loop alone."""
     from ..train import git_revision
     from .overhead import MAX_LOAD, busy_reason, cores_text, load_average, machine_info, write_outputs
 
@@ -416,6 +425,8 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if reslab_malloc not in ("tuned", "default"):
+        raise ValueError(f"reslab_malloc must be 'tuned' or 'default', got {reslab_malloc!r}")
     max_load = MAX_LOAD if max_load is None else (None if max_load < 0 else max_load)
     cfg = dict(PRESETS[preset])
     if steps is not None:
@@ -432,7 +443,7 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
         folder = Path(tmp)
         data = prepare_data(cfg, folder)
         job = {"cfg": cfg, "threads": threads, "data_dir": str(folder), "vocab_size": data["vocab_size"],
-               "val_windows": data["val_windows"]}
+               "val_windows": data["val_windows"], "reslab_malloc": reslab_malloc}
         for i in range(repeats):
             for side in ("reslab", "nanogpt"):
                 log(f"[{side}] run {i + 1}/{repeats}: {cfg['steps']} steps")
@@ -460,7 +471,9 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
                          "torch_rss_mb": statistics.median(r["torch_rss_bytes"] for r in rs) / 2**20,
                          "final_val_loss": statistics.median(r["final_val_loss"] for r in rs),
                          "params": rs[0]["params"], "flops_per_token": rs[0]["flops_per_token"],
-                         "mfu": rs[0]["flops_per_token"] * tps / peak}
+                         "mfu": rs[0]["flops_per_token"] * tps / peak,
+                         # the reference imports torch and numpy only, so its malloc is glibc's default
+                         "malloc": rs[0].get("malloc", "default")}
     result["summary"] = summary
     ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["reslab"], runs["nanogpt"])]
     targets = []
@@ -504,11 +517,15 @@ def markdown(result: dict) -> str:
             "final val loss |", "|---|---|---|---|---|---|---|---|"]
     for side, name in (("reslab", "reslab (RoPE, SwiGLU, RMSNorm)"), ("nanogpt", "nanoGPT (re-implementation)")):
         s = result["summary"][side]
+        name += f"; malloc {s.get('malloc', 'default')}"
         rows.append(f"| {name} | {s['params']:,} | {s['tokens_per_s']:,.0f} | {s['step_ms_median']:.2f} "
                     f"[{s['step_ms_q1']:.2f}, {s['step_ms_q3']:.2f}] | {s['cpu_step_ms_median']:.2f} | "
                     f"{s['peak_rss_mb']:.0f} ({s['torch_rss_mb']:.0f}) | "
                     f"{100 * s['mfu']:.1f}% | {s['final_val_loss']:.4f} |")
     parts.append("\n".join(rows) + "\n")
+    parts.append("malloc: `tuned` is reslab's command-line setting (`reslab/runtime.py`: freed blocks below 1 GiB stay "
+                 "in the heap instead of being faulted in again every step); `--reslab-malloc default` runs reslab "
+                 "with glibc's default, like the reference.\n")
     parts.append("CPU ms/step: the process's CPU time per step (all threads), a diagnostic: on a shared machine it "
                  "leaves out the time spent waiting for a core.\n")
     parts.append(f"MFU: (6 N + 12 L d T) FLOPs per token × tokens/s over this machine's dense float32 matmul rate, "
@@ -537,7 +554,7 @@ def _cmd(args) -> int:
     if refuse_if_busy(args.max_load, args.busy_ok, "the speed ratio is then refused"):
         return 3
     result = run_trainer_bench(args.preset, args.repeats, args.threads, args.out, bench_command(),
-                               max_load=args.max_load, steps=args.steps)
+                               max_load=args.max_load, steps=args.steps, reslab_malloc=args.reslab_malloc)
     print()
     print(markdown(result))
     return 0
@@ -551,6 +568,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per side (default 2)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads in every run (0: torch's default)")
+    p.add_argument("--reslab-malloc", choices=("tuned", "default"), default="tuned",
+                   help="reslab's side with its command line's malloc setting (tuned, default) or glibc's default, "
+                        "like the reference")
     p.add_argument("--out", default="results/bench-trainer", help="folder for trainer.json / trainer.md")
     p.add_argument("--max-load", type=float, default=0.5,
                    help="refuse the speed ratio above this load average / others' CPU (negative: no check)")

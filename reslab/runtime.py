@@ -1,0 +1,62 @@
+"""Process-wide settings for CPU training that change how fast a run goes, never what it computes.
+
+glibc's malloc returns large freed blocks to the kernel: a block above the mmap threshold (128 KiB at start,
+raised up to 32 MiB as blocks are freed) gets its own mapping and is unmapped on free, and the top of the heap is
+trimmed once more than the trim threshold is free. A training step frees and reallocates the same
+activation-sized blocks every step, so each step faults their pages in again. On this project's VM a fresh
+8 MB tensor costs ~1.3 ms against ~0.27 ms when the blocks are kept, and a whole ResNet-20 step took 0.22 s
+instead of 0.15 s (results/bench-overhead/NOTES.md, "malloc and page faults"). :func:`tune_malloc` keeps them:
+mmap and trim thresholds of 1 GiB, so blocks below that come from the heap and freed memory stays there for the
+next step. The cost: the process holds on to its peak heap instead of returning it between steps.
+
+The command line calls it once at start (``reslab train``, ``compare``, ``reproduce``, ``bench``, ...), and
+``reslab compare --jobs`` in each worker. Library users who run their own loop can call it themselves. It
+changes nothing when the user already chose (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the
+environment, e.g. the memory probe of ``reslab bench overhead``, which needs the opposite), when
+``RESLAB_MALLOC=default``, or off glibc.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+MALLOC_SWITCH = "RESLAB_MALLOC"  # "default": leave malloc as it is
+KEEP_BELOW = 1 << 30  # bytes: blocks below this come from the heap, and the heap keeps this much free memory
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+_state: str | None = None  # what tune_malloc did in this process: "tuned", or why not
+
+
+def tune_malloc() -> bool:
+    """Keep freed blocks below 1 GiB in the heap for reuse (glibc only; see the module docstring). Returns
+    whether this process now runs with those settings; safe to call more than once."""
+    global _state
+    if _state is None:
+        _state = _tune()
+    return _state == "tuned"
+
+
+def malloc_state() -> str:
+    """``"tuned"``, or why malloc was left as it is (for benchmark reports); ``"not set"`` before any call."""
+    return _state or "not set"
+
+
+def _tune() -> str:
+    if os.environ.get(MALLOC_SWITCH, "").strip().lower() == "default":
+        return f"default ({MALLOC_SWITCH}=default)"
+    chosen = [k for k in _USER_SETTINGS if k in os.environ]
+    if chosen:
+        return f"default (the environment sets {chosen[0]})"
+    if not sys.platform.startswith("linux"):
+        return "default (not Linux)"
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "default (not glibc)"
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_TRIM_THRESHOLD, KEEP_BELOW) == 1 and mallopt(_M_MMAP_THRESHOLD, KEEP_BELOW) == 1
+    return "tuned" if ok else "default (mallopt refused)"
