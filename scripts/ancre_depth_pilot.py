@@ -22,6 +22,7 @@ from reslab.compare import run_arms
 from reslab.data import get_task
 from reslab.experiments.ancre_depth import EXPERIMENT, depth_arms
 from reslab.experiments.common import depth_premise, row, train_config
+from reslab.runtime import tune_malloc
 
 #: name -> (task_args overrides, train overrides, student width or None): what each candidate changes in
 #: ancre-depth's cpu preset (width 128)
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", default="1e-3,3e-3,1e-2", help="the lr grid both depths are tuned on")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    tune_malloc()  # as the command line does: speed only
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
