@@ -17,6 +17,7 @@ from pathlib import Path
 from .connections import connection, list_connections
 from .connections.registry import split_top
 from .report import markdown_table, plot_curves, summarize_arms
+from .runtime import tune_malloc
 from .train import (TrainConfig, TrainingDiverged, TrainingInterrupted, atomic_write_json, git_revision, machine,
                     train)
 
@@ -126,8 +127,6 @@ def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int
                                       out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}")))
             for arm in labels for s in range(seeds)]
     results: dict[str, list[dict]] = {arm: [] for arm in labels}
-    from .runtime import tune_malloc
-
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=tune_malloc)  # fresh interpreters: each sets malloc as the CLI does
     futures = {pool.submit(_run_cfg, cfg, f"[{arm} seed {cfg.seed}]"): (arm, cfg) for arm, cfg in runs}

@@ -82,10 +82,10 @@ def main(argv=None) -> int:
         width = width or preset["width"]
         train_over = train_over | ({"steps": args.steps} if args.steps else {})
         t = dict(preset["train"]) | train_over
-        task_over = dict(task_over)
-        task = task_over.pop("task", "teacher")
+        options = dict(task_over)
+        task = options.pop("task", "teacher")
         shared = t["task_args"] if task == "teacher" else {k: v for k, v in t["task_args"].items() if k in _SHARED}
-        t["task_args"] = dict(shared) | task_over
+        t["task_args"] = dict(shared) | options
         base = train_config(task, "mlp", **t)
         arms = depth_arms(base, width)
         # what predicting the mean scores: the fraction of it a student removes says whether the task is learnable
@@ -97,10 +97,12 @@ def main(argv=None) -> int:
         ok, text = depth_premise(deep["val_loss"], shallow["val_loss"], higher_better=False)
         lrs = ", ".join(f"{r['arm'].split()[0]} {r.get('tuned')}" for r in res["rows"])
         explained = [1 - r["val_loss_mean"] / target_var for r in (shallow, deep)]
-        lines.append(f"| {name} | {({'task': task} if task != 'teacher' else {}) | task_over or '—'} | {train_over or '—'} | {width} | {shallow['val_loss_mean']:.4g} ± "
-                     f"{shallow['val_loss_std']:.2g} | {deep['val_loss_mean']:.4g} ± {deep['val_loss_std']:.2g} | "
+        lines.append(f"| {name} | {task_over or '—'} | {train_over or '—'} | {width} | "
+                     f"{shallow['val_loss_mean']:.4g} ± {shallow['val_loss_std']:.2g} | "
+                     f"{deep['val_loss_mean']:.4g} ± {deep['val_loss_std']:.2g} | "
                      f"{explained[0]:.1%} / {explained[1]:.1%} | {'PASS' if ok else 'FAIL'}: {text} | {lrs} |")
-        report[name] = {"task": task, "task_args": t["task_args"], "train": {k: v for k, v in t.items() if k != "task_args"},
+        report[name] = {"task": task, "task_args": t["task_args"],
+                        "train": {k: v for k, v in t.items() if k != "task_args"},
                         "width": width, "target_var": target_var, "explained": explained,
                         "premise": ok, "premise_text": text, "rows": res["rows"]}
         print(lines[-1], flush=True)

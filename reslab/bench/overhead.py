@@ -794,7 +794,8 @@ def _cmd(args) -> int:
     max_load = None if args.max_load < 0 else args.max_load
     result = run_overhead(models, args.size, args.repeats, args.warmup, connections, args.device,
                           memory=args.memory, seed=args.seed, out_dir=args.out, command=bench_command(),
-                          clock=args.clock, compile=compile_choice(args), fused=args.fused, max_load=max_load, steps_per_round=args.steps_per_round)
+                          clock=args.clock, compile=compile_choice(args), fused=args.fused, max_load=max_load,
+                          steps_per_round=args.steps_per_round)
     print()
     print("Machine: " + hygiene_line(result))
     print(target_table(result))

@@ -342,15 +342,15 @@ def reslab_main(job: dict) -> None:
     from ..runtime import malloc_state, tune_malloc
     from ..train import train
 
-    if job.get("reslab_malloc", "tuned") == "tuned":
+    tuned = job.get("reslab_malloc", "tuned") == "tuned"
+    if tuned:
         tune_malloc()  # as reslab's command line runs: freed activation blocks stay in the heap (reslab/runtime.py)
 
     clock = StepClock()
     summary = train(train_config(cfg, job["run_dir"], job.get("threads", 0)))
     n_matmul = summary["params"] - job["vocab_size"] * cfg["d_model"]  # all but the token-embedding lookup
     _finish(job, clock, n_matmul, cfg, {"final_val_loss": summary["final_val_loss"], "params": summary["params"],
-                                        "malloc": malloc_state() if job.get("reslab_malloc", "tuned") == "tuned"
-                                        else "default (--reslab-malloc default)"})
+                                        "malloc": malloc_state() if tuned else "default (--reslab-malloc default)"})
 
 
 def _child_main(argv: list[str]) -> int:

@@ -79,6 +79,17 @@ def linear(*, d: int = 8, out_dim: int | None = None, n: int | None = None, whit
     return Task(name="linear", kind="regression", train_x=x, val_x=x, train_y=y, val_y=y, info=info)
 
 
+def _labelled(label, in_dim: int, n_train: int, n_val: int, noise: float, seed: int):
+    """Gaussian inputs for train and val, each from its own stream, labelled by ``label`` (float64 in and out);
+    noise·N(0,1) is added to the train targets only. Returns x_tr, y_tr, x_va, y_va."""
+    x_tr = torch.randn(n_train, in_dim, generator=_gen(seed, _TRAIN), dtype=torch.float64)
+    x_va = torch.randn(n_val, in_dim, generator=_gen(seed, _VAL), dtype=torch.float64)
+    y_tr, y_va = label(x_tr), label(x_va)
+    if noise > 0:
+        y_tr = y_tr + noise * torch.randn(y_tr.shape, generator=_gen(seed, _NOISE), dtype=torch.float64)
+    return x_tr, y_tr, x_va, y_va
+
+
 class _Teacher:
     """in_dim -> width (tanh) -> ... (depth tanh layers) -> out_dim, weights N(0, gain²/fan_in)."""
 
@@ -107,11 +118,7 @@ def teacher(*, in_dim: int = 16, width: int = 64, depth: int = 3, out_dim: int =
         _int(k, v, lo)
     _num("noise", noise), _num("gain", gain)
     net = _Teacher([in_dim] + [width] * depth + [out_dim], float(gain), _gen(seed, _WEIGHTS))
-    x_tr = torch.randn(n_train, in_dim, generator=_gen(seed, _TRAIN), dtype=torch.float64)
-    x_va = torch.randn(n_val, in_dim, generator=_gen(seed, _VAL), dtype=torch.float64)
-    y_tr, y_va = net(x_tr), net(x_va)
-    if noise > 0:
-        y_tr = y_tr + noise * torch.randn(y_tr.shape, generator=_gen(seed, _NOISE), dtype=torch.float64)
+    x_tr, y_tr, x_va, y_va = _labelled(net, in_dim, n_train, n_val, noise, seed)
     info = {"in_dim": in_dim, "out_dim": out_dim, "teacher": f"{depth}x{width} tanh MLP, gain {gain}",
             "noise": noise, "target_std": float(y_va.std()) if n_val > 1 else 0.0,
             "val": "fresh inputs, noiseless teacher targets"}
@@ -146,11 +153,7 @@ def flow(*, in_dim: int = 16, hidden: int = 64, steps: int = 32, time: float = 4
 
     ref = field_flow(torch.randn(4096, in_dim, generator=_gen(seed, _TARGET), dtype=torch.float64))
     mean, std = ref.mean(0), ref.std(0)
-    x_tr = torch.randn(n_train, in_dim, generator=_gen(seed, _TRAIN), dtype=torch.float64)
-    x_va = torch.randn(n_val, in_dim, generator=_gen(seed, _VAL), dtype=torch.float64)
-    y_tr, y_va = (field_flow(x_tr) - mean) / std, (field_flow(x_va) - mean) / std
-    if noise > 0:
-        y_tr = y_tr + noise * torch.randn(y_tr.shape, generator=_gen(seed, _NOISE), dtype=torch.float64)
+    x_tr, y_tr, x_va, y_va = _labelled(lambda x: (field_flow(x) - mean) / std, in_dim, n_train, n_val, noise, seed)
     info = {"in_dim": in_dim, "out_dim": out_dim, "noise": noise,
             "teacher": f"time-{time} flow of a {hidden}-wide tanh field, {steps} Euler steps, gain {gain}",
             "val": "fresh inputs, noiseless standardised targets"}
