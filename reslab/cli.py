@@ -306,7 +306,7 @@ def cmd_reproduce(args) -> int:
 
         resummarize(Path(args.out or default_out(args.name, args.preset)) / "summary.json")
         return 0
-    reproduce(args.name, args.preset, args.out, command=_command_line(args))
+    reproduce(args.name, args.preset, args.out, command=_command_line(args), part=args.part)
     return 0
 
 
@@ -366,6 +366,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", choices=("quick", "cpu", "gpu"))
     p.add_argument("--out-dir", "--out", dest="out", default=None, help="output folder (default results/<name> for cpu, runs/ for quick); "
                                                "raw runs go to runs/reproduce/<name>-<preset> (OUT/runs with --out)")
+    p.add_argument("--part", type=int, default=None, metavar="K",
+                   help="a preset split into parts (each fits an hour): train part K's seeds (and the tuning runs), "
+                        "reuse what other parts finished; the part that completes the set writes the summary")
     p.add_argument("--resummarize", action="store_true",
                    help="train nothing: re-apply the current verdict rule to the summary.json already in the output "
                         "folder (its per-seed values) and rewrite its verdict")

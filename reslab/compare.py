@@ -5,9 +5,14 @@ Fairness: every arm gets the same config except the connection -- same data orde
 generator is seeded by the seed alone), same evaluation batches, same steps and schedule.
 Runs already completed in the output folder (same config) are reused, so an interrupted comparison
 resumes where it stopped; unfinished runs resume from their checkpoint.
+
+A comparison too long for one sitting can be split into parts by seed (:func:`seed_part`): each part trains
+the tuning runs and its own slice of the seeds, reuses what the other parts finished, and raises
+:class:`PartIncomplete` while any seed is still missing; the part that finds every run finished reports in full.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -70,24 +75,35 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         configs, tuning = tune_arms(configs, tune, out, log=log)
     labels = [baseline] + [a for a in configs if a != baseline]  # the table reads against its first row
     results: dict[str, list[dict]] = {}
+    missing: list[str] = []  # runs of seeds that belong to other parts and are not finished yet
     if jobs > 1:
-        results = _run_parallel(labels, configs, seeds, out, jobs, log, baseline, title, command)
+        results = _run_parallel(labels, configs, seeds, out, jobs, log, baseline, title, command, missing)
     for arm in (labels if jobs == 1 else []):
         base = configs[arm]
         results[arm] = []
         for seed in range(seeds):
             cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
-            try:
-                summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
-            except KeyboardInterrupt as e:
-                raise _interrupted(e, out, results, arm, cfg) from None
+            if not _in_part(seed, seeds):  # another part's seed: use it if that part has finished it
+                summary = finished_run(cfg)
+                if summary is None:
+                    missing.append(f"{arm} seed {cfg.seed}")
+                    continue
+                log(f"[{arm} seed {cfg.seed}] reusing the run another part finished")
+            else:
+                try:
+                    summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
+                except KeyboardInterrupt as e:
+                    raise _interrupted(e, out, results, arm, cfg) from None
             results[arm].append(summary)
             if summary.get("status") == "completed":
                 log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
                     f"{summary['metric']} {summary['final_val_metric']:.4f}")
         if arm != labels[-1]:  # a long comparison shows (and keeps) what it has so far
             write_partial(out, results, baseline, len(labels), title, command)
+    if missing:  # this part's seeds are done; the report waits for the other parts
+        write_partial(out, results, baseline, len(labels), title, command)
+        raise PartIncomplete(missing)
     rows = summarize_arms(results, baseline)
     for r in rows:
         if r["arm"] in tuning:
@@ -117,39 +133,55 @@ def _run_cfg(cfg: TrainConfig, tag: str) -> dict:
 
 
 def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int, out: Path, jobs: int, log,
-                  baseline: str, title: str, command: str) -> dict[str, list[dict]]:
+                  baseline: str, title: str, command: str, missing: list[str]) -> dict[str, list[dict]]:
     """Every (arm, seed) run in a pool of ``jobs`` processes; an arm's results are kept (results.md, curves.png)
-    as soon as all its seeds are done, and Ctrl-C stops the pool with the same one-line message as one process."""
+    as soon as all its seeds are done, and Ctrl-C stops the pool with the same one-line message as one process.
+    Under :func:`seed_part`, another part's seeds are only reused (the unfinished ones are added to ``missing``)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    runs = [(arm, dataclasses.replace(configs[arm], seed=configs[arm].seed + s,
-                                      out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}")))
-            for arm in labels for s in range(seeds)]
-    results: dict[str, list[dict]] = {arm: [] for arm in labels}
+    slots: dict[str, list] = {arm: [None] * seeds for arm in labels}  # per arm, in seed order
+    runs = []
+    for arm in labels:
+        for s in range(seeds):
+            cfg = dataclasses.replace(configs[arm], seed=configs[arm].seed + s,
+                                      out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}"))
+            if _in_part(s, seeds):
+                runs.append((arm, s, cfg))
+            elif (done := finished_run(cfg)) is not None:
+                slots[arm][s] = done
+            else:
+                missing.append(f"{arm} seed {cfg.seed}")
+    missing_of = {arm: sum(m.startswith(f"{arm} seed ") for m in missing) for arm in labels}
+
+    def finished(a: str) -> list[dict]:
+        return [r for r in slots[a] if r is not None]
+
+    done_arms: set[str] = set()
+    if not runs:
+        return {a: finished(a) for a in labels}
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=tune_malloc)  # fresh interpreters: each sets malloc as the CLI does
-    futures = {pool.submit(_run_cfg, cfg, f"[{arm} seed {cfg.seed}]"): (arm, cfg) for arm, cfg in runs}
-    done_arms: set[str] = set()
-    arm, cfg = runs[0]
+    futures = {pool.submit(_run_cfg, cfg, f"[{arm} seed {cfg.seed}]"): (arm, s, cfg) for arm, s, cfg in runs}
+    arm, _, cfg = runs[0]
     try:
         for fut in futures:  # in submission order, so each arm's seeds come back in order
-            arm, cfg = futures[fut]
+            arm, s, cfg = futures[fut]
             summary = fut.result()
-            results[arm].append(summary)
+            slots[arm][s] = summary
             if summary.get("status") == "completed":
                 log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
                     f"{summary['metric']} {summary['final_val_metric']:.4f}")
-            if len(results[arm]) == seeds:
+            if len(finished(arm)) + missing_of[arm] == seeds:
                 done_arms.add(arm)
                 if len(done_arms) < len(labels):
-                    write_partial(out, {a: results[a] for a in labels if a in done_arms}, baseline, len(labels),
+                    write_partial(out, {a: finished(a) for a in labels if a in done_arms}, baseline, len(labels),
                                   title, command)
     except KeyboardInterrupt as e:
         pool.shutdown(wait=True, cancel_futures=True)  # the workers got the Ctrl-C too: they checkpoint and stop
-        raise _interrupted(e, out, {a: results[a] for a in labels if a in done_arms}, arm, cfg) from None
+        raise _interrupted(e, out, {a: finished(a) for a in labels if a in done_arms}, arm, cfg) from None
     pool.shutdown()
-    return results
+    return {a: finished(a) for a in labels}
 
 
 TUNE_SEED_OFFSET = 1000  # tuning runs use seed base.seed + 1000: never one of the seeds that are reported
@@ -376,6 +408,68 @@ def _interrupted(e: KeyboardInterrupt, out: Path, results: dict[str, list[dict]]
                                f"(finished runs are reused)", str(out), getattr(e, "step", 0))
 
 
+@dataclasses.dataclass(frozen=True)
+class SeedPart:
+    """Part ``index`` (1-based) of ``count``: a contiguous slice of the seeds, the parts together cover each once."""
+    index: int
+    count: int
+
+    def __post_init__(self):
+        if not (isinstance(self.count, int) and self.count >= 1 and isinstance(self.index, int)
+                and 1 <= self.index <= self.count):
+            raise ValueError(f"part {self.index} of {self.count} does not exist: parts are numbered 1 to "
+                             f"{self.count}")
+
+    def slice(self, seeds: int) -> slice:
+        return slice((self.index - 1) * seeds // self.count, self.index * seeds // self.count)
+
+
+class PartIncomplete(Exception):
+    """A part trained its seeds, but runs of other parts are not finished yet (``missing``: "arm seed N")."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = list(missing)
+        super().__init__(f"{len(self.missing)} run(s) of other parts not finished yet: "
+                         + ", ".join(self.missing[:4]) + (" ..." if len(self.missing) > 4 else ""))
+
+
+_PART: SeedPart | None = None  # set by seed_part(): which seeds this process trains
+
+
+@contextlib.contextmanager
+def seed_part(part: SeedPart | None):
+    """Within the block, :func:`run_arms` trains only ``part``'s slice of every arm's seeds (tuning runs are
+    always trained or reused: every part needs the chosen values) and reuses the other slices' finished runs;
+    when some are missing it raises :class:`PartIncomplete` after training its own. ``None``: every seed."""
+    global _PART
+    before, _PART = _PART, part
+    try:
+        yield part
+    finally:
+        _PART = before
+
+
+def _in_part(seed_index: int, seeds: int) -> bool:
+    return _PART is None or seed_index in range(seeds)[_PART.slice(seeds)]
+
+
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """The summary of the finished (completed or diverged) run in ``cfg.out_dir`` when its config and the code
+    revision it was trained by (:func:`code_revision`) both match ``cfg`` and this code; else None."""
+    path, record = Path(cfg.out_dir) / "summary.json", Path(cfg.out_dir) / RUN_RECORD
+    if not path.exists():
+        return None
+    try:
+        s = json.loads(path.read_text())
+        r = json.loads(record.read_text()) if record.exists() else {}
+    except json.JSONDecodeError:
+        return None
+    same_config = s.get("config") == json.loads(json.dumps(cfg.to_dict()))
+    if same_config and r.get("code_revision") == code_revision() and s.get("status") in ("completed", "diverged"):
+        return s
+    return None
+
+
 def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:
     """Train one run, or reuse the finished (completed or diverged) run in its folder when both its config and
     the code revision it was trained by (:func:`code_revision`) match; a diverged run returns its summary with
@@ -386,16 +480,10 @@ def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:
     path = Path(cfg.out_dir) / "summary.json"
     record = Path(cfg.out_dir) / RUN_RECORD
     rev = code_revision()
-    if path.exists():
-        try:
-            s = json.loads(path.read_text())
-            r = json.loads(record.read_text()) if record.exists() else {}
-        except json.JSONDecodeError:
-            s, r = {}, {}
-        same_config = s.get("config") == json.loads(json.dumps(cfg.to_dict()))
-        if same_config and r.get("code_revision") == rev and s.get("status") in ("completed", "diverged"):
-            log(f"{tag} reusing finished run in {cfg.out_dir} ({s['status']}, code {rev})")
-            return s
+    if (s := finished_run(cfg)) is not None:
+        log(f"{tag} reusing finished run in {cfg.out_dir} ({s['status']}, code {rev})")
+        return s
+    if path.exists():  # a finished run of other settings or code: start afresh, never resume its checkpoint
         cfg = dataclasses.replace(cfg, resume=False)
     log(f"{tag} training {cfg.steps} steps ...")
     t0 = time.time()

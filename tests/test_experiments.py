@@ -130,3 +130,107 @@ def test_runner_arms_are_overrides_and_cells_train_through_run_arms(tmp_path):
     assert (tmp_path / "e.png").stat().st_size > 1000
     write_readme(tmp_path / "R.md", "t", "partial", "why", ["| a |"], {"k": 1}, [("e", "e.png")])
     assert (tmp_path / "R.md").read_text().startswith("# t\n\n**Verdict: partial** — why")
+
+
+# ---- presets split into parts (each part fits the hour; the last one to finish writes the summary) ----
+
+def _tiny(**kw):
+    from reslab.experiments.common import train_config
+
+    return train_config("teacher", "mlp", task_args={"in_dim": 4, "out_dim": 1, "n_train": 64, "n_val": 32},
+                        model_args={"width": 8, "n_blocks": 2}, steps=4, batch_size=16, eval_every=2, eval_batches=1,
+                        warmup_steps=1, threads=1, **kw)
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 3, 7, 10, 14])
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_seed_parts_cover_every_seed_once(seeds, count):
+    from reslab.compare import SeedPart
+
+    if count > seeds:
+        return
+    taken = [i for k in range(1, count + 1) for i in range(seeds)[SeedPart(k, count).slice(seeds)]]
+    assert taken == list(range(seeds))
+    assert all(len(range(seeds)[SeedPart(k, count).slice(seeds)]) >= 1 for k in range(1, count + 1))
+
+
+def test_a_part_that_does_not_exist_is_refused():
+    from reslab.compare import SeedPart
+
+    for k in (0, 3, -1):
+        with pytest.raises(ValueError, match=f"part {k} of 2 does not exist: parts are numbered 1 to 2"):
+            SeedPart(k, 2)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_run_arms_in_parts_trains_each_slice_once_and_reports_when_complete(tmp_path, jobs):
+    """Part 1 trains the tuning runs and its seeds, then raises PartIncomplete naming the others' seeds; part 2
+    trains the rest, reuses part 1's runs (not retrained: their files are untouched) and reports every seed in
+    order, exactly as one whole run would."""
+    from reslab.compare import PartIncomplete, SeedPart, run_arms, seed_part
+
+    configs = {"residual": _tiny(), "plain": _tiny(connection="plain")}
+    msgs = []
+    with seed_part(SeedPart(1, 2)), pytest.raises(PartIncomplete) as e:
+        run_arms(configs, 3, tmp_path / "split", "residual", tune={"lr": [1e-3, 3e-3]}, log=msgs.append, jobs=jobs)
+    assert sorted(e.value.missing) == ["plain seed 1", "plain seed 2", "residual seed 1", "residual seed 2"]
+    assert not (tmp_path / "split" / "results.json").exists()
+    first = tmp_path / "split" / "plain" / "seed0" / "summary.json"
+    stamp = first.stat().st_mtime_ns
+    msgs.clear()
+    with seed_part(SeedPart(2, 2)):
+        rep = run_arms(configs, 3, tmp_path / "split", "residual", tune={"lr": [1e-3, 3e-3]}, log=msgs.append,
+                       jobs=jobs)
+    assert first.stat().st_mtime_ns == stamp
+    assert not any("[tune" in m and "training" in m for m in msgs)  # tuning runs reused, not retrained
+    if jobs == 1:
+        assert any("seed 0] reusing the run another part finished" in m for m in msgs)
+    assert [len(rep["runs"][arm]) for arm in configs] == [3, 3]
+    whole = run_arms(configs, 3, tmp_path / "whole", "residual", tune={"lr": [1e-3, 3e-3]}, log=lambda m: None)
+    for arm in configs:
+        assert [r["final_val_loss"] for r in rep["runs"][arm]] == [r["final_val_loss"] for r in whole["runs"][arm]]
+
+
+def test_run_cells_trains_every_cell_of_a_part_before_it_stops(tmp_path):
+    from reslab.compare import PartIncomplete, SeedPart, seed_part
+    from reslab.experiments.runner import run_cells
+
+    cells = {"a": {"residual": _tiny()}, "b": {"residual": _tiny(connection="plain")}}
+    with seed_part(SeedPart(2, 2)), pytest.raises(PartIncomplete) as e:
+        run_cells(cells, 2, tmp_path, "residual", log=lambda m: None)
+    assert sorted(e.value.missing) == ["a: residual seed 0", "b: residual seed 0"]
+    assert (tmp_path / "a" / "residual" / "seed1" / "summary.json").exists()
+    assert (tmp_path / "b" / "residual" / "seed1" / "summary.json").exists()
+
+
+def test_reproduce_in_parts_publishes_only_when_every_part_is_done(tmp_path, monkeypatch, capsys):
+    quick = get_experiment("laurel-lm").presets["quick"]
+    monkeypatch.setitem(quick, "parts", 2)
+    out = tmp_path / "lm"
+    assert main(["reproduce", "laurel-lm", "--preset", "quick", "--out", str(out), "--part", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "part 2 of 2 done" in said and "--part 1" in said and "Nothing was published" in said
+    assert not (out / "summary.json").exists() and not list(out.glob("*.md"))
+    assert main(["reproduce", "laurel-lm", "--preset", "quick", "--out", str(out), "--part", "1"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["command"] == ("reslab reproduce laurel-lm --preset quick --part 1 && "
+                            "reslab reproduce laurel-lm --preset quick --part 2")
+    assert set(s["part_wall_time_s"]) == {"1", "2"} and s["verdict"] in VERDICTS
+    assert all(len(r["val_loss"]) == quick["seeds"] for r in s["results"]["rows"])
+    assert not (out / "runs" / "parts.json").exists()
+
+
+def test_reproduce_part_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    assert main(["reproduce", "laurel-lm", "--preset", "quick", "--out", str(tmp_path), "--part", "1"]) == 2
+    assert "is not split into parts: drop --part" in capsys.readouterr().err
+    monkeypatch.setitem(get_experiment("laurel-lm").presets["quick"], "parts", 2)
+    assert main(["reproduce", "laurel-lm", "--preset", "quick", "--out", str(tmp_path), "--part", "3"]) == 2
+    assert "part 3 of 2 does not exist" in capsys.readouterr().err
+
+
+def test_split_cpu_presets_fit_their_parts():
+    """Every part of a split preset trains at least two seeds of every arm."""
+    for name, exp in experiments().items():
+        for preset, s in exp.presets.items():
+            if s.get("parts", 1) > 1:
+                assert s["seeds"] // s["parts"] >= 2, (name, preset)

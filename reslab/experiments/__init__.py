@@ -96,35 +96,72 @@ def publish(raw: Path, out: Path) -> list[str]:
     return sorted(names)
 
 
+def part_commands(name: str, preset: str, parts: int) -> str:
+    """The command line(s) that run a preset: one, or one per part when the preset is split."""
+    base = f"reslab reproduce {name} --preset {preset}"
+    return base if parts <= 1 else " && ".join(f"{base} --part {k}" for k in range(1, parts + 1))
+
+
 def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command: str = "", log=print,
-              runs_dir: str | Path | None = None) -> dict:
+              runs_dir: str | Path | None = None, part: int | None = None) -> dict | None:
     """Run one experiment's preset: raw runs under ``runs_dir`` (default runs/reproduce/NAME-PRESET, or
-    OUT/runs when ``out_dir`` is given), published summary/tables/plots under ``out_dir``."""
-    from ..compare import run_records
+    OUT/runs when ``out_dir`` is given), published summary/tables/plots under ``out_dir``.
+
+    A preset with ``parts=N`` is too long for one sitting (each part fits the hour): ``part=k`` trains the
+    tuning runs and the k-th slice of every arm's seeds (:func:`reslab.compare.seed_part`) and reuses whatever
+    the other parts finished. While runs of other parts are missing it publishes nothing and returns None;
+    the part that finds every run finished writes the summary (with each part's wall time). Without ``part``
+    a split preset runs whole."""
+    from ..compare import PartIncomplete, SeedPart, run_records, seed_part
     from ..train import atomic_write_json, git_revision, machine
 
     exp = get_experiment(name)
     if preset not in exp.presets:
         raise ValueError(f"experiment {name!r} has no preset {preset!r}; valid: {', '.join(exp.presets)}")
+    parts = int(exp.presets[preset].get("parts", 1))
+    if part is not None and parts <= 1:
+        raise ValueError(f"experiment {name!r} preset {preset!r} is not split into parts: drop --part "
+                         f"(`reslab reproduce {name} --preset {preset}`)")
+    this_part = SeedPart(part, parts) if part is not None else None  # checks 1 <= part <= parts
     out = Path(out_dir) if out_dir else default_out(name, preset)
     raw = Path(runs_dir) if runs_dir else (out / "runs" if out_dir else default_runs(name, preset))
     out.mkdir(parents=True, exist_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = exp.run(dict(exp.presets[preset]), raw, log)
+    part_times = raw / "parts.json"  # wall time of each part, summed into the summary by the part that ends
+    try:
+        with seed_part(this_part):
+            results = exp.run(dict(exp.presets[preset]), raw, log)
+    except PartIncomplete as e:
+        times = load_summary(part_times) if part_times.exists() else {}
+        times[str(part)] = round(time.time() - t0, 1)
+        atomic_write_json(part_times, times)
+        others = [k for k in range(1, parts + 1) if k != part]
+        log(f"\n{name} ({preset}): part {part} of {parts} done in {times[str(part)] / 60:.1f} min; {e}. Run "
+            + " and ".join(f"`reslab reproduce {name} --preset {preset} --part {k}`" for k in others)
+            + f" (any order; finished runs are reused): the part that finds every run finished writes the summary "
+              f"to {out}. Nothing was published.")
+        return None
     verdict, explanation = exp.verdict(results)
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {name}: verdict {verdict!r} is not one of {VERDICTS}")
     runs = run_records(raw)
+    wall = round(time.time() - t0, 1)
     summary = {
         "experiment": name, "paper": exp.paper, "claim": exp.claim, "paper_number": exp.paper_number,
-        "preset": preset, "settings": exp.presets[preset], "command": command or f"reslab reproduce {name} --preset {preset}",
-        "git": git_revision(), "machine": machine(), "wall_time_s": round(time.time() - t0, 1),
+        "preset": preset, "settings": exp.presets[preset],
+        "command": part_commands(name, preset, parts) if part is not None else (
+            command or f"reslab reproduce {name} --preset {preset}"),
+        "git": git_revision(), "machine": machine(), "wall_time_s": wall,
         # summed over the Trainer runs trained by this call or an earlier one (None: the experiment has its own loop)
         "training_wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1) if runs else None,
         "verdict": verdict, "explanation": explanation, "notes": exp.notes, "results": results,
         "runs": runs, "published": publish(raw, out),
     }
+    if part is not None:  # wall_time_s is this part's; each part's own is kept beside it
+        times = load_summary(part_times) if part_times.exists() else {}
+        summary["part_wall_time_s"] = times | {str(part): wall}
+        part_times.unlink(missing_ok=True)
     atomic_write_json(out / "summary.json", summary)
     log(f"\n{name} ({preset}): {verdict.upper()} — {explanation}\nwrote {out / 'summary.json'} (raw runs in {raw})")
     return summary
