@@ -14,9 +14,9 @@ Choices (those of the GaLore LLaMA used by the ANCRe paper): no biases, RMSNorm 
 position embeddings, SwiGLU with hidden ~ 8/3 d, untied LM head by default, weights ~ N(0, 0.02).
 
 Speed without changing the numbers: RoPE is applied to queries and keys in one call, straight on the qkv
-projection's layout (:meth:`Rotary.qk`; tables precomputed once for ``block_size``, sliced per call), the
-same element-wise expression on the same values, so the outputs and gradients are bit-identical to
-rotating q and k one at a time. (A closed-form RMSNorm backward was tried and left out: as a custom
+projection's layout (:meth:`Rotary.qk`; tables precomputed once for ``block_size``, sliced per call), in
+four kernels (``x * [cos, cos] + roll(x) * [-sin, sin]``) instead of the textbook seven; the outputs and
+gradients are bit-identical to rotating q and k one at a time with :func:`apply_rotary`. (A closed-form RMSNorm backward was tried and left out: as a custom
 autograd.Function it is opaque to ``torch.func.jvp``, which the expansion analysis runs through branches,
 and costs an ``inspect.signature`` per call; its gain did not show through the noise of a busy machine.)
 """
@@ -99,29 +99,41 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def _rotate_full(x: Tensor, cos_full: Tensor, sin_signed: Tensor) -> Tensor:
+    """:func:`apply_rotary` in four kernels instead of seven: ``x * [cos, cos] + [x2, x1] * [-sin, sin]``
+    (the swap is one ``roll``). Bit-identical values and gradients: ``x2 * -sin`` is exactly
+    ``-(x2 * sin)``, ``a + -b`` is exactly ``a - b``, and a sum of two terms does not depend on their order."""
+    cos_full, sin_signed = cos_full.to(x.dtype), sin_signed.to(x.dtype)  # keep bf16 under autocast
+    return x * cos_full + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
 class Rotary(nn.Module):
     """Precomputed RoPE tables for positions 0..max_len-1 (Su et al. 2021, RoFormer, arXiv:2104.09864).
     theta_i = base^(-2i/d). Buffers are non-persistent: they are a function of the config; computed once,
-    each call slices them (a view)."""
+    each call slices them (a view). ``cos``/``sin`` are the (T, d/2) tables of :func:`apply_rotary`;
+    ``cos_full``/``sin_signed`` the same values laid out for :func:`_rotate_full`, which the calls use."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        cos, sin = angles.cos().float(), angles.sin().float()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("cos_full", torch.cat((cos, cos), -1), persistent=False)
+        self.register_buffer("sin_signed", torch.cat((-sin, sin), -1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, H, T, head_dim) for positions 0..T-1."""
         T = x.shape[-2]
-        return apply_rotary(x, self.cos[:T], self.sin[:T])
+        return _rotate_full(x, self.cos_full[:T], self.sin_signed[:T])
 
     def qk(self, qk: Tensor) -> Tensor:
         """Queries and keys in one call: ``qk`` (B, T, 2, H, head_dim), positions 0..T-1 on dim 1 -- the
         layout of the qkv projection's first 2D columns, so no transpose or split comes first. The same
         element-wise expression as :meth:`forward` on each, so the same values bit for bit."""
         T = qk.shape[1]
-        return apply_rotary(qk, self.cos[:T, None, None], self.sin[:T, None, None])
+        return _rotate_full(qk, self.cos_full[:T, None, None], self.sin_signed[:T, None, None])
 
 
 class FirstValues:
