@@ -76,6 +76,25 @@ def test_tiny_trainer_bench_end_to_end(tmp_path):
         bt.run_trainer_bench("tiny", reslab_malloc="fast", max_load=-1, log=None)
 
 
+def test_trainer_bench_runs_reslab_both_ways_in_one_run(tmp_path):
+    """--reslab-malloc both: a third side, reslab with glibc's default malloc, in the same rounds; its losses are
+    the tuned side's bit for bit (malloc changes speed only), and the report splits the ratio; the target still
+    reads the tuned side."""
+    res = bt.run_trainer_bench("tiny", repeats=1, threads=1, out_dir=tmp_path, max_load=-1, log=None, steps=25,
+                               reslab_malloc="both")
+    assert list(res["runs"]) == ["reslab", "reslab-default", "nanogpt"]
+    s = res["summary"]
+    assert s["reslab-default"]["malloc"].startswith("default") and s["nanogpt"]["malloc"] == "default"
+    assert s["reslab"]["final_val_loss"] == s["reslab-default"]["final_val_loss"]
+    split = res["malloc_split"]
+    tuned, default, nano = (res["runs"][k][0]["tokens_per_s"] for k in ("reslab", "reslab-default", "nanogpt"))
+    assert split["tuned_vs_nanogpt"] == pytest.approx(tuned / nano) == res["targets"][0]["ratio"]
+    assert split["default_vs_nanogpt"] == pytest.approx(default / nano)
+    assert split["tuned_vs_default"] == pytest.approx(tuned / default)
+    md = (tmp_path / "trainer.md").read_text()
+    assert "Malloc's share, same rounds" in md and md.count("| reslab (RoPE, SwiGLU, RMSNorm)") == 2
+
+
 def test_cli_trainer_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, capsys):
     from reslab.bench import overhead
 

@@ -416,7 +416,9 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
                       command: str = "", max_load: float | None = None, log=print, steps: int | None = None,
                       reslab_malloc: str = "tuned") -> dict:
     """``reslab_malloc``: ``"tuned"`` runs reslab's side as its command line does (:func:`reslab.runtime.tune_malloc`),
-    ``"default"`` with glibc's default malloc, like the reference, to compare the model and loop alone."""
+    ``"default"`` with glibc's default malloc, like the reference, to compare the model and loop alone; ``"both"``
+    runs reslab both ways in the same rounds (a third side, ``reslab-default``, reported beside the target), so the
+    malloc setting's share of the ratio is measured in one run."""
     from ..train import git_revision
     from .overhead import MAX_LOAD, busy_reason, cores_text, load_average, machine_info, write_outputs
 
@@ -425,8 +427,8 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if reslab_malloc not in ("tuned", "default"):
-        raise ValueError(f"reslab_malloc must be 'tuned' or 'default', got {reslab_malloc!r}")
+    if reslab_malloc not in ("tuned", "default", "both"):
+        raise ValueError(f"reslab_malloc must be 'tuned', 'default' or 'both', got {reslab_malloc!r}")
     max_load = MAX_LOAD if max_load is None else (None if max_load < 0 else max_load)
     cfg = dict(PRESETS[preset])
     if steps is not None:
@@ -437,17 +439,19 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
     log(f"machine: {mach['cpu_model']}, {mach['cpus']} cores, torch {mach['torch']}, {mach['threads']} thread(s); "
         f"load average before: {mach['load_average']}")
     mm_before = matmul_flops()
-    runs: dict[str, list[dict]] = {"reslab": [], "nanogpt": []}
+    sides = ("reslab", "reslab-default", "nanogpt") if reslab_malloc == "both" else ("reslab", "nanogpt")
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     others: list[float | None] = []
     with tempfile.TemporaryDirectory(prefix="reslab-bench-trainer-") as tmp:
         folder = Path(tmp)
         data = prepare_data(cfg, folder)
         job = {"cfg": cfg, "threads": threads, "data_dir": str(folder), "vocab_size": data["vocab_size"],
-               "val_windows": data["val_windows"], "reslab_malloc": reslab_malloc}
+               "val_windows": data["val_windows"]}
         for i in range(repeats):
-            for side in ("reslab", "nanogpt"):
+            for side in sides:
                 log(f"[{side}] run {i + 1}/{repeats}: {cfg['steps']} steps")
-                r, o = _run_child(side, job, folder, i)
+                malloc = "default" if side == "reslab-default" else ("tuned" if reslab_malloc == "both" else reslab_malloc)
+                r, o = _run_child(side, job | {"reslab_malloc": malloc}, folder, i)
                 runs[side].append(r)
                 others.append(o)
                 log(f"[{side}] {r['tokens_per_s']:,.0f} tok/s, median step {1000 * r['step_s_median']:.2f} ms, "
@@ -486,6 +490,13 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
         targets.append({"target": name, "ratio": value, "limit": limit, "better": better,
                         "per_round": ratios if "tokens" in name else None,
                         "status": "refused" if refused else ("pass" if ok else "miss"), "refused": refused})
+    if "reslab-default" in runs:  # not a target: the part of the ratio that the malloc setting makes
+        result["malloc_split"] = {
+            "tuned_vs_nanogpt": statistics.median(ratios),
+            "default_vs_nanogpt": statistics.median(a["tokens_per_s"] / b["tokens_per_s"]
+                                                    for a, b in zip(runs["reslab-default"], runs["nanogpt"])),
+            "tuned_vs_default": statistics.median(a["tokens_per_s"] / b["tokens_per_s"]
+                                                  for a, b in zip(runs["reslab"], runs["reslab-default"]))}
     result["targets"] = targets
     log(f"load average after: {result['load_after']}; other processes' CPU during the runs: "
         f"{cores_text(others)} cores")
@@ -515,8 +526,10 @@ def markdown(result: dict) -> str:
         parts.append(f"**Not a valid timing: {result['busy']}.** The speed ratio is refused; rerun on a quiet machine.\n")
     rows = ["| trainer | params | tokens/s | step ms median [IQR] | CPU ms/step | peak RSS MB (torch alone) | MFU | "
             "final val loss |", "|---|---|---|---|---|---|---|---|"]
-    for side, name in (("reslab", "reslab (RoPE, SwiGLU, RMSNorm)"), ("nanogpt", "nanoGPT (re-implementation)")):
-        s = result["summary"][side]
+    names = {"reslab": "reslab (RoPE, SwiGLU, RMSNorm)", "reslab-default": "reslab (RoPE, SwiGLU, RMSNorm)",
+             "nanogpt": "nanoGPT (re-implementation)"}
+    for side, s in result["summary"].items():
+        name = names[side]
         name += f"; malloc {s.get('malloc', 'default')}"
         rows.append(f"| {name} | {s['params']:,} | {s['tokens_per_s']:,.0f} | {s['step_ms_median']:.2f} "
                     f"[{s['step_ms_q1']:.2f}, {s['step_ms_q3']:.2f}] | {s['cpu_step_ms_median']:.2f} | "
@@ -526,6 +539,11 @@ def markdown(result: dict) -> str:
     parts.append("malloc: `tuned` is reslab's command-line setting (`reslab/runtime.py`: freed blocks below 1 GiB stay "
                  "in the heap instead of being faulted in again every step); `--reslab-malloc default` runs reslab "
                  "with glibc's default, like the reference.\n")
+    if result.get("malloc_split"):
+        ms = result["malloc_split"]
+        parts.append(f"Malloc's share, same rounds (median of per-round ratios): reslab tuned {ms['tuned_vs_nanogpt']:.3f}× "
+                     f"nanoGPT, reslab default {ms['default_vs_nanogpt']:.3f}× nanoGPT; tuned / default "
+                     f"{ms['tuned_vs_default']:.3f}×. The target reads the tuned side (the command line's setting).\n")
     parts.append("CPU ms/step: the process's CPU time per step (all threads), a diagnostic: on a shared machine it "
                  "leaves out the time spent waiting for a core.\n")
     parts.append(f"MFU: (6 N + 12 L d T) FLOPs per token × tokens/s over this machine's dense float32 matmul rate, "
@@ -568,9 +586,9 @@ def cli_register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per side (default 2)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads in every run (0: torch's default)")
-    p.add_argument("--reslab-malloc", choices=("tuned", "default"), default="tuned",
+    p.add_argument("--reslab-malloc", choices=("tuned", "default", "both"), default="tuned",
                    help="reslab's side with its command line's malloc setting (tuned, default) or glibc's default, "
-                        "like the reference")
+                        "like the reference; both: reslab both ways in the same rounds (the target reads tuned)")
     p.add_argument("--out", default="results/bench-trainer", help="folder for trainer.json / trainer.md")
     p.add_argument("--max-load", type=float, default=0.5,
                    help="refuse the speed ratio above this load average / others' CPU (negative: no check)")
