@@ -433,6 +433,26 @@ class PartIncomplete(Exception):
                          + ", ".join(self.missing[:4]) + (" ..." if len(self.missing) > 4 else ""))
 
 
+class PendingParts:
+    """Collects :class:`PartIncomplete` over independent steps of one experiment (cells, depths, optimisers), so a
+    part trains its slice of every step before it stops: ``with pending.step("cell: "): ...`` per step, then
+    ``pending.raise_if_any()``. (Raising at the first step would leave the later steps untrained in every part.)"""
+
+    def __init__(self):
+        self.missing: list[str] = []
+
+    @contextlib.contextmanager
+    def step(self, prefix: str = ""):
+        try:
+            yield
+        except PartIncomplete as e:
+            self.missing += [prefix + m for m in e.missing]
+
+    def raise_if_any(self) -> None:
+        if self.missing:
+            raise PartIncomplete(self.missing)
+
+
 _PART: SeedPart | None = None  # set by seed_part(): which seeds this process trains
 
 

@@ -229,8 +229,31 @@ def test_reproduce_part_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_split_cpu_presets_fit_their_parts():
-    """Every part of a split preset trains at least two seeds of every arm."""
+    """Every part of a split preset trains at least two seeds of every arm, in an experiment that can be split."""
     for name, exp in experiments().items():
         for preset, s in exp.presets.items():
             if s.get("parts", 1) > 1:
-                assert s["seeds"] // s["parts"] >= 2, (name, preset)
+                assert s["seeds"] // s["parts"] >= 2 and exp.splittable, (name, preset)
+
+
+def test_pending_parts_let_every_step_train_before_the_part_stops():
+    from reslab.compare import PartIncomplete, PendingParts
+
+    pending, ran = PendingParts(), []
+    for step in ("a", "b", "c"):
+        with pending.step(f"{step}: "):
+            ran.append(step)
+            if step != "b":
+                raise PartIncomplete([f"x seed {step}"])
+            ran.append("b done")
+    assert ran == ["a", "b", "b done", "c"]
+    with pytest.raises(PartIncomplete) as e:
+        pending.raise_if_any()
+    assert e.value.missing == ["a: x seed a", "c: x seed c"]
+    PendingParts().raise_if_any()  # nothing pending: no error
+
+
+def test_an_experiment_with_its_own_loop_refuses_parts(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(get_experiment("pnnh-vision").presets["quick"], "parts", 2)
+    assert main(["reproduce", "pnnh-vision", "--preset", "quick", "--out", str(tmp_path), "--part", "1"]) == 2
+    assert "trains its runs in its own loop, which cannot be split by seed" in capsys.readouterr().err

@@ -36,6 +36,9 @@ class Experiment:
     verdict: Callable[[dict], tuple[str, str]]  # results -> (verdict, explanation with numbers)
     notes: str = ""
     tags: list[str] = field(default_factory=list)
+    # whether a preset may be split into parts by seed (``parts=N``): true when every reported run goes through
+    # compare.run_arms (directly or via runner.run_cells); an experiment with its own loop trains all of it anyway
+    splittable: bool = True
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -119,6 +122,9 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     if preset not in exp.presets:
         raise ValueError(f"experiment {name!r} has no preset {preset!r}; valid: {', '.join(exp.presets)}")
     parts = int(exp.presets[preset].get("parts", 1))
+    if parts > 1 and not exp.splittable:
+        raise ValueError(f"experiment {name!r} preset {preset!r} sets parts={parts}, but {name} trains its runs in "
+                         f"its own loop, which cannot be split by seed: remove 'parts' from the preset")
     if part is not None and parts <= 1:
         raise ValueError(f"experiment {name!r} preset {preset!r} is not split into parts: drop --part "
                          f"(`reslab reproduce {name} --preset {preset}`)")

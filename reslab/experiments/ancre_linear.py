@@ -189,6 +189,7 @@ def verdict(res: dict) -> tuple[str, str]:
 
 _BASE = dict(d=8, init_scale=1e-2, lr=0.05, lrs=[0.02, 0.05, 0.1], tau=1.0, target=1e-8)
 EXPERIMENT = Experiment(
+    splittable=False,  # its own training loop: parts by seed would not apply
     name="ancre-linear",
     paper="ANCRe (Zhang et al. 2026, arXiv:2602.09009), Theorems 3.2/3.3 and the linear-network figures",
     claim="On deep linear nets (whitened inputs, small init) a 0:2 shortcut reaches loss 1e-8 ≥10× faster than 0:1 "

@@ -118,19 +118,21 @@ def run_leaderboard(configs_at: dict[str, dict], s: dict, out: Path, log, unit: 
                     title: str, skipped: dict | None = None) -> dict:
     """``configs_at``: depth label -> {arm label: TrainConfig}. Runs every depth through ``run_arms`` (same tuning
     for every arm), writes results.md, leaderboard.png, speed.png and curves_<depth>.png at the top of ``out``."""
-    from ..compare import run_arms, slug
+    from ..compare import PendingParts, run_arms, slug
 
-    depths = {}
+    depths, pending = {}, PendingParts()  # a part of a split preset trains its seeds at every depth
     for label, configs in configs_at.items():
         sub = out / slug(label)
-        rep = run_arms(configs, s["seeds"], sub, baseline=BASELINE, tune=s.get("tune"), log=log,
-                       title=f"{title}, {label}: {s['seeds']} seeds, {next(iter(configs.values())).steps} steps")
-        for r in rep["rows"]:
-            t = r.get("median_step_time")
-            r[f"{unit}_per_s"] = (per_step / t) if t else None
-        depths[label] = {"rows": rep["rows"], "tuning": rep.get("tuning", {})}
-        if (sub / "curves.png").exists():
-            shutil.copy2(sub / "curves.png", out / f"curves_{slug(label)}.png")
+        with pending.step(f"{label}: "):
+            rep = run_arms(configs, s["seeds"], sub, baseline=BASELINE, tune=s.get("tune"), log=log,
+                           title=f"{title}, {label}: {s['seeds']} seeds, {next(iter(configs.values())).steps} steps")
+            for r in rep["rows"]:
+                t = r.get("median_step_time")
+                r[f"{unit}_per_s"] = (per_step / t) if t else None
+            depths[label] = {"rows": rep["rows"], "tuning": rep.get("tuning", {})}
+            if (sub / "curves.png").exists():
+                shutil.copy2(sub / "curves.png", out / f"curves_{slug(label)}.png")
+    pending.raise_if_any()
     res = {"baseline": BASELINE, "depths": depths, "seeds": s["seeds"], "tune": s.get("tune"), "unit": unit,
            "per_step": per_step, "skipped": skipped or {}, "correction": "Holm-Bonferroni across schemes, per depth"}
     v, why = leaderboard_verdict(res)

@@ -292,6 +292,7 @@ def _readme_body(results: dict, settings: dict) -> str:
 
 
 EXPERIMENT = Experiment(
+    splittable=False,  # its own training loop: parts by seed would not apply
     name="pnnh-dissipation",
     paper="Zhang, Yan, Li, Chen 2024, Peeking Behind the Curtains of Residual Learning (arXiv:2402.08645)",
     claim="Plain nets lose their input with depth (dissipating inputs) while residual nets and a PNNH internal "

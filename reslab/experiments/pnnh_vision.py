@@ -416,6 +416,7 @@ def _train(steps, batch, warmup, eval_batches, task_args, threads=0):
 
 
 EXPERIMENT = Experiment(
+    splittable=False,  # its own training loop: parts by seed would not apply
     name="pnnh-vision",
     paper="Zhang, Yan, Li, Chen 2024, Peeking Behind the Curtains of Residual Learning (arXiv:2402.08645)",
     claim="Plain CNNs degrade with depth; PNNH CNNs (plain, no skip-adds, learner + weight-shared coder) are on "

@@ -41,6 +41,7 @@ import math
 import statistics
 from pathlib import Path
 
+from ..compare import PendingParts
 from ..report import plot_curves
 from . import Experiment
 from .common import decide, noninferior, significantly, train_config
@@ -90,11 +91,13 @@ def run(settings: dict, out_dir: Path, log) -> dict:
             name = f"{opt}/depth{depth}"
             cells[name] = build_configs(base, {arm: arm_overrides(arm, depth) for arm in arms})
             where[name] = (opt, depth)
-    values = {}
+    values, pending = {}, PendingParts()  # a part of a split preset trains its seeds under every optimiser
     for opt, o in optimizers.items():  # an optimiser may run fewer seeds than the preset's (a control)
-        values |= run_cells({n: c for n, c in cells.items() if where[n][0] == opt}, o.get("seeds", settings["seeds"]),
-                            out_dir, BASELINE, log, tune=o.get("tune"),
-                            title=lambda name: f"rex-normfree: ResNet-{where[name][1]}, {where[name][0]}")
+        with pending.step():
+            values |= run_cells({n: c for n, c in cells.items() if where[n][0] == opt},
+                                o.get("seeds", settings["seeds"]), out_dir, BASELINE, log, tune=o.get("tune"),
+                                title=lambda name: f"rex-normfree: ResNet-{where[name][1]}, {where[name][0]}")
+    pending.raise_if_any()
     results = {"depths": depths, "arms": arms, "baseline": BASELINE, "primary": PRIMARY, "optimizers": {},
                "thresholds": {"fail_acc": FAIL_ACC, "degrade": DEGRADE, "gap_tol": GAP_TOL, "chance": CHANCE}}
     for opt, o in optimizers.items():

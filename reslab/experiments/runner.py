@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from ..compare import PartIncomplete, run_arms
+from ..compare import PendingParts, run_arms
 from ..report import mean_std
 from ..train import TrainConfig
 from .common import with_
@@ -31,18 +31,14 @@ def run_cells(cells: dict[str, dict[str, TrainConfig]], seeds: int, out: Path, b
               ) -> dict[str, dict]:
     """Train every cell's arms under ``out/<cell>/`` (``run_arms``), each cell tuned on ``tune(cell)`` (or the one
     grid ``tune``); returns each cell's per-arm values (:func:`arm_values`)."""
-    values, missing = {}, []
+    values, pending = {}, PendingParts()  # a part of a split run trains its seeds of every cell before it stops
     for name, configs in cells.items():
         grid = tune(name) if callable(tune) else tune
-        try:
+        with pending.step(f"{name}: "):
             report = run_arms(configs, seeds, Path(out) / name, baseline, tune=grid, log=log,
                               title=title(name) if title else name)
-        except PartIncomplete as e:  # a part of a split run: train this part's seeds of every cell first
-            missing += [f"{name}: {m}" for m in e.missing]
-            continue
-        values[name] = arm_values(report)
-    if missing:
-        raise PartIncomplete(missing)
+            values[name] = arm_values(report)
+    pending.raise_if_any()
     return values
 
 
