@@ -484,7 +484,12 @@ def finished_run(cfg: TrainConfig) -> dict | None:
         r = json.loads(record.read_text()) if record.exists() else {}
     except json.JSONDecodeError:
         return None
-    same_config = s.get("config") == json.loads(json.dumps(cfg.to_dict()))
+    # ``resume`` says how a run starts, not what it trains: a run retrained over a stale one (resume=false) is
+    # the same run as the one asked for with the default resume=true, and is reused as such
+    def what(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k != "resume"}
+
+    same_config = what(s.get("config") or {}) == what(json.loads(json.dumps(cfg.to_dict())))
     if same_config and r.get("code_revision") == code_revision() and s.get("status") in ("completed", "diverged"):
         return s
     return None

@@ -257,3 +257,22 @@ def test_an_experiment_with_its_own_loop_refuses_parts(monkeypatch, tmp_path, ca
     monkeypatch.setitem(get_experiment("pnnh-vision").presets["quick"], "parts", 2)
     assert main(["reproduce", "pnnh-vision", "--preset", "quick", "--out", str(tmp_path), "--part", "1"]) == 2
     assert "trains its runs in its own loop, which cannot be split by seed" in capsys.readouterr().err
+
+
+def test_a_run_retrained_over_a_stale_one_is_reused_next_time(tmp_path, monkeypatch):
+    """A finished run of older code is retrained afresh (resume=false); the run that replaces it is reused by the
+    next call asking for the same run (resume is how a run starts, not what it trains)."""
+    import dataclasses
+
+    from reslab import compare
+
+    cfg = dataclasses.replace(_tiny(), out_dir=str(tmp_path / "run"))
+    msgs = []
+    compare.train_or_reuse(cfg, msgs.append)
+    record = tmp_path / "run" / compare.RUN_RECORD
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"code_revision": "older"}))
+    compare.train_or_reuse(cfg, msgs.append)  # stale: trained again, afresh
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["resume"] is False
+    msgs.clear()
+    compare.train_or_reuse(cfg, msgs.append)
+    assert any("reusing finished run" in m for m in msgs) and not any("training" in m for m in msgs)
