@@ -375,6 +375,9 @@ def test_capacity_verdict_rules():
     v, why = rex_capacity.verdict(_cap_results([1.0, 2.0, 3.0, 2.0, 9.0], [0.8, 0.81, 0.84, 0.83, 0.1],
                                                diverged_last=True))
     assert v == "reproduced" and "Diverged" in why
+    # an interior peak above both ends is not enough: a significant fall before the peak is a second turn
+    v, why = rex_capacity.verdict(_cap_results([5.0, 3.0, 4.0, 8.0, 5.4], [0.80, 0.81, 0.85, 0.84, 0.82]))
+    assert v == "partial" and "A GC unimodal in λ: FAIL" in why and "not unimodal: it falls 5 -> 3" in why
 
 
 def test_experiments_are_registered_with_three_presets():

@@ -61,7 +61,8 @@ def verdict(res: dict) -> tuple[str, str]:
     ni, ni_text = noninferior(acc(rwlr), acc(plus), margin=max(gain, 0.0) / 4, higher_better=True)
     few = rwlr["extra_params"] <= 0.4 * plus["extra_params"]
     checks = [("A RW ≥ 50% of the +1-block gain, significant, < 0.01% params", a,
-               f"recovers {frac:.0%}, Welch p vs baseline={'n/a' if p_rw is None else f'{p_rw:.3g}'}, "
+               (f"recovers {frac:.0%}" if gain > 0 else "the +1 block gained nothing to recover")
+               + f", Welch p vs baseline={'n/a' if p_rw is None else f'{p_rw:.3g}'}, "
                f"+{pct['laurel(rw)']:.4f}% params"),
               ("B RW+LR non-inferior to +1 block with ≤ 0.4× its extra params", (ni and few) if ni is not None else None,
                f"{ni_text}; {rwlr['extra_params']} vs {plus['extra_params']} extra params")]

@@ -108,7 +108,9 @@ def _mean(xs) -> float:
 
 def verdict(results: dict) -> tuple[str, str]:
     """(A) the final geometric complexity is unimodal in λ: it peaks inside the grid, ≥ (1 + PEAK_MARGIN)× both
-    ends and significantly above each end (Welch p < 0.05 over seeds); (B) the accuracy at λ = 1/sqrt(n) is
+    ends and significantly above each end (Welch p < 0.05 over seeds), and the curve has no other turn: no step
+    between neighbouring λ before the peak falls significantly, none after it rises significantly (Welch p < 0.05);
+    (B) the accuracy at λ = 1/sqrt(n) is
     significantly higher than at λ = 1/n (Welch p < 0.05). Fewer than 2 seeds: untestable."""
     from .common import decide, significantly
 
@@ -122,10 +124,20 @@ def verdict(results: dict) -> tuple[str, str]:
         interior = 0 < i < len(gcs) - 1
         margin = interior and gcs[i] >= (1 + PEAK_MARGIN) * max(gcs[0], gcs[-1])
         sig = [significantly(ok[i]["gc_final"], ok[j]["gc_final"], "higher") for j in (0, len(ok) - 1)]
-        claim_a = None if any(x is None for x, _ in sig) else bool(margin and all(x for x, _ in sig))
+        # the shape: a significant fall between neighbours before the peak, or rise after it, is a second turn
+        turns = []
+        for j in range(len(ok) - 1):
+            before = j < i  # the step from ok[j] to ok[j + 1] lies on the rising side
+            wrong, p = significantly(ok[j + 1]["gc_final"], ok[j]["gc_final"], "lower" if before else "higher")
+            if wrong:
+                turns.append(f"{'falls' if before else 'rises'} {gcs[j]:.4g} -> {gcs[j + 1]:.4g} from "
+                             f"λ={ok[j]['lam']:g} to {ok[j + 1]['lam']:g} (p={p:.2g})")
+        claim_a = (None if any(x is None for x, _ in sig) else
+                   bool(margin and all(x for x, _ in sig) and not turns))
         why_a = (f"final GC peaks at λ={ok[i]['lam']:g} ({gcs[i]:.4g}; ends {gcs[0]:.4g} at λ={ok[0]['lam']:g}, "
                  f"{gcs[-1]:.4g} at λ={ok[-1]['lam']:g})" + ("" if interior else ", at an end of the grid")
-                 + ", Welch p vs ends " + ", ".join("n/a" if p is None else f"{p:.2g}" for _, p in sig))
+                 + ", Welch p vs ends " + ", ".join("n/a" if p is None else f"{p:.2g}" for _, p in sig)
+                 + ("; not unimodal: it " + "; it ".join(turns) if turns else "; no other significant turn"))
     acc_n = _mean(per[0]["acc"])
     mid = results.get("lam_1_over_sqrt_n")
     e_mid = next((e for e in per if e["lam"] == mid), None)
