@@ -85,11 +85,9 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
             cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
             if not _in_part(seed, seeds):  # another part's seed: use it if that part has finished it
-                summary = finished_run(cfg)
+                summary = _other_part_run(arm, cfg, missing, log)
                 if summary is None:
-                    missing.append(f"{arm} seed {cfg.seed}")
                     continue
-                log(f"[{arm} seed {cfg.seed}] reusing the run another part finished")
             else:
                 try:
                     summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
@@ -141,6 +139,7 @@ def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int
     from concurrent.futures import ProcessPoolExecutor
 
     slots: dict[str, list] = {arm: [None] * seeds for arm in labels}  # per arm, in seed order
+    missing_of = dict.fromkeys(labels, 0)  # per arm: seeds of other parts not finished yet
     runs = []
     for arm in labels:
         for s in range(seeds):
@@ -148,11 +147,10 @@ def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int
                                       out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}"))
             if _in_part(s, seeds):
                 runs.append((arm, s, cfg))
-            elif (done := finished_run(cfg)) is not None:
+            elif (done := _other_part_run(arm, cfg, missing, log)) is not None:
                 slots[arm][s] = done
             else:
-                missing.append(f"{arm} seed {cfg.seed}")
-    missing_of = {arm: sum(m.startswith(f"{arm} seed ") for m in missing) for arm in labels}
+                missing_of[arm] += 1
 
     def finished(a: str) -> list[dict]:
         return [r for r in slots[a] if r is not None]
@@ -471,6 +469,16 @@ def seed_part(part: SeedPart | None):
 
 def _in_part(seed_index: int, seeds: int) -> bool:
     return _PART is None or seed_index in range(seeds)[_PART.slice(seeds)]
+
+
+def _other_part_run(arm: str, cfg: TrainConfig, missing: list[str], log) -> dict | None:
+    """Another part's seed: its finished run, or None after adding it to ``missing`` (never trained here)."""
+    summary = finished_run(cfg)
+    if summary is None:
+        missing.append(f"{arm} seed {cfg.seed}")
+    else:
+        log(f"[{arm} seed {cfg.seed}] reusing the run another part finished")
+    return summary
 
 
 def finished_run(cfg: TrainConfig) -> dict | None:

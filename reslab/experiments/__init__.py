@@ -167,8 +167,8 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     if part is not None:  # wall_time_s is this part's; each part's own is kept beside it
         times = load_summary(part_times) if part_times.exists() else {}
         summary["part_wall_time_s"] = times | {str(part): wall}
-        part_times.unlink(missing_ok=True)
     atomic_write_json(out / "summary.json", summary)
+    part_times.unlink(missing_ok=True)  # only once the summary holds the parts' times
     log(f"\n{name} ({preset}): {verdict.upper()} — {explanation}\nwrote {out / 'summary.json'} (raw runs in {raw})")
     return summary
 
