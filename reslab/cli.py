@@ -178,6 +178,8 @@ _HELP = {
                         "the end; Ctrl-C always saves one at the step it stops)",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "threads": "torch CPU threads; 0 keeps torch's default",
+    "fused_adamw": "always (torch's fused AdamW on CPU and CUDA), cuda (fused on CUDA only, the per-tensor loop on "
+                   "CPU: what runs before December 2026 used, bit for bit) or never",
 }
 
 

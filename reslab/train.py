@@ -72,6 +72,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 OPTIMIZERS = ("adamw", "sgd")
+# Where AdamW runs as torch's fused kernel (one pass over all parameters instead of ~10 small ops per tensor).
+# "always": on CPU and CUDA, the devices that have it; on CPU it takes the GPT bench step's optimiser from
+# ~4.8 to ~0.9 ms (results/bench-trainer/NOTES.md), and its values differ from the per-tensor loop in the last
+# bit. "cuda": fused on CUDA only, torch's per-tensor loop elsewhere: what every run before December 2026 used,
+# so the experiments keep it and their committed runs reproduce bit for bit. "never": torch's default.
+FUSED_ADAMW = ("always", "cuda", "never")
 
 
 @dataclass
@@ -95,6 +101,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     grad_clip: float = 1.0  # 0 disables clipping
+    fused_adamw: str = "always"  # always | cuda | never: see FUSED_ADAMW
     connection_lr_mult: float = 1.0
     # evaluation and logging
     eval_every: int = 100
@@ -125,6 +132,8 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
+        if self.fused_adamw not in FUSED_ADAMW:
+            problems.append(f"fused_adamw must be one of {', '.join(FUSED_ADAMW)} (got {self.fused_adamw!r})")
         if not 0 <= self.momentum < 1:
             problems.append(f"momentum must be in [0, 1) (got {self.momentum})")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
@@ -223,14 +232,20 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over :func:`param_groups` (each group carries its own weight decay and lr multiplier):
-    AdamW (decoupled decay, betas) or SGD with ``momentum`` (dampening 0, ``nesterov``; L2 decay added to the
-    gradient, as torch.optim.SGD does)."""
+    AdamW (decoupled decay, betas; torch's fused kernel where ``cfg.fused_adamw`` and ``device`` allow) or SGD
+    with ``momentum`` (dampening 0, ``nesterov``; L2 decay added to the gradient, as torch.optim.SGD does)."""
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(cfg, device) or None)
+
+
+def fused_adamw(cfg: TrainConfig, device: torch.device | None) -> bool:
+    """Whether AdamW runs as torch's fused kernel for this config on ``device`` (see FUSED_ADAMW)."""
+    kind = "cpu" if device is None else device.type
+    return {"always": kind in ("cpu", "cuda"), "cuda": kind == "cuda", "never": False}[cfg.fused_adamw]
 
 
 def loss_and_metric(kind: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -468,7 +483,7 @@ def _run(cfg: TrainConfig, device: torch.device, dist: "_Dist", out: Path) -> di
     metric_name = getattr(model, "metric_name", METRIC_NAME[task.kind])
     n_params = sum(p.numel() for p in model.parameters())
     n_conn = sum(p.numel() for p in connection_parameters(model))
-    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the training batches; saved in checkpoints
     eval_set = task.fixed_batches("val", cfg.eval_batches, cfg.batch_size)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

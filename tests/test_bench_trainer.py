@@ -72,6 +72,9 @@ def test_tiny_trainer_bench_end_to_end(tmp_path):
     tuned = "tuned" if sys.platform.startswith("linux") else data["summary"]["reslab"]["malloc"]
     assert data["summary"]["reslab"]["malloc"] == tuned and data["summary"]["nanogpt"]["malloc"] == "default"
     assert f"malloc {tuned}" in md and "malloc default" in md
+    # reslab's trainer runs the fused AdamW kernel on CPU (its default), nanoGPT's loop the per-tensor one
+    assert data["summary"]["reslab"]["adamw"] == "fused" and data["summary"]["nanogpt"]["adamw"] == "per-tensor loop"
+    assert "AdamW fused" in md and "AdamW per-tensor loop" in md
     with pytest.raises(ValueError, match="reslab_malloc"):
         bt.run_trainer_bench("tiny", reslab_malloc="fast", max_load=-1, log=None)
 

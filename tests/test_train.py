@@ -129,6 +129,31 @@ def test_optimizer_settings_are_validated():
         TrainConfig(grad_clip=-1.0)
     with pytest.raises(ValueError, match="momentum must be in"):
         TrainConfig(optimizer="sgd", momentum=1.0)
+    with pytest.raises(ValueError, match="fused_adamw must be one of always, cuda, never"):
+        TrainConfig(fused_adamw="yes")
+
+
+def test_fused_adamw_runs_on_cpu_by_default_and_takes_the_same_steps_as_the_loop(tmp_path):
+    """fused_adamw=always (the default) uses torch's fused kernel on CPU; cuda (what the experiments pin, so their
+    committed runs reproduce bit for bit) keeps the per-tensor loop there. Both are the same AdamW: weight decay
+    per group, the lr schedule and the connection's lr multiplier give the same losses to float rounding."""
+    from reslab.experiments.common import train_config
+    from reslab.train import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    cpu = torch.device("cpu")
+    assert make_optimizer(model, TrainConfig(), cpu).defaults["fused"] is True
+    assert not make_optimizer(model, TrainConfig(fused_adamw="cuda"), cpu).defaults["fused"]
+    assert not make_optimizer(model, TrainConfig(fused_adamw="never"), cpu).defaults["fused"]
+    assert train_config("teacher", "mlp").fused_adamw == "cuda"
+    kw = dict(steps=15, connection="rezero", connection_lr_mult=3.0, weight_decay=0.1)
+    fused = train(tiny(tmp_path / "fused", **kw))
+    loop = train(tiny(tmp_path / "loop", fused_adamw="cuda", **kw))
+    a, b = losses(tmp_path / "fused" / "run"), losses(tmp_path / "loop" / "run")
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 16))
+    assert a[-1][1] < a[0][1]  # it learns
+    assert all(math.isclose(x, y, rel_tol=1e-4) for (_, x), (_, y) in zip(a, b)), (a, b)
+    assert math.isclose(fused["final_val_loss"], loop["final_val_loss"], rel_tol=1e-4)
 
 
 def test_resume_refuses_a_checkpoint_of_another_optimizer(tmp_path):

@@ -333,7 +333,8 @@ def fit(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Pat
                       batch_size=batch_size, lr=lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                       grad_clip=grad_clip, eval_every=steps, eval_batches=math.ceil(n_val / batch_size), log_every=1,
                       seed=seed, out_dir=str(out_dir), threads=threads, progress=False, tensorboard=False,
-                      divergence_factor=0.0)  # "finite" means what it says: only a NaN/inf loss stops a run
+                      divergence_factor=0.0,  # "finite" means what it says: only a NaN/inf loss stops a run
+                      fused_adamw="cuda")  # as the committed runs were trained (reslab.train.FUSED_ADAMW)
     summary = train_or_reuse(cfg, log, tag=f"[{data}/{kind} depth {depth} seed {seed}]")
     losses = [r["loss"] for r in read_log(out_dir) if "loss" in r]
     finite = summary.get("status") == "completed"

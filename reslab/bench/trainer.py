@@ -314,7 +314,8 @@ def nanogpt_main(job: dict) -> None:
             y = torch.stack([torch.from_numpy(val[i + 1:i + 1 + block_size].astype(np.int64)) for i in offsets])
             tot.append(model(x, y)[1].item())
     _finish(job, clock, model.get_num_params(), cfg,
-            {"final_val_loss": sum(tot) / len(tot), "params": sum(p.numel() for p in model.parameters())})
+            {"final_val_loss": sum(tot) / len(tot), "params": sum(p.numel() for p in model.parameters()),
+             "adamw": "per-tensor loop"})  # nanoGPT fuses AdamW on CUDA only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,17 +341,19 @@ def reslab_main(job: dict) -> None:
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     from ..runtime import malloc_state, tune_malloc
-    from ..train import train
+    from ..train import fused_adamw, train
 
     tuned = job.get("reslab_malloc", "tuned") == "tuned"
     if tuned:
         tune_malloc()  # as reslab's command line runs: freed activation blocks stay in the heap (reslab/runtime.py)
 
     clock = StepClock()
-    summary = train(train_config(cfg, job["run_dir"], job.get("threads", 0)))
+    config = train_config(cfg, job["run_dir"], job.get("threads", 0))
+    summary = train(config)
     n_matmul = summary["params"] - job["vocab_size"] * cfg["d_model"]  # all but the token-embedding lookup
     _finish(job, clock, n_matmul, cfg, {"final_val_loss": summary["final_val_loss"], "params": summary["params"],
-                                        "malloc": malloc_state() if tuned else "default (--reslab-malloc default)"})
+                                        "malloc": malloc_state() if tuned else "default (--reslab-malloc default)",
+                                        "adamw": "fused" if fused_adamw(config, torch.device("cpu")) else "per-tensor loop"})
 
 
 def _child_main(argv: list[str]) -> int:
@@ -477,7 +480,7 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
                          "params": rs[0]["params"], "flops_per_token": rs[0]["flops_per_token"],
                          "mfu": rs[0]["flops_per_token"] * tps / peak,
                          # the reference imports torch and numpy only, so its malloc is glibc's default
-                         "malloc": rs[0].get("malloc", "default")}
+                         "malloc": rs[0].get("malloc", "default"), "adamw": rs[0].get("adamw", "per-tensor loop")}
     result["summary"] = summary
     ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["reslab"], runs["nanogpt"])]
     targets = []
@@ -530,7 +533,7 @@ def markdown(result: dict) -> str:
              "nanogpt": "nanoGPT (re-implementation)"}
     for side, s in result["summary"].items():
         name = names[side]
-        name += f"; malloc {s.get('malloc', 'default')}"
+        name += f"; malloc {s.get('malloc', 'default')}" + (f"; AdamW {s['adamw']}" if "adamw" in s else "")
         rows.append(f"| {name} | {s['params']:,} | {s['tokens_per_s']:,.0f} | {s['step_ms_median']:.2f} "
                     f"[{s['step_ms_q1']:.2f}, {s['step_ms_q3']:.2f}] | {s['cpu_step_ms_median']:.2f} | "
                     f"{s['peak_rss_mb']:.0f} ({s['torch_rss_mb']:.0f}) | "
@@ -544,6 +547,8 @@ def markdown(result: dict) -> str:
         parts.append(f"Malloc's share, same rounds (median of per-round ratios): reslab tuned {ms['tuned_vs_nanogpt']:.3f}× "
                      f"nanoGPT, reslab default {ms['default_vs_nanogpt']:.3f}× nanoGPT; tuned / default "
                      f"{ms['tuned_vs_default']:.3f}×. The target reads the tuned side (the command line's setting).\n")
+    parts.append("AdamW: reslab's trainer runs torch's fused AdamW kernel on CPU (TrainConfig `fused_adamw`, default "
+                 "`always`); nanoGPT's `train.py` fuses it on CUDA only, so the reference runs the per-tensor loop.\n")
     parts.append("CPU ms/step: the process's CPU time per step (all threads), a diagnostic: on a shared machine it "
                  "leaves out the time spent waiting for a core.\n")
     parts.append(f"MFU: (6 N + 12 L d T) FLOPs per token × tokens/s over this machine's dense float32 matmul rate, "
