@@ -84,8 +84,8 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         for seed in range(seeds):
             cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
-            if not _in_part(seed, seeds):  # another part's seed: use it if that part has finished it
-                summary = _other_part_run(arm, cfg, missing, log)
+            if not in_part(seed, seeds):  # another part's seed: use it if that part has finished it
+                summary = other_part_run(arm, cfg, missing, log)
                 if summary is None:
                     continue
             else:
@@ -145,9 +145,9 @@ def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int
         for s in range(seeds):
             cfg = dataclasses.replace(configs[arm], seed=configs[arm].seed + s,
                                       out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}"))
-            if _in_part(s, seeds):
+            if in_part(s, seeds):
                 runs.append((arm, s, cfg))
-            elif (done := _other_part_run(arm, cfg, missing, log)) is not None:
+            elif (done := other_part_run(arm, cfg, missing, log)) is not None:
                 slots[arm][s] = done
             else:
                 missing_of[arm] += 1
@@ -467,11 +467,12 @@ def seed_part(part: SeedPart | None):
         _PART = before
 
 
-def _in_part(seed_index: int, seeds: int) -> bool:
+def in_part(seed_index: int, seeds: int) -> bool:
+    """Does this process train seed ``seed_index`` of ``seeds`` (every seed outside :func:`seed_part`)?"""
     return _PART is None or seed_index in range(seeds)[_PART.slice(seeds)]
 
 
-def _other_part_run(arm: str, cfg: TrainConfig, missing: list[str], log) -> dict | None:
+def other_part_run(arm: str, cfg: TrainConfig, missing: list[str], log) -> dict | None:
     """Another part's seed: its finished run, or None after adding it to ``missing`` (never trained here)."""
     summary = finished_run(cfg)
     if summary is None:

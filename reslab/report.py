@@ -149,7 +149,9 @@ def table_key(metric: str, baseline: str) -> str:
 def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", key: str = "val_loss") -> None:
     """Mean validation curve per arm (shaded: min–max over seeds). With several arms a second panel shows each
     arm's curve minus the first arm's (the baseline) on a zoomed axis, so arms far apart (``plain``) do not
-    squeeze the others into a sliver; arms that leave that axis are named in its legend with their final gap."""
+    squeeze the others into a sliver; arms that leave that axis are named in its legend with their final gap.
+    A ``key`` holding "accuracy" is higher-is-better, every other (losses) lower-is-better: the axis labels say so."""
+    better = "higher" if "accuracy" in key else "lower"
     base = next(iter(arms), None)
     styles = arm_styles(list(arms))
     two = len([a for a, rs in arms.items() if any(r.get("curve") for r in rs)]) > 1 and bool(mean_curve(arms[base], key))
@@ -157,7 +159,7 @@ def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", 
     ax = axes[0] if two else axes
     if two:
         _plot_relative(axes[1], arms, base, key, styles)
-        label_axes(axes[1], "step", f"{key.replace('_', ' ')} minus {base}'s (lower is better)",
+        label_axes(axes[1], "step", f"{key.replace('_', ' ')} minus {base}'s ({better} is better)",
                    f"relative to {base} (zoomed)")
     for arm, runs in arms.items():
         curves = [r["curve"] for r in runs if r.get("curve")]
@@ -170,7 +172,7 @@ def plot_curves(arms: dict[str, list[dict]], path: str | Path, title: str = "", 
             vals = [[c[i][key] for c in curves] for i in range(len(mean))]
             ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15,
                             color=line.get_color())
-    finish_line_plot(fig, ax, path, "step", key.replace("_", " ") + " (lower is better)", title)
+    finish_line_plot(fig, ax, path, "step", key.replace("_", " ") + f" ({better} is better)", title)
 
 
 def arm_styles(names: list[str]) -> dict[str, dict]:

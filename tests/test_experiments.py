@@ -254,8 +254,8 @@ def test_pending_parts_let_every_step_train_before_the_part_stops():
 
 
 def test_an_experiment_with_its_own_loop_refuses_parts(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(get_experiment("pnnh-vision").presets["quick"], "parts", 2)
-    assert main(["reproduce", "pnnh-vision", "--preset", "quick", "--out", str(tmp_path), "--part", "1"]) == 2
+    monkeypatch.setitem(get_experiment("pnnh-dissipation").presets["quick"], "parts", 2)
+    assert main(["reproduce", "pnnh-dissipation", "--preset", "quick", "--out", str(tmp_path), "--part", "1"]) == 2
     assert "trains its runs in its own loop, which cannot be split by seed" in capsys.readouterr().err
 
 

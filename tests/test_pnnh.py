@@ -432,3 +432,34 @@ def test_quick_presets_run(tmp_path, fake_fashion_mnist):
     assert all(g["plain"] for arm in checks if arm.startswith("pnnh") for g in checks[arm].values())
     assert not any(g["plain"] for g in checks["resnet"].values())
     assert (tmp_path / "vis" / "pnnh_vision.png").exists()
+    # every (arm, depth) at its own lr tuned from the preset's grid; the width sweep reuses its depth's
+    t = v["results"]["table"]
+    assert set(v["results"]["tuning"]) == {f"{a}@depth{d}" for a in t for d in t[a]}
+    for a in t:
+        for d, e in t[a].items():
+            assert e["tuned"]["lr"] == v["results"]["tuning"][f"{a}@depth{d}"]["chosen"]["lr"] in (1e-3, 3e-3)
+    assert "lr tuned per arm and depth from one grid" in v["explanation"]
+
+
+def test_pnnh_vision_in_parts_trains_each_seed_once(tmp_path, fake_fashion_mnist, monkeypatch):
+    """A split preset: part 1 trains the tuning runs and seed 0 of every cell and publishes nothing; part 2 reuses
+    those and trains seed 1; the summary equals what one whole run gives."""
+    from reslab.experiments import get_experiment, reproduce
+
+    quick = get_experiment("pnnh-vision").presets["quick"]
+    monkeypatch.setitem(quick, "arms", ["plain", "resnet", "pnnh-shared"])
+    monkeypatch.setitem(quick, "seeds", 2)
+    monkeypatch.setitem(quick, "parts", 2)
+    msgs = []
+    assert reproduce("pnnh-vision", "quick", tmp_path / "p", log=msgs.append, part=1) is None
+    assert not (tmp_path / "p" / "summary.json").exists()
+    assert any("[tune" in m for m in msgs) and any("seed 0" in m and "] depth" in m for m in msgs)
+    msgs.clear()
+    s = reproduce("pnnh-vision", "quick", tmp_path / "p", log=msgs.append, part=2)
+    assert s is not None and set(s["part_wall_time_s"]) == {"1", "2"}
+    assert not any("seed 0" in m and "] depth" in m for m in msgs)  # seed 0 came from part 1, not retrained
+    assert any("reusing the run another part finished" in m for m in msgs)
+    whole = reproduce("pnnh-vision", "quick", tmp_path / "w", log=lambda m: None)
+    for a, per in s["results"]["table"].items():
+        for d, e in per.items():
+            assert e["acc"] == whole["results"]["table"][a][d]["acc"] and len(e["acc"]) == 2

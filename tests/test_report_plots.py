@@ -49,3 +49,16 @@ def test_every_arm_of_a_big_comparison_gets_its_own_style():
     names = [f"arm{i}" for i in range(14)]
     styles = arm_styles(names)
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 14
+
+
+def test_an_accuracy_plot_says_higher_is_better(tmp_path, monkeypatch):
+    """Accuracy curves are labelled higher-is-better (vit-compare's accuracy plot said "lower is better")."""
+    import reslab.report as report
+
+    labels = []
+    monkeypatch.setattr(report, "finish_line_plot", lambda fig, ax, path, xl, yl, title: labels.append(yl))
+    acc = {a: [{"status": "completed", "curve": [{"step": r["step"], "val_accuracy": 1 - r["val_loss"] / 4}
+                                                 for r in runs[0]["curve"]]}] for a, runs in ARMS.items()}
+    plot_curves(acc, tmp_path / "acc.png", key="val_accuracy")
+    plot_curves(ARMS, tmp_path / "loss.png")
+    assert labels == ["val accuracy (higher is better)", "val loss (lower is better)"]

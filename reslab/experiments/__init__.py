@@ -159,8 +159,10 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
         "command": part_commands(name, preset, parts) if part is not None else (
             command or f"reslab reproduce {name} --preset {preset}"),
         "git": git_revision(), "machine": machine(), "wall_time_s": wall,
-        # summed over the Trainer runs trained by this call or an earlier one (None: the experiment has its own loop)
-        "training_wall_time_s": round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1) if runs else None,
+        # summed over the Trainer runs trained by this call or an earlier one; an experiment with its own loop
+        # times it itself (results["training_wall_time_s"]), else None
+        "training_wall_time_s": (round(sum(r.get("wall_time_s") or 0.0 for r in runs), 1) if runs else
+                                 results.get("training_wall_time_s") if isinstance(results, dict) else None),
         "verdict": verdict, "explanation": explanation, "notes": exp.notes, "results": results,
         "runs": runs, "published": publish(raw, out),
     }

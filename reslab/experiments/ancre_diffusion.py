@@ -227,9 +227,11 @@ def run(settings: dict, out: Path, log) -> dict:
 
 def verdict(results: dict) -> tuple[str, str]:
     """Per tau, on its own: denoise MSE and fd_cls each significantly lower than the baseline's (Welch, with a
-    Bonferroni correction over the taus tried: p < 0.05 / n_taus). Reproduced: some tau lowers both; partial: some
-    tau lowers one; not reproduced: none; fewer than 2 seeds: inconclusive."""
-    from .common import ALPHA, decide, significantly
+    Bonferroni correction over the taus tried: p < 0.05 / n_taus). fd_cls has a stated effect (the paper's relative
+    FID gain times the baseline's fd_cls): when it is not significant and the CI of the difference is wider than
+    that effect, the check is untestable, not failed. Reproduced: some tau lowers both; partial: some tau lowers
+    one; not reproduced: none, with at least one tested; fewer than 2 seeds: inconclusive."""
+    from .common import ALPHA, decide, resolvable_difference, significantly
 
     base = results["per_arm"][results["baseline"]]
     taus = [a for a in results["per_arm"] if a != results["baseline"]]
@@ -237,18 +239,20 @@ def verdict(results: dict) -> tuple[str, str]:
     per_tau, lines = [], []
     for arm in taus:
         d = results["per_arm"][arm]
-        oks = {}
-        for key in ("denoise_loss", "fd_cls"):
-            ok, p = significantly(d[key], base[key], "lower", alpha=alpha)
-            oks[key] = (ok, p)
+        oks = {"denoise_loss": significantly(d["denoise_loss"], base["denoise_loss"], "lower", alpha=alpha)}
+        effect = results["paper_relative_fid_gain"] * base["fd_cls_mean"]
+        ok, power = resolvable_difference(d["fd_cls"], base["fd_cls"], "lower", effect, alpha=alpha)
+        oks["fd_cls"] = (ok, significantly(d["fd_cls"], base["fd_cls"], "lower", alpha=alpha)[1])
         rel = (base["fd_cls_mean"] - d["fd_cls_mean"]) / base["fd_cls_mean"] if base["fd_cls_mean"] else math.nan
         fmt = lambda p: "n/a" if p is None else f"{p:.2g}"  # noqa: E731
         lines.append(f"{arm}: denoise MSE {d['denoise_loss_mean']:.4f} vs {base['denoise_loss_mean']:.4f} (p "
                      f"{fmt(oks['denoise_loss'][1])}), fd_cls {d['fd_cls_mean']:.3f} vs {base['fd_cls_mean']:.3f} (p "
-                     f"{fmt(oks['fd_cls'][1])}; {100 * rel:+.1f}%, the paper's FID {100 * results['paper_relative_fid_gain']:+.1f}%)")
+                     f"{fmt(oks['fd_cls'][1])}; {100 * rel:+.1f}%, the paper's FID {100 * results['paper_relative_fid_gain']:+.1f}%; "
+                     f"fd_cls {power})")
         per_tau.append(oks)
     # the claim: some tau (the paper tunes it) lowers both; each metric is a check, passed by the best tau
-    best = max(per_tau, key=lambda o: sum(bool(ok) for ok, _ in o.values())) if per_tau else {}
+    best = max(per_tau, key=lambda o: (sum(bool(ok) for ok, _ in o.values()),
+                                       -sum(ok is False for ok, _ in o.values()))) if per_tau else {}
     checks = [(f"{k} significantly lower (p < {alpha:.3g}, Bonferroni over {len(taus)} taus)",
                best[k][0] if best else None, "best tau") for k in ("denoise_loss", "fd_cls")]
     v, text = decide(checks)

@@ -139,6 +139,22 @@ def significantly(a, b, direction: str, alpha: float = ALPHA) -> tuple[bool | No
     return bool(right_way and p < alpha), p
 
 
+def resolvable_difference(a, b, direction: str, effect: float, alpha: float = ALPHA) -> tuple[bool | None, str]:
+    """A significance check that knows its power: is a significantly ``direction`` than b (Welch, p < alpha)? When
+    it is not and the (1 - alpha) CI of the difference is wider than ``effect`` (the size the claim states), the
+    data could not have shown that effect: None (untestable at this scale), not a fail."""
+    ok, p = significantly(a, b, direction, alpha=alpha)
+    if ok is None:
+        return None, "fewer than 2 seeds"
+    d, h = diff_ci(a, b, level=1 - alpha)
+    text = f"difference {d:+.4g} ± {h:.3g} ({100 * (1 - alpha):.4g}% CI), Welch p={_p(p)}, stated effect {effect:.3g}"
+    if ok:
+        return True, text
+    if h > abs(effect):
+        return None, text + " — CI wider than the stated effect: untestable at this scale"
+    return False, text
+
+
 def diff_ci(a, b, level: float = 0.95) -> tuple[float, float] | None:
     """mean(a) - mean(b) and the half-width of its Welch (Satterthwaite) confidence interval; None with < 2 seeds."""
     from scipy import stats

@@ -81,9 +81,10 @@ def seed_stats(values: dict, key: str = "metric") -> dict:
 
 
 def errorbar_panels(panels: dict[str, dict[str, tuple[list, list, list, list]]], path: Path, xlabel: str,
-                    ylabel: str, title: str = "", floor: float | None = None) -> None:
+                    ylabel: str, title: str = "", floor: float | None = None, logy: bool = False) -> None:
     """One panel per key of ``panels``; in each, one line per label: ``(xs, means, stds, marked)`` with error bars
-    (std over seeds) and an x where ``marked`` is true (e.g. a diverged seed); a NaN mean is drawn at ``floor``."""
+    (std over seeds) and an x where ``marked`` is true (e.g. a diverged seed); a NaN mean is drawn at ``floor``.
+    ``logy``: a log y axis (error bars that would reach below zero are clipped to the mean's tenth)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -92,8 +93,9 @@ def errorbar_panels(panels: dict[str, dict[str, tuple[list, list, list, list]]],
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, (name, lines) in zip(axes, panels.items()):
         for label, (xs, means, stds, marked) in lines.items():
-            line = ax.errorbar(xs, means, yerr=[0.0 if not math.isfinite(s) else s for s in stds], fmt="o-",
-                               capsize=3, label=label)
+            err = [0.0 if not math.isfinite(s) else s for s in stds]
+            lower = [min(e, 0.9 * m) if logy and math.isfinite(m) else e for e, m in zip(err, means)]
+            line = ax.errorbar(xs, means, yerr=[lower, err], fmt="o-", capsize=3, label=label)
             for x, m, mk in zip(xs, means, marked):
                 if mk:
                     ax.plot([x], [m if math.isfinite(m) else (floor if floor is not None else 0.0)], "x", ms=10,
@@ -102,6 +104,8 @@ def errorbar_panels(panels: dict[str, dict[str, tuple[list, list, list, list]]],
             ax.axhline(floor, ls=":", color="grey")
         ax.set_xlabel(xlabel)
         ax.set_title(name, fontsize=10)
+        if logy:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel(ylabel)
