@@ -57,25 +57,30 @@ _ARMS = dict(arms=["residual", "ancre(tau=0.1)", "ancre(tau=0.01)"], baseline="r
 
 PRESETS = {
     "quick": dict(_ARMS, seeds=2,
-                  train=_train(20, 16, 5, 10, 2, {"n_train": 256, "n_val": 64, "resize": 8},
-                               {"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
-                                "eval_timesteps": 4}),
-                  sampling=_sampling(30, 8, 2), classifier=_classifier(20, 256)),
+                  train=_train(steps=20, batch=16, warmup=5, eval_every=10, eval_batches=2,
+                               task_args={"n_train": 256, "n_val": 64, "resize": 8},
+                               model_args={"patch_size": 2, "d_model": 32, "n_layer": 2, "n_head": 2, "ema_decay": 0.9,
+                                           "eval_timesteps": 4}),
+                  sampling=_sampling(n_samples=30, ddim_steps=8, grid_per_class=2),
+                  classifier=_classifier(steps=20, n_train=256)),
     # sized to ≲ 55 min on one core beside another experiment (12 runs of ~3.7 min, up to 14 with the grid extension):
     # tau = 0.1 only (the official scripts' newest value; the gpu preset tries both), 500 steps with an EMA whose
     # horizon (200 steps) fits them, DDIM-25 samples. At 700 steps the preset took 79 min and both arms chose 8e-3 of
     # [2e-3, 4e-3, 8e-3] (+2e-2 worse), so the grid is centred there: a shorter run tends to want a larger lr.
     "cpu": dict(_ARMS, arms=["residual", "ancre(tau=0.1)"], seeds=3,
                 tune={"lr": [4e-3, 8e-3, 1.6e-2], "extend": 1},  # every arm's lr from the same grid (+1 past an edge)
-                train=_train(500, 64, 50, 125, 8, {"resize": 14},
-                             {"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.995,
-                              "eval_timesteps": 10}, threads=1),
-                sampling=_sampling(1000, 25, 8), classifier=_classifier(1500, None)),
+                train=_train(steps=500, batch=64, warmup=50, eval_every=125, eval_batches=8, task_args={"resize": 14},
+                             model_args={"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.995,
+                                         "eval_timesteps": 10}, threads=1),
+                sampling=_sampling(n_samples=1000, ddim_steps=25, grid_per_class=8),
+                classifier=_classifier(steps=1500, n_train=None)),
     "gpu": dict(_ARMS, seeds=3,
-                train=_train(40000, 256, 1000, 2000, 40, {"resize": 16},
-                             {"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6, "ema_decay": 0.9999,
-                              "eval_timesteps": 20}, lr=3e-4),
-                sampling=_sampling(10000, 100, 10), classifier=_classifier(4000, None)),
+                train=_train(steps=40000, batch=256, warmup=1000, eval_every=2000, eval_batches=40,
+                             task_args={"resize": 16},
+                             model_args={"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6,
+                                         "ema_decay": 0.9999, "eval_timesteps": 20}, lr=3e-4),
+                sampling=_sampling(n_samples=10000, ddim_steps=100, grid_per_class=10),
+                classifier=_classifier(steps=4000, n_train=None)),
 }
 
 

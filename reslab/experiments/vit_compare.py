@@ -42,17 +42,20 @@ def _train(steps, batch, warmup, eval_every, eval_batches, task_args, model_args
 _COMMON = dict(arms=ARMS, baseline="residual")
 
 PRESETS = {
-    "quick": dict(_COMMON, seeds=2, train=_train(16, 16, 4, 8, 2, {"n_train": 256, "n_val": 64},
-                                                 {"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2})),
+    "quick": dict(_COMMON, seeds=2,
+                  train=_train(steps=16, batch=16, warmup=4, eval_every=8, eval_batches=2,
+                               task_args={"n_train": 256, "n_val": 64},
+                               model_args={"patch_size": 7, "d_model": 32, "n_layer": 2, "n_head": 2})),
     # every arm's lr tuned on a tuning seed from the same grid; every evaluation reads the full 10k test set
     # sized to ≲ 55 min on one core (35 runs, up to 45 with the grid extensions): the arms with a claim (``scaled`` runs in quick/gpu), 400 steps.
     # Three extensions: on 2026-11-30 `plain` was still at the bottom edge after one (1e-3) and after two (5e-4);
     # an extension costs one tuning run, and only for an arm whose best lr sits on an edge.
     "cpu": dict(_COMMON, arms=[a for a in ARMS if a != "scaled"], seeds=4, tune={"lr": [2e-3, 4e-3, 8e-3], "extend": 3},
-                train=_train(400, 128, 40, 200, 79, {},
-                             {"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}, threads=1)),
-    "gpu": dict(_COMMON, seeds=3, train=_train(20000, 256, 1000, 1000, 40, {},
-                                               {"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3})),
+                train=_train(steps=400, batch=128, warmup=40, eval_every=200, eval_batches=79, task_args={},
+                             model_args={"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}, threads=1)),
+    "gpu": dict(_COMMON, seeds=3,
+                train=_train(steps=20000, batch=256, warmup=1000, eval_every=1000, eval_batches=40, task_args={},
+                             model_args={"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3})),
 }
 
 
