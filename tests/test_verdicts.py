@@ -367,3 +367,22 @@ def test_rex_normfree_fails_needs_most_seeds_failing_at_depth_only():
     single = v(_rex_results({a: {d: x[:1] for d, x in per.items()}
                              for a, per in arms({20: [0.84], 44: [None]}).items()}))
     assert "A [sgd] unscaled λ=1 without BN fails or degrades with depth: UNTESTABLE" in single[1]
+
+
+def test_dissipation_plot_shows_the_probe_r2_spread_over_seeds(tmp_path, monkeypatch):
+    """The verdict's metric (probe R^2) is drawn with a band of ± one std over seeds when the rows carry them."""
+    from reslab.analysis import dissipation as D
+    from reslab.report import plt
+
+    rows = [{"layer": l, "survival": 0.5, "cantelli": 0.4, "mean_ratio": 0.5, "m2_ratio": 2.0, "probe_r2": 0.9 - 0.1 * l,
+             "probe_r2_seeds": [0.85 - 0.1 * l, 0.95 - 0.1 * l], "pairwise_cos": 0.1} for l in range(1, 6)]
+    seen = {}
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: seen.setdefault("fig", fig) and close(fig))
+    D.plot_profiles({"plain": rows}, tmp_path / "p.png")
+    panels = {ax.get_title(): ax for ax in seen["fig"].axes}
+    probe = panels["input probe R^2 (held out) (band: ± std over seeds)"]
+    (band,) = probe.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert abs(ys.max() - (0.8 + 0.0707)) < 1e-3  # layer 1: mean 0.8 + std of (0.75, 0.85)
+    assert len(panels["surviving-neuron ratio P(y>0)"].collections) == 0  # no per-seed values there: no band

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Sequence
 
@@ -372,18 +373,27 @@ PLOT_KEYS = (("survival", "surviving-neuron ratio P(y>0)"), ("cantelli", "Cantel
 
 
 def plot_profiles(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
-    """One panel per diagnostic against depth; one line per curve name (e.g. ``plain``, ``pnnh (trained)``)."""
+    """One panel per diagnostic against depth; one line per curve name (e.g. ``plain``, ``pnnh (trained)``). Rows
+    that carry a metric's per-seed values (``<key>_seeds``, e.g. the probe R^2 the verdict reads) get a band of
+    ± one std over seeds around the mean."""
     from ..report import plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, label) in zip(axes.flat, PLOT_KEYS):
+        banded = False
         for name, rows in curves.items():
             xs = [r["layer"] for r in rows]
             ys = [r[key] for r in rows]
-            ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=name,
-                    ls="--" if "trained" in name else "-")
+            line, = ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=name,
+                            ls="--" if "trained" in name else "-")
+            seeds = [[v for v in r.get(f"{key}_seeds") or [] if math.isfinite(v)] for r in rows]
+            if seeds and all(len(v) >= 2 for v in seeds):
+                sd = [statistics.stdev(v) for v in seeds]
+                ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], alpha=0.15,
+                                color=line.get_color())
+                banded = True
         ax.set_xlabel("layer")
-        ax.set_title(label)
+        ax.set_title(label + (" (band: ± std over seeds)" if banded else ""))
         if key in ("mean_ratio", "m2_ratio"):
             from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
