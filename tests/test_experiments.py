@@ -102,6 +102,7 @@ def test_laurel_vision_quick_runs_on_tiny_idx_files(tmp_path, monkeypatch):
     assert s["verdict"] in VERDICTS
     arms = [r["arm"] for r in s["results"]["rows"]]
     assert arms[:2] == ["baseline", "baseline + 1 block"] and len(arms) == 5
+    assert "accuracy.png" in s["published"] and (out / "accuracy.png").stat().st_size > 0  # the claim's metric
 
 
 # the verdict rules are tested in tests/test_verdicts.py

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..compare import run_arms
 from . import Experiment
 from .common import decide, depth_premise, noninferior, pick_arms, row, significantly, train_config, with_
+from .runner import plot_final_metric
 
 
 EXTRA_BLOCK = [1, 0, 0]  # one more basic block in the first (16-channel) stage: +2.7% parameters on ResNet-14
@@ -44,6 +45,8 @@ def run(s: dict, out: Path, log) -> dict:
     report = run_arms(configs, s["seeds"], out, baseline="baseline", tune=s.get("tune"),
                       title=f"LAuReL on ResNet-{base.model_args['depth']} / Fashion-MNIST: {s['seeds']} seeds, "
                             f"{base.steps} steps", log=log)
+    plot_final_metric(report["rows"], out / "accuracy.png", "test accuracy (higher is better)",
+                      title=f"the claim's metric: mean ± std over {s['seeds']} seeds (dots: seeds)")
     return {"rows": report["rows"], "rank": s["rank"], "steps": base.steps, "seeds": s["seeds"]}
 
 

@@ -80,6 +80,32 @@ def seed_stats(values: dict, key: str = "metric") -> dict:
             "seeds": len(values["status"])}
 
 
+def plot_final_metric(rows: list[dict], path: Path, ylabel: str, title: str = "") -> None:
+    """The claim's metric at the end of training, one column per arm: every seed as a dot, the mean ± std over
+    seeds as a bar (rows of :func:`reslab.report.summarize_arms`: ``metric_per_seed``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.6 * len(rows) + 2.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        vals = [v for v in r.get("metric_per_seed") or [] if v is not None and math.isfinite(v)]
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+        ax.errorbar([i], [mean], yerr=[sd], fmt="s", capsize=6, color="black", zorder=3)
+        ax.plot([i + 0.12] * len(vals), vals, "o", alpha=0.5, ms=4)
+    ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def errorbar_panels(panels: dict[str, dict[str, tuple[list, list, list, list]]], path: Path, xlabel: str,
                     ylabel: str, title: str = "", floor: float | None = None, logy: bool = False) -> None:
     """One panel per key of ``panels``; in each, one line per label: ``(xs, means, stds, marked)`` with error bars
