@@ -82,6 +82,8 @@ def test_ancre_lm_rule_uses_the_papers_steps_and_significance():
     assert noisy[0] == "partial" and "B ≤ 0.657×" in noisy[1] and "FAIL (per seed [300, 780, 420]" in noisy[1]
     never = v(base, _row("ancre(tau=0.01)", [1.90, 1.91, 1.92], steps_per_seed=[400, None, 400]))
     assert never[0] == "partial" and "never reach" in never[1]
+    diverged = _row("ancre(tau=0.01)", [1.90, 1.91], steps_per_seed=[400, 410]) | {"diverged": 1}
+    assert "FAIL (ANCRe seeds that never reach the baseline's final loss or diverged: 1 of 3)" in v(base, diverged)[1]
     assert v(base, _row("ancre(tau=0.01)", [2.10, 2.11, 2.12], steps_per_seed=[None] * 3))[0] == "not reproduced"
     assert v(base, _row("ancre(tau=0.01)", [1.99, 2.03, 2.0], steps_per_seed=[800] * 3))[0] == "not reproduced"
     one = v(_row("residual", [2.0], steps_per_seed=[800]), _row("ancre(tau=0.01)", [1.5], steps_per_seed=[100]))
@@ -150,8 +152,12 @@ def test_ancre_diffusion_rule_needs_significance():
     # failed; with the denoise loss not lower either, nothing passed and one check failed
     wide = verdict(results(arm([0.99, 1.02, 1.0], [7.0, 9.5, 11.4])))
     assert wide[0] == "not reproduced" and "fd_cls significantly lower" in wide[1] and "UNTESTABLE (best tau)" in wide[1]
-    assert "CI wider than the stated effect" in wide[1]
+    assert "the CI reaches the stated effect" in wide[1]
     assert verdict(results(arm([0.9, 0.91, 0.89], [7.0, 9.5, 11.4])))[0] == "partial"
+    # fd_cls significantly *worse*: the CI excludes the stated effect, so the check fails (however wide the CI)
+    worse = verdict(results(arm([0.9, 0.91, 0.89], [12.5, 13.5, 12.0])))
+    assert worse[0] == "partial" and "fd_cls significantly lower (p < 0.05, Bonferroni over 1 taus): FAIL" in worse[1]
+    assert "the CI excludes the stated effect" in worse[1]
 
 
 def test_pnnh_dissipation_rule_has_no_check_that_always_passes():
@@ -364,6 +370,9 @@ def test_rex_normfree_fails_needs_most_seeds_failing_at_depth_only():
     assert one_of_three[0] == "partial" and "depth 44 1/3" in one_of_three[1] and "[fails]" not in one_of_three[1]
     everywhere = v(_rex_results(arms({20: [None, 0.2, None], 44: [None, None, None]})))
     assert everywhere[0] == "partial" and "depth 20 3/3, depth 44 3/3" in everywhere[1]
+    assert "with depth: UNTESTABLE" in everywhere[1] and "not a depth effect" in everywhere[1]
+    half = v(_rex_results(arms({20: [0.84, 0.83], 44: [0.84, None]})))  # one completed deep seed: no Welch test
+    assert "A [sgd] unscaled λ=1 without BN fails or degrades with depth: UNTESTABLE" in half[1]
     single = v(_rex_results({a: {d: x[:1] for d, x in per.items()}
                              for a, per in arms({20: [0.84], 44: [None]}).items()}))
     assert "A [sgd] unscaled λ=1 without BN fails or degrades with depth: UNTESTABLE" in single[1]

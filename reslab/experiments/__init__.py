@@ -188,7 +188,7 @@ def resummarize(path: str | Path, log=print) -> dict:
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {exp.name}: verdict {verdict!r} is not one of {VERDICTS}")
     if (verdict, explanation, exp.claim, exp.paper_number) != (s["verdict"], s["explanation"], s["claim"], s.get("paper_number")):
-        s.setdefault("resummarized", []).append({"git": git_revision(), "previous_verdict": s["verdict"],
+        s.setdefault("resummarized", []).append({"git": _rule_revision(), "previous_verdict": s["verdict"],
                                                  "command": f"reslab reproduce {exp.name} --preset {s.get('preset', 'cpu')} --resummarize"})
         s["verdict"], s["explanation"] = verdict, explanation
         s["claim"], s["paper_number"] = exp.claim, exp.paper_number  # the claim as the current rule tests it
@@ -197,6 +197,22 @@ def resummarize(path: str | Path, log=print) -> dict:
     else:
         log(f"{path}: unchanged ({verdict})")
     return s
+
+
+def _rule_revision() -> str:
+    """The commit whose rules re-judged a summary; ``+uncommitted`` when reslab/ has changes not in it (the rule
+    applied is then not the one that commit holds)."""
+    import subprocess
+
+    from ..train import git_revision
+
+    rev = git_revision()
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10,
+                               cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        dirty = ""
+    return rev + ("+uncommitted" if dirty else "")
 
 
 def load_summary(path: str | Path) -> dict:

@@ -110,7 +110,7 @@ def tune_lr(K: int, name: str, s: dict) -> tuple[float, dict]:
     grid = sorted(s["lrs"])
     for lr in grid:
         score(lr)
-    for _ in range(int(s.get("lr_extend", 0))):
+    for _ in range(int(s.get("lr_extend", 0)) if len(grid) >= 2 else 0):  # a one-point grid has no ratio to grow by
         best = min(scores, key=lambda lr: scores[lr])
         edge = sorted(scores)
         if best == edge[-1]:

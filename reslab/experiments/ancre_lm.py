@@ -59,14 +59,17 @@ def verdict(res: dict) -> tuple[str, str]:
 def fewer_steps(base: dict, anc: dict, steps: int) -> tuple[bool | None, str]:
     """Check B per seed: each run's steps to the baseline's final mean loss. ANCRe's seed mean must be at most
     STEPS_RATIO x the baseline's and its steps significantly fewer (Welch). A baseline seed that never reaches the
-    target counts as ``steps`` (a lower bound on its steps: in the baseline's favour); an ANCRe seed that never
-    reaches it fails the check. Fewer than 2 seeds a side: untestable."""
-    a = anc.get("steps_to_target_per_seed") or []
-    b = [steps if v is None else v for v in base.get("steps_to_target_per_seed") or []]
+    target, or diverged, counts as ``steps`` (a lower bound on its steps: in the baseline's favour); an ANCRe seed
+    that never reaches it, or diverged, fails the check. Fewer than 2 seeds a side: untestable."""
+    # per-seed steps exist for completed runs only (reslab.report.summarize_arms): diverged seeds are added back
+    a = (anc.get("steps_to_target_per_seed") or []) + [None] * int(anc.get("diverged") or 0)
+    b = [steps if v is None else v for v in base.get("steps_to_target_per_seed") or []] + \
+        [steps] * int(base.get("diverged") or 0)
     if len(a) < 2 or len(b) < 2:
         return None, f"per-seed steps for {len(a)} ANCRe and {len(b)} residual seeds: needs 2 or more each"
     if any(v is None for v in a):
-        return False, f"ANCRe seeds that never reach the baseline's final loss: {sum(v is None for v in a)} of {len(a)}"
+        return False, (f"ANCRe seeds that never reach the baseline's final loss or diverged: "
+                       f"{sum(v is None for v in a)} of {len(a)}")
     ratio = (sum(a) / len(a)) / (sum(b) / len(b))
     fewer, p = significantly(a, b, "lower")
     return (ratio <= STEPS_RATIO and bool(fewer),

@@ -141,18 +141,20 @@ def significantly(a, b, direction: str, alpha: float = ALPHA) -> tuple[bool | No
 
 def resolvable_difference(a, b, direction: str, effect: float, alpha: float = ALPHA) -> tuple[bool | None, str]:
     """A significance check that knows its power: is a significantly ``direction`` than b (Welch, p < alpha)? When
-    it is not and the (1 - alpha) CI of the difference is wider than ``effect`` (the size the claim states), the
-    data could not have shown that effect: None (untestable at this scale), not a fail."""
+    it is not, but the (1 - alpha) CI of the difference still reaches the size the claim states (``effect``, in
+    the claimed direction), the data can neither show nor rule out that effect: None (untestable at this scale).
+    When the CI excludes the stated effect (a is no better, or even significantly worse), the check fails."""
     ok, p = significantly(a, b, direction, alpha=alpha)
     if ok is None:
         return None, "fewer than 2 seeds"
     d, h = diff_ci(a, b, level=1 - alpha)
+    gain = -d if direction == "lower" else d  # > 0: a is better in the claimed direction
     text = f"difference {d:+.4g} ± {h:.3g} ({100 * (1 - alpha):.4g}% CI), Welch p={_p(p)}, stated effect {effect:.3g}"
     if ok:
         return True, text
-    if h > abs(effect):
-        return None, text + " — CI wider than the stated effect: untestable at this scale"
-    return False, text
+    if gain + h >= abs(effect):
+        return None, text + " — the CI reaches the stated effect: untestable at this scale"
+    return False, text + " — the CI excludes the stated effect"
 
 
 def diff_ci(a, b, level: float = 0.95) -> tuple[float, float] | None:
