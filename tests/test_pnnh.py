@@ -463,3 +463,7 @@ def test_pnnh_vision_in_parts_trains_each_seed_once(tmp_path, fake_fashion_mnist
     for a, per in s["results"]["table"].items():
         for d, e in per.items():
             assert e["acc"] == whole["results"]["table"][a][d]["acc"] and len(e["acc"]) == 2
+    assert {k: v["chosen"] for k, v in s["results"]["tuning"].items()} == \
+        {k: v["chosen"] for k, v in whole["results"]["tuning"].items()}
+    assert {a: [p["acc"] for p in pts] for a, pts in s["results"]["sweep"].items()} == \
+        {a: [p["acc"] for p in pts] for a, pts in whole["results"]["sweep"].items()}
