@@ -371,6 +371,13 @@ def test_rex_normfree_fails_needs_most_seeds_failing_at_depth_only():
     everywhere = v(_rex_results(arms({20: [None, 0.2, None], 44: [None, None, None]})))
     assert everywhere[0] == "partial" and "depth 20 3/3, depth 44 3/3" in everywhere[1]
     assert "with depth: UNTESTABLE" in everywhere[1] and "not a depth effect" in everywhere[1]
+    # a seed of 1/sqrt(n) that completes at chance accuracy did not train stably, as a diverged one: B fails
+    collapsed = v(_rex_results({"batchnorm": stable, "lam=1": {20: [0.84, 0.83, 0.85], 44: [None, None, None]},
+                                "lam=1/sqrt(n)": {20: [0.85, 0.851, 0.849], 44: [0.85, 0.1, 0.85]}, "lam=1/n": stable}))
+    assert collapsed[0] == "partial" and "failed seeds d20 0/3, d44 1/3" in collapsed[1]
+    # a large but noisy drop: the CI of the drop still reaches DEGRADE, so A is untestable, not failed
+    noisy = v(_rex_results(arms({20: [0.75, 0.76, 0.74, 0.75], 44: [0.7, 0.61, 0.6, 0.23]})))
+    assert "with depth: UNTESTABLE" in noisy[1] and "the CI reaches the stated effect" in noisy[1]
     half = v(_rex_results(arms({20: [0.84, 0.83], 44: [0.84, None]})))  # one completed deep seed: no Welch test
     assert "A [sgd] unscaled λ=1 without BN fails or degrades with depth: UNTESTABLE" in half[1]
     single = v(_rex_results({a: {d: x[:1] for d, x in per.items()}
