@@ -11,10 +11,13 @@ its own tuned learning rate, some scheme beats the residual stream*. Rule (code:
 each depth every scheme's final validation losses are compared with residual's by a two-sided Welch t-test over
 seeds; the p-values of the m schemes at that depth are Holm-Bonferroni adjusted (family-wise error 0.05 per
 depth); a scheme *beats* (*loses to*) residual when its adjusted p < 0.05 and its mean is lower (higher). A depth
-is ``beaten`` when some scheme beats residual, ``holds`` when none does but some scheme is significantly worse
-(the test resolves differences of this size), ``indistinguishable`` otherwise. Verdict: every depth beaten ->
-``reproduced``; some -> ``partial``; none beaten and some depth holds -> ``not reproduced``; every depth
-indistinguishable (or untestable: < 2 seeds) -> ``inconclusive``. The ranking is what it is.
+is ``beaten`` when some scheme beats residual; ``holds`` when none does and the test could have seen a gain of the
+size the papers report (``EFFECT``, 2 % of residual's loss: the median over schemes of the half-width of the Welch
+CI at the first Holm step's level, 1 - 0.05/m, is at most that); ``underpowered`` when none does and it could not;
+``indistinguishable`` with < 2 seeds. Verdict: every depth beaten -> ``reproduced``; some -> ``partial``; none
+beaten and some depth holds -> ``not reproduced``; otherwise -> ``inconclusive``. The ranking is what it is.
+(Until 2026-11-30 a depth also "held" when some scheme was significantly *worse*, e.g. ``plain``: that resolves a
+20-70 % loss gap, not the few per cent the papers claim.)
 
 Commands (same code, three budgets): ``reslab reproduce leaderboard-lm --preset cpu`` (committed under
 results/leaderboard-lm/; one torch thread), ``--preset gpu`` (depths 12 and 24, d=384, 5000 steps of 64 x 256 tokens,
@@ -25,12 +28,16 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 from . import Experiment
-from .common import ALPHA, train_config, welch, with_
+from .common import ALPHA, diff_ci, train_config, welch, with_
 
 BASELINE = "residual"
+#: the gain the papers report, as a fraction of residual's final loss ("a few per cent"): a depth where the test
+#: cannot resolve a gain this large is ``underpowered``, not evidence that no scheme beats residual
+EFFECT = 0.02
 
 
 def registry_schemes() -> list[str]:
@@ -55,7 +62,8 @@ def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
 
 def depth_standing(rows: list[dict], baseline: str = BASELINE, alpha: float = ALPHA) -> dict:
     """One depth's comparisons against the baseline: per scheme mean, Welch p, Holm p and 'better' / 'worse' /
-    'n.s.' / 'untestable'; and the depth's outcome ('beaten', 'holds', 'indistinguishable')."""
+    'n.s.' / 'untestable'; the depth's outcome ('beaten', 'holds', 'underpowered', 'indistinguishable') and the
+    smallest difference the test resolves (``resolvable``) against the papers' gain (``effect``)."""
     from ..report import mean_std
 
     base = next(r for r in rows if r["arm"] == baseline)
@@ -70,8 +78,16 @@ def depth_standing(rows: list[dict], baseline: str = BASELINE, alpha: float = AL
         call = ("untestable" if p is None else "n.s." if p >= alpha else "better" if mean < bm else "worse")
         schemes[r["arm"]] = {"mean": mean, "diff": mean - bm, "p": raw[r["arm"]], "p_holm": p, "call": call}
     calls = [s["call"] for s in schemes.values()]
-    outcome = ("beaten" if "better" in calls else "holds" if "worse" in calls else "indistinguishable")
-    return {"baseline_mean": bm, "m": sum(p is not None for p in raw.values()), "schemes": schemes, "outcome": outcome}
+    m = sum(p is not None for p in raw.values())
+    # the smallest difference the first Holm step could call: the half-width of each scheme's Welch CI at 1 - alpha/m
+    widths = [ci[1] for ci in (diff_ci(r["val_loss"], base["val_loss"], level=1 - alpha / m) if m else None
+                               for r in others) if ci is not None]
+    resolvable = statistics.median(widths) if widths else None
+    effect = EFFECT * bm
+    outcome = ("beaten" if "better" in calls else "indistinguishable" if resolvable is None else
+               "holds" if resolvable <= effect else "underpowered")
+    return {"baseline_mean": bm, "m": m, "schemes": schemes, "outcome": outcome, "resolvable": resolvable,
+            "effect": effect}
 
 
 def _p(p) -> str:
@@ -90,9 +106,12 @@ def leaderboard_verdict(res: dict) -> tuple[str, str]:
         order = ", ".join(f"{r['arm']} {r['val_loss_mean']:.4f}" + ("" if r["arm"] == res.get("baseline", BASELINE)
                                                                   else f" (p_holm {_p(st['schemes'][r['arm']]['p_holm'])})")
                           for r in ranked)
+        power = ("" if st["resolvable"] is None else
+                 f"; smallest difference the test resolves (median CI half-width at the first Holm step) "
+                 f"{st['resolvable']:.3g} vs the papers' few per cent, {st['effect']:.3g}")
         parts.append(f"{label}: {st['outcome'].upper()} — beat residual ({st['baseline_mean']:.4f}) significantly: "
                      f"{', '.join(better) or 'none'}; significantly worse: {', '.join(worse) or 'none'} "
-                     f"(Holm over {st['m']} schemes). Ranking by mean val loss: {order}")
+                     f"(Holm over {st['m']} schemes{power}). Ranking by mean val loss: {order}")
     if outcomes and all(o == "beaten" for o in outcomes):
         v = "reproduced"
     elif "beaten" in outcomes:
@@ -103,8 +122,9 @@ def leaderboard_verdict(res: dict) -> tuple[str, str]:
         v = "inconclusive"
     head = {"reproduced": "some scheme beats residual at every depth",
             "partial": "some scheme beats residual at some depths only",
-            "not reproduced": "no scheme beats residual at any depth (and the test resolves the schemes that lose to it)",
-            "inconclusive": "no scheme is distinguishable from residual at any depth"}[v]
+            "not reproduced": "no scheme beats residual at any depth, and the test resolves gains of the papers' size",
+            "inconclusive": "no scheme beats residual at any depth, but the test cannot resolve gains of the papers' "
+                            "size (a few per cent of the loss) at this scale"}[v]
     return v, f"{head}. " + ". ".join(parts)
 
 
