@@ -240,7 +240,7 @@ def with_values(cfg: TrainConfig, values: dict) -> TrainConfig:
 EXTEND = "extend"  # reserved key of a tune grid: how many points an arm may add beyond an edge of it
 
 
-def _grid_edge_value(values: list, upward: bool):
+def grid_edge_value(values: list, upward: bool):
     """The next point beyond the grid's top (or bottom) edge, one more step of the ratio between its last two points
     there (their difference when a point is <= 0), rounded to the fewest significant digits that still move it at
     least half that step (1e-3, 3e-3, 1e-2 -> 3e-2, not 3.33e-2). None when a step down would leave the grid's sign
@@ -309,7 +309,7 @@ def tune_arms(configs: dict[str, TrainConfig], grid: dict[str, list], out_dir: s
             values = [p[keys[0]] for p in mine]
             # all diverged (best = 0 by convention) or the bottom is best: go below; the top is best: go above
             up = best == len(mine) - 1 and math.isfinite(scores[best])
-            beyond = _grid_edge_value(values, upward=up)
+            beyond = grid_edge_value(values, upward=up)
             if beyond is None:  # nothing valid beyond this edge: stop, the report flags it
                 break
             new = {keys[0]: beyond}

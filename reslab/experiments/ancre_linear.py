@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..compare import grid_edge_value
 from ..connections import connection
 from ..data import get_task
 from ..report import mean_std, welch_p
@@ -111,13 +112,11 @@ def tune_lr(K: int, name: str, s: dict) -> tuple[float, dict]:
     for lr in grid:
         score(lr)
     for _ in range(int(s.get("lr_extend", 0)) if len(grid) >= 2 else 0):  # a one-point grid has no ratio to grow by
-        best = min(scores, key=lambda lr: scores[lr])
-        edge = sorted(scores)
-        if best == edge[-1]:
-            new = float(f"{best * edge[-1] / edge[-2]:.6g}")
-        elif best == edge[0]:
-            new = float(f"{best * edge[0] / edge[1]:.6g}")
-        else:
+        best, tried = min(scores, key=lambda lr: scores[lr]), sorted(scores)
+        if best not in (tried[0], tried[-1]):
+            break
+        new = grid_edge_value(tried, upward=best == tried[-1])  # the Trainer's tuning grows its grids the same way
+        if new is None:
             break
         score(new)
         if min(scores, key=lambda lr: scores[lr]) != new:

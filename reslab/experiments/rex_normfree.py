@@ -163,10 +163,6 @@ def accuracy_table(results: dict, opt: str) -> list[dict]:
     return rows
 
 
-def _fails(st: dict) -> bool:
-    return st["diverged"] > 0 or not (st["mean"] >= FAIL_ACC)  # NaN mean (all diverged) fails too
-
-
 def _failed_seeds(results: dict, opt: str, depth, arm: str) -> tuple[int, int]:
     """(seeds that failed, seeds): a seed fails when it diverged or ended below FAIL_ACC."""
     a = _arm(results, opt, depth, arm)
@@ -204,7 +200,7 @@ def _checks(results: dict, opt: str) -> tuple[list, list[str]]:
     for arm in ("lam=1/sqrt(n)", "lam=1/n"):
         sts = {d: _acc_stats(results, opt, d, arm) for d in depths}
         failed = {d: _failed_seeds(results, opt, d, arm) for d in depths}
-        if any(_fails(st) for st in sts.values()) or any(bad for bad, _ in failed.values()):
+        if any(bad for bad, _ in failed.values()):
             # a seed that diverged or ended below FAIL_ACC (e.g. collapsed to chance) did not train stably
             ok, text = False, "fails at some depth: failed seeds " + ", ".join(
                 f"d{d} {bad}/{n}" for d, (bad, n) in failed.items())

@@ -93,8 +93,7 @@ def plot_final_metric(rows: list[dict], path: Path, ylabel: str, title: str = ""
         vals = [v for v in r.get("metric_per_seed") or [] if v is not None and math.isfinite(v)]
         if not vals:
             continue
-        mean = sum(vals) / len(vals)
-        sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+        mean, sd = mean_std(vals)
         ax.errorbar([i], [mean], yerr=[sd], fmt="s", capsize=6, color="black", zorder=3)
         ax.plot([i + 0.12] * len(vals), vals, "o", alpha=0.5, ms=4)
     ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20, ha="right", fontsize=8)
