@@ -14,6 +14,13 @@ The command line calls it once at start (``reslab train``, ``compare``, ``reprod
 changes nothing when the user already chose (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the
 environment, e.g. the memory probe of ``reslab bench overhead``, which needs the opposite), when
 ``RESLAB_MALLOC=default``, or off glibc.
+
+:func:`compile_model` is ``torch.compile`` with room for many models in one process. Dynamo caches compiled code
+per Python function, and every model of one family shares its class's ``forward``: each scheme (a different
+connection type in the same ``GPT.forward``) adds an entry, and past ``torch._dynamo.config.recompile_limit``
+(8) dynamo warns once and runs that function *eagerly* from then on. ``reslab compare --connections all
+compile=true`` (14 schemes) and ``reslab bench overhead --compile`` (10 arms) passed it silently: on an H200 the
+arms after the eighth ran eager, 1.7x and 16x "slower" than compiled residual (results/gpu-smoke/NOTES.md).
 """
 from __future__ import annotations
 
@@ -60,3 +67,22 @@ def _tune() -> str:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_TRIM_THRESHOLD, KEEP_BELOW) == 1 and mallopt(_M_MMAP_THRESHOLD, KEEP_BELOW) == 1
     return "tuned" if ok else "default (mallopt refused)"
+
+
+RECOMPILE_LIMIT = 64  # compiled entries per function: room for every registered scheme, each at a few shapes
+
+
+def compile_model(model, backend="inductor"):
+    """``torch.compile(model, backend=backend)`` after raising dynamo's per-function recompile limit to
+    :data:`RECOMPILE_LIMIT` (never lowering a larger one the user set), so that the N-th model of a family
+    compiled in this process is compiled too instead of silently running eager (see the module docstring)."""
+    import torch
+    import torch._dynamo.config as dynamo_config
+
+    # recompile_limit since torch 2.6; cache_size_limit before (and still an alias of it)
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):  # the limit over all functions (256)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit,
+                                                        8 * RECOMPILE_LIMIT)
+    return torch.compile(model, backend=backend)

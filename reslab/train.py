@@ -505,7 +505,9 @@ def _run(cfg: TrainConfig, device: torch.device, dist: "_Dist", out: Path) -> di
 
     fwd_model = model
     if cfg.compile:
-        fwd_model = torch.compile(model)
+        from .runtime import compile_model
+
+        fwd_model = compile_model(model)  # room for every scheme of a compare in one process
     if dist.enabled:
         fwd_model = nn.parallel.DistributedDataParallel(
             fwd_model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -352,9 +352,11 @@ def busy_reason(load_before: float | None, others: list[float | None], max_load:
 def _compiled(net, compile: bool | str):
     """The module a step calls: ``net`` itself, or ``torch.compile(net)`` (``compile`` True: inductor, or a
     backend name such as ``aot_eager`` for tests)."""
+    from ..runtime import compile_model
+
     if not compile:
         return net
-    return torch.compile(net, backend="inductor" if compile is True else compile)
+    return compile_model(net, backend="inductor" if compile is True else compile)  # every arm compiled, not 8
 
 
 def time_arms(model: str, size: str, arms: list[str], repeats: int, warmup: int, device: torch.device,
