@@ -15,83 +15,29 @@ Trace of the matrix square root, without ``sqrtm``: with A = S_1^{1/2} (symmetri
 S_1 S_2 is similar to A S_2 A, which is symmetric positive semi-definite, so
 Tr (S_1 S_2)^{1/2} = sum_i sqrt(lambda_i(A S_2 A)). Everything is float64.
 
-The classifier works on **pixel space in [0, 1]** at the resolution it was trained at, so any model's
-samples can be scored after undoing its own normalisation. It is cached under
-``$XDG_CACHE_HOME/reslab/frechet`` (default ``~/.cache/reslab/frechet``) or a given folder, keyed by
-everything that changes it (resolution, architecture, steps, training-set size, seed), and saved
-atomically with its test accuracy.
+The classifier (:class:`reslab.models.feature_cnn.FeatureNet`, model family ``feature_cnn``) is trained by
+reslab's Trainer on the Fashion-MNIST task, like every other network here, and then reads **pixels in [0, 1]**
+at the resolution it was trained at (its input statistics are set after training), so any model's samples can
+be scored after undoing its own normalisation. Its run folder is the cache: ``$XDG_CACHE_HOME/reslab/frechet``
+(default ``~/.cache/reslab/frechet``) or a given folder, one folder per setting (resolution, architecture,
+steps, training-set size, batch, lr, seed); a finished run there is reused when its config and the code it was
+trained by match (:func:`reslab.compare.train_or_reuse`), else trained again. Checkpoints are the Trainer's
+(atomic).
 """
 from __future__ import annotations
 
-import io
-import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-ARCH_VERSION = "cnn-v1"  # bump when FeatureNet changes: old cache files are then simply not found
+from ..models.feature_cnn import FeatureNet
 
-
-class FeatureNet(nn.Module):
-    """conv3x3(32) -> ReLU -> conv3x3/2(64) -> ReLU -> conv3x3/2(64) -> ReLU -> avgpool 2x2 -> Linear(256, F)
-    -> ReLU [features] -> Linear(F, n_classes). Inputs are pixels in [0, 1], normalised inside with the
-    mean/std of its training images (buffers, saved with it)."""
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 10, feature_dim: int = 64, width: int = 32):
-        super().__init__()
-        if min(in_channels, n_classes, feature_dim, width) < 1:
-            raise ValueError("FeatureNet: in_channels, n_classes, feature_dim and width must be >= 1")
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(8 * width, feature_dim), nn.ReLU())
-        self.head = nn.Linear(feature_dim, n_classes)
-        self.register_buffer("mean", torch.tensor(0.0))
-        self.register_buffer("std", torch.tensor(1.0))
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body((x - self.mean) / self.std)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-def train_classifier(x: Tensor, y: Tensor, n_classes: int, steps: int = 1000, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, feature_dim: int = 64, width: int = 32,
-                     log: Callable[[str], None] | None = None) -> FeatureNet:
-    """Train a :class:`FeatureNet` on pixels ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,) with
-    AdamW (cosine decay) on random batches drawn with ``seed``. Returns it in eval mode."""
-    if x.ndim != 4 or y.shape != (x.shape[0],) or x.shape[0] < 1:
-        raise ValueError(f"train_classifier: need images (N, C, H, W) and labels (N,), got {tuple(x.shape)}, "
-                         f"{tuple(y.shape)}")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"train_classifier: steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():  # do not disturb the caller's global RNG stream
-        torch.manual_seed(seed)
-        net = FeatureNet(x.shape[1], n_classes, feature_dim, width)
-    net.mean.fill_(float(x.mean()))
-    net.std.fill_(float(x.std()) or 1.0)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    net.train()
-    for step in range(steps):
-        ix = torch.randint(x.shape[0], (batch_size,), generator=g)
-        loss = F.cross_entropy(net(x[ix]), y[ix])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log is not None and (step + 1) % max(1, steps // 5) == 0:
-            log(f"  classifier step {step + 1}/{steps}: loss {loss.item():.3f}")
-    return net.eval()
+ARCH_VERSION = "cnn-v2"  # bump when FeatureNet or its training changes (v2: trained by the Trainer)
 
 
 @torch.no_grad()
@@ -155,43 +101,44 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def fashion_classifier(resize: int | None = 14, cache_dir: str | os.PathLike | None = None, steps: int = 1000,
-                       n_train: int | None = None, seed: int = 0, batch_size: int = 128,
+                       n_train: int | None = None, seed: int = 0, batch_size: int = 128, lr: float = 2e-3,
                        log: Callable[[str], None] = print) -> tuple[FeatureNet, dict]:
-    """The Fashion-MNIST feature classifier at side ``resize`` (None: 28), loaded from the cache or
-    trained (on the first ``n_train`` training images, all when None) and cached. Returns the net
-    (eval mode, pixels in [0, 1]) and its metadata (test accuracy, key, path)."""
-    from ..data import images
-    from ..train import atomic_write_bytes
+    """The Fashion-MNIST feature classifier at side ``resize`` (None: 28), trained by the Trainer on the first
+    ``n_train`` training images (all when None) -- AdamW (weight decay 1e-4), cosine decay to 0 without warmup,
+    gradient clipping 1 -- or reused from its run folder under the cache (see the module docstring). Returns the
+    net (eval mode, pixels in [0, 1]) and its metadata: test accuracy on the whole official test set, key, run
+    folder, whether it was reused (``cached``)."""
+    from ..compare import code_revision, finished_run, train_or_reuse
+    from ..train import TrainConfig, load_trained
 
     side = 28 if resize is None else int(resize)
-    key = f"fmnist-{ARCH_VERSION}-r{side}-steps{steps}-n{n_train or 'all'}-b{batch_size}-seed{seed}"
-    path = cache_root(cache_dir) / f"{key}.pt"
-    if path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(blob["meta"])
-            net = FeatureNet(1, meta["n_classes"], meta["feature_dim"], meta["width"])
-            net.load_state_dict(blob["state"])
-            return net.eval(), meta | {"path": str(path), "cached": True}
-        except Exception as e:  # a corrupt cache entry is rebuilt, not fatal
-            log(f"frechet: ignoring unreadable cached classifier {path} ({type(e).__name__}: {e})")
-    task = images.fashion_mnist(n_train=n_train, resize=resize)
+    key = f"fmnist-{ARCH_VERSION}-r{side}-steps{steps}-n{n_train or 'all'}-b{batch_size}-lr{lr:g}-seed{seed}"
+    run = cache_root(cache_dir) / key
+    task_args = {"resize": resize} | ({"n_train": int(n_train)} if n_train else {})
+    cfg = TrainConfig(task="fashion_mnist", task_args=task_args, model="feature_cnn", steps=steps,
+                      batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_steps=0, min_lr_ratio=0.0,
+                      grad_clip=1.0, eval_every=steps, eval_batches=8, log_every=max(1, steps // 5), seed=seed,
+                      out_dir=str(run), progress=False, tensorboard=False, fused_adamw="cuda")
+    cached = finished_run(cfg) is not None
+    summary = train_or_reuse(cfg, log, tag=f"frechet: feature classifier {key}")
+    if summary.get("status") != "completed":
+        raise RuntimeError(f"frechet: the feature classifier's run in {run} ended {summary.get('status')!r}; "
+                           f"try another lr= or seed=")
+    net, task = load_trained(run)[:2]
     mean, std = task.info["mean"], task.info["std"]
-    x_tr, x_te = task.train_x * std + mean, task.val_x * std + mean  # undo the task's standardisation
-    log(f"frechet: training the feature classifier ({key}) on {x_tr.shape[0]} images, cached at {path}")
-    net = train_classifier(x_tr, task.train_y, len(images.CLASSES), steps=steps, batch_size=batch_size,
-                           seed=seed, log=log)
-    acc = accuracy(net, x_te, task.val_y)
-    log(f"frechet: classifier test accuracy {acc:.4f}")
-    meta = {"key": key, "resize": side, "n_classes": len(images.CLASSES), "feature_dim": net.head.in_features,
-            "width": net.body[0].out_channels, "steps": steps, "n_train": x_tr.shape[0], "seed": seed,
-            "test_accuracy": acc}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save({"state": net.state_dict(), "meta": json.dumps(meta)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return net, meta | {"path": str(path), "cached": False}
+    net.mean.fill_(mean)  # from here on the net reads pixels in [0, 1]: (pixel - mean) / std is what it trained on
+    net.std.fill_(std)
+    net.eval()
+    acc = accuracy(net, task.val_x * std + mean, task.val_y)
+    log(f"frechet: classifier test accuracy {acc:.4f} (whole test set, {task.val_x.shape[0]} images)")
+    meta = {"key": key, "resize": side, "n_classes": net.head.out_features, "feature_dim": net.head.in_features,
+            "width": net.body[0].out_channels, "steps": steps, "n_train": int(task.train_x.shape[0]),
+            "batch_size": batch_size, "lr": lr, "seed": seed, "test_accuracy": acc,
+            "code_revision": code_revision()}
+    if not math.isfinite(acc):
+        raise RuntimeError(f"frechet: the feature classifier in {run} has no finite test accuracy")
+    return net, meta | {"path": str(run), "cached": cached}
 
 
 __all__ = ["ARCH_VERSION", "FeatureNet", "accuracy", "cache_root", "fashion_classifier", "fd_between", "feature_stats",
-           "features", "frechet_distance", "train_classifier"]
+           "features", "frechet_distance"]

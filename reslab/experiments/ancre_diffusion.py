@@ -63,13 +63,15 @@ PRESETS = {
                                            "eval_timesteps": 4}),
                   sampling=_sampling(n_samples=30, ddim_steps=8, grid_per_class=2),
                   classifier=_classifier(steps=20, n_train=256)),
-    # sized to ≲ 55 min on one core beside another experiment (12 runs of ~3.7 min, up to 14 with the grid extension):
     # tau = 0.1 only (the official scripts' newest value; the gpu preset tries both), 500 steps with an EMA whose
     # horizon (200 steps) fits them, DDIM-25 samples. At 700 steps the preset took 79 min and both arms chose 8e-3 of
     # [2e-3, 4e-3, 8e-3] (+2e-2 worse), so the grid is centred there: a shorter run tends to want a larger lr.
-    "cpu": dict(_ARMS, arms=["residual", "ancre(tau=0.1)"], seeds=3,
+    # 4 seeds in two parts of 2 (part 1 also trains the 6-8 tuning runs; the last part trains the fd_cls classifier
+    # and samples). The denoise MSE reads 24 batches of 64 test images (1,536) x 10 timesteps, at steps 250 and 500
+    # (it read 8 batches four times before 2026-12).
+    "cpu": dict(_ARMS, arms=["residual", "ancre(tau=0.1)"], seeds=4, parts=2,
                 tune={"lr": [4e-3, 8e-3, 1.6e-2], "extend": 1},  # every arm's lr from the same grid (+1 past an edge)
-                train=_train(steps=500, batch=64, warmup=50, eval_every=125, eval_batches=8, task_args={"resize": 14},
+                train=_train(steps=500, batch=64, warmup=50, eval_every=250, eval_batches=24, task_args={"resize": 14},
                              model_args={"patch_size": 2, "d_model": 64, "n_layer": 6, "n_head": 4, "ema_decay": 0.995,
                                          "eval_timesteps": 10}, threads=1),
                 sampling=_sampling(n_samples=1000, ddim_steps=25, grid_per_class=8),

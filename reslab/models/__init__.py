@@ -119,6 +119,12 @@ from .probe import ProbeNet, build_probe  # noqa: E402
 register_model("probe", build_probe)
 __all__ += ["ProbeNet"]
 
+# The feature classifier of fd_cls (reslab.analysis.frechet): trained by the Trainer like any other model.
+from .feature_cnn import FeatureNet, build_feature_cnn  # noqa: E402
+
+register_model("feature_cnn", build_feature_cnn)
+__all__ += ["FeatureNet"]
+
 # Hugging Face decoder LMs (transformers imported only when one is built), wired through reslab.patch.
 from .hf import ARCHS as _HF_ARCHS  # noqa: E402
 from .hf import HFCausalLM, build_hf  # noqa: E402
