@@ -84,15 +84,12 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
         for seed in range(seeds):
             cfg = dataclasses.replace(base, seed=base.seed + seed,
                                       out_dir=str(out / slug(arm) / f"seed{base.seed + seed}"))
-            if not in_part(seed, seeds):  # another part's seed: use it if that part has finished it
-                summary = other_part_run(arm, cfg, missing, log)
-                if summary is None:
-                    continue
-            else:
-                try:
-                    summary = train_or_reuse(cfg, log, tag=f"[{arm} seed {cfg.seed}]")
-                except KeyboardInterrupt as e:
-                    raise _interrupted(e, out, results, arm, cfg) from None
+            try:
+                summary = part_run(arm, cfg, seed, seeds, missing, log)
+            except KeyboardInterrupt as e:
+                raise _interrupted(e, out, results, arm, cfg) from None
+            if summary is None:  # another part's seed, not finished yet
+                continue
             results[arm].append(summary)
             if summary.get("status") == "completed":
                 log(f"[{arm} seed {cfg.seed}] val loss {summary['final_val_loss']:.4f}  "
@@ -480,6 +477,16 @@ def other_part_run(arm: str, cfg: TrainConfig, missing: list[str], log) -> dict 
     else:
         log(f"[{arm} seed {cfg.seed}] reusing the run another part finished")
     return summary
+
+
+def part_run(label: str, cfg: TrainConfig, seed_index: int, seeds: int, missing: list[str], log,
+             tag: str | None = None) -> dict | None:
+    """Seed ``seed_index`` of ``seeds`` of one arm: trained (or reused, :func:`train_or_reuse`) when this process's
+    part holds it, else another part's finished run, or None after noting it in ``missing``. ``tag`` prefixes the
+    training log (default ``[label seed N]``)."""
+    if not in_part(seed_index, seeds):
+        return other_part_run(label, cfg, missing, log)
+    return train_or_reuse(cfg, log, tag=f"[{label} seed {cfg.seed}]" if tag is None else tag)
 
 
 def finished_run(cfg: TrainConfig) -> dict | None:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ..compare import PartIncomplete, in_part, other_part_run, train_or_reuse, tune_arms
+from ..compare import PartIncomplete, part_run, tune_arms
 from ..report import mean_curve, mean_std, steps_to_target, trailing_mean_curve, welch_p
 from ..train import TrainConfig, read_log
 from . import Experiment
@@ -177,13 +177,11 @@ def run(settings: dict, out_dir: Path, log) -> dict:
             values = tuned(arm, depth, widths[arm][str(depth)] if depth in depths else w)
             for seed in range(seeds):
                 cfg = with_(_config(settings, arm, depth, w, seed, out_dir), **values)
-                if not in_part(seed, seeds):  # another part's seed: its finished run, or noted as missing
-                    s = other_part_run(f"{arm} depth {depth} width {w:g}", cfg, missing, log)
-                    if s is None:
-                        continue
-                else:
-                    log(f"[{arm}] depth {depth} width {w:g} seed {seed}" + (f" lr {values['lr']:g}" if values else ""))
-                    s = train_or_reuse(cfg, log)
+                s = part_run(f"{arm} depth {depth} width {w:g}", cfg, seed, seeds, missing, log,
+                             tag=f"[{arm}] depth {depth} width {w:g} seed {seed}"
+                                 + (f" lr {values['lr']:g}" if values else ""))
+                if s is None:  # another part's seed, not finished yet (noted in missing)
+                    continue
                 s = {k: v for k, v in s.items() if k != "config"}
                 s["train_curve"] = _train_curve(cfg.out_dir)
                 s["train_loss"] = s["train_curve"][-1]["train_loss"] if s["train_curve"] else float("nan")
