@@ -87,6 +87,8 @@ def run_arms(configs: dict[str, TrainConfig], seeds: int, out_dir: str | Path, b
             try:
                 summary = part_run(arm, cfg, seed, seeds, missing, log)
             except KeyboardInterrupt as e:
+                if not in_part(seed, seeds):  # reading another part's run: nothing of this arm was training
+                    raise
                 raise _interrupted(e, out, results, arm, cfg) from None
             if summary is None:  # another part's seed, not finished yet
                 continue

@@ -18,9 +18,10 @@ environment, e.g. the memory probe of ``reslab bench overhead``, which needs the
 :func:`compile_model` is ``torch.compile`` with room for many models in one process. Dynamo caches compiled code
 per Python function, and every model of one family shares its class's ``forward``: each scheme (a different
 connection type in the same ``GPT.forward``) adds an entry, and past ``torch._dynamo.config.recompile_limit``
-(8) dynamo warns once and runs that function *eagerly* from then on. ``reslab compare --connections all
-compile=true`` (14 schemes) and ``reslab bench overhead --compile`` (10 arms) passed it silently: on an H200 the
-arms after the eighth ran eager, 1.7x and 16x "slower" than compiled residual (results/gpu-smoke/NOTES.md).
+(8) dynamo warns once and runs every *new* guard set of that function eagerly (the entries compiled before stay in
+use). ``reslab compare --connections all compile=true`` (14 schemes) and ``reslab bench overhead --compile``
+(10 arms) passed it silently: on an H200 some arms ran eager (by their step times: rezero and mhc at 1.7x and 16x
+compiled residual's step, results/gpu-smoke/NOTES.md). The raised limit holds for the rest of the process.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +109,22 @@ def test_compile_model_compiles_every_scheme_of_a_family_in_one_process():
     assert len(ours["compiled"]) == 9, ours
     plain = _compile_probe("torch")
     assert plain["gave_up"] == ["denseformer"], plain  # the 9th entry of GPT.forward: over the default limit of 8
+
+
+def test_trainer_and_bench_compile_through_compile_model(tmp_path, monkeypatch):
+    """compile=true in the Trainer and --compile in the overhead bench go through runtime.compile_model (a plain
+    torch.compile there would bring back the silent eager fallback past dynamo's limit)."""
+    import reslab.runtime as runtime
+    from reslab.bench.overhead import _compiled
+    from reslab.train import TrainConfig, train
+
+    calls = []
+    monkeypatch.setattr(runtime, "compile_model", lambda model, backend="inductor": calls.append(backend) or model)
+    cfg = TrainConfig(task="teacher", task_args={"in_dim": 4, "out_dim": 1, "n_train": 64, "n_val": 32, "width": 8},
+                      model="mlp", model_args={"width": 8, "n_blocks": 1}, steps=2,
+                      batch_size=4, eval_every=2, eval_batches=1, compile=True, out_dir=str(tmp_path / "run"),
+                      progress=False, tensorboard=False)
+    assert train(cfg)["status"] == "completed"
+    net = torch.nn.Linear(2, 2)
+    assert _compiled(net, False) is net and _compiled(net, "aot_eager") is net
+    assert calls == ["inductor", "aot_eager"]

@@ -297,7 +297,7 @@ def test_frechet_self_is_zero_and_grows_with_noise(fake_fmnist):
     net, meta = frechet.fashion_classifier(8, steps=40, n_train=300, batch_size=32, lr=1e-2, log=lambda m: None)
     task = images.fashion_mnist(resize=8)
     x = task.val_x * task.info["std"] + task.info["mean"]  # pixels in [0, 1]
-    assert meta["test_accuracy"] > 0.5 and frechet.accuracy(net, x, task.val_y) == meta["test_accuracy"]  # chance 0.1
+    assert meta["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert frechet.fd_between(net, x, x) == pytest.approx(0.0, abs=1e-6)
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(x.shape, generator=g)
@@ -322,6 +322,16 @@ def test_frechet_classifier_is_a_trainer_run_that_reads_pixels(fake_fmnist):
         torch.testing.assert_close(net(pixels), trained.eval()(task.val_x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no residual stream"):
         build_model("feature_cnn", task.info, "ancre")
+    # reused: the same net, and the caller's RNG stream untouched whether it trains or reuses
+    state = torch.get_rng_state()
+    net2, meta2 = frechet.fashion_classifier(8, steps=6, n_train=100, batch_size=16, log=lambda m: None)
+    assert meta2["cached"] and torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(net2(pixels), net(pixels), rtol=0, atol=0)
+    # a cache entry that lost its checkpoint is trained again, not fatal
+    (run / "checkpoint.pt").unlink()
+    net3, meta3 = frechet.fashion_classifier(8, steps=6, n_train=100, batch_size=16, log=lambda m: None)
+    assert not meta3["cached"] and (run / "checkpoint.pt").exists() and torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(net3(pixels), net(pixels))  # the same seeded run again
 
 
 # --------------------------------------------------------------- the task, trainer, presets

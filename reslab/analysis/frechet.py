@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -103,28 +104,38 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 def fashion_classifier(resize: int | None = 14, cache_dir: str | os.PathLike | None = None, steps: int = 1000,
                        n_train: int | None = None, seed: int = 0, batch_size: int = 128, lr: float = 2e-3,
                        log: Callable[[str], None] = print) -> tuple[FeatureNet, dict]:
-    """The Fashion-MNIST feature classifier at side ``resize`` (None: 28), trained by the Trainer on the first
-    ``n_train`` training images (all when None) -- AdamW (weight decay 1e-4), cosine decay to 0 without warmup,
-    gradient clipping 1 -- or reused from its run folder under the cache (see the module docstring). Returns the
-    net (eval mode, pixels in [0, 1]) and its metadata: test accuracy on the whole official test set, key, run
-    folder, whether it was reused (``cached``)."""
+    """The Fashion-MNIST feature classifier at side ``resize`` (None: 28), trained by the Trainer on the CPU on the
+    first ``n_train`` training images (all when None) -- the Trainer's AdamW (weight decay 1e-4 on the weight
+    matrices and kernels), cosine decay to 0 without warmup, gradient clipping 1 -- or reused from its run folder
+    under the cache (see the module docstring). The caller's global RNG state is left as it was either way.
+    Returns the net (eval mode, pixels in [0, 1]) and its metadata: test accuracy on the whole official test set,
+    key, run folder, whether it was reused (``cached``). An unreadable cached run is trained again."""
     from ..compare import code_revision, finished_run, train_or_reuse
     from ..train import TrainConfig, load_trained
 
     side = 28 if resize is None else int(resize)
     key = f"fmnist-{ARCH_VERSION}-r{side}-steps{steps}-n{n_train or 'all'}-b{batch_size}-lr{lr:g}-seed{seed}"
     run = cache_root(cache_dir) / key
-    task_args = {"resize": resize} | ({"n_train": int(n_train)} if n_train else {})
+    task_args = {"resize": side} | ({"n_train": int(n_train)} if n_train else {})  # 28 and None: one run
     cfg = TrainConfig(task="fashion_mnist", task_args=task_args, model="feature_cnn", steps=steps,
                       batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_steps=0, min_lr_ratio=0.0,
                       grad_clip=1.0, eval_every=steps, eval_batches=8, log_every=max(1, steps // 5), seed=seed,
-                      out_dir=str(run), progress=False, tensorboard=False, fused_adamw="cuda")
+                      out_dir=str(run), progress=False, tensorboard=False, fused_adamw="cuda",
+                      device="cpu")  # small, and one cache entry whatever machine trained it
     cached = finished_run(cfg) is not None
-    summary = train_or_reuse(cfg, log, tag=f"frechet: feature classifier {key}")
-    if summary.get("status") != "completed":
-        raise RuntimeError(f"frechet: the feature classifier's run in {run} ended {summary.get('status')!r}; "
-                           f"try another lr= or seed=")
-    net, task = load_trained(run)[:2]
+    with torch.random.fork_rng():  # the Trainer seeds the global RNG, and only when it trains (not on reuse)
+        summary = train_or_reuse(cfg, log, tag=f"frechet: feature classifier {key}")
+        try:
+            net, task = load_trained(run)[:2] if summary.get("status") == "completed" else (None, None)
+        except Exception as e:  # an unreadable cache entry (e.g. a deleted checkpoint) is rebuilt, not fatal
+            log(f"frechet: cached classifier in {run} is unreadable ({type(e).__name__}: {e}); training it again")
+            shutil.rmtree(run)
+            cached, summary = False, train_or_reuse(cfg, log, tag=f"frechet: feature classifier {key}")
+            net, task = load_trained(run)[:2] if summary.get("status") == "completed" else (None, None)
+    if net is None:
+        raise RuntimeError(f"frechet: the feature classifier's run in {run} ended {summary.get('status')!r}; pass "
+                           f"fashion_classifier(lr=..., seed=...) another value (ancre-diffusion: the preset's "
+                           f"classifier lr / seed)")
     mean, std = task.info["mean"], task.info["std"]
     net.mean.fill_(mean)  # from here on the net reads pixels in [0, 1]: (pixel - mean) / std is what it trained on
     net.std.fill_(std)

@@ -350,8 +350,8 @@ def busy_reason(load_before: float | None, others: list[float | None], max_load:
 
 
 def _compiled(net, compile: bool | str):
-    """The module a step calls: ``net`` itself, or ``torch.compile(net)`` (``compile`` True: inductor, or a
-    backend name such as ``aot_eager`` for tests)."""
+    """The module a step calls: ``net`` itself, or its compiled wrapper (:func:`reslab.runtime.compile_model`;
+    ``compile`` True: inductor, or a backend name such as ``aot_eager`` for tests)."""
     from ..runtime import compile_model
 
     if not compile:

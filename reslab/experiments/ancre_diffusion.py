@@ -66,9 +66,9 @@ PRESETS = {
     # tau = 0.1 only (the official scripts' newest value; the gpu preset tries both), 500 steps with an EMA whose
     # horizon (200 steps) fits them, DDIM-25 samples. At 700 steps the preset took 79 min and both arms chose 8e-3 of
     # [2e-3, 4e-3, 8e-3] (+2e-2 worse), so the grid is centred there: a shorter run tends to want a larger lr.
-    # 4 seeds in two parts of 2 (part 1 also trains the 6-8 tuning runs; the last part trains the fd_cls classifier
-    # and samples). The denoise MSE reads 24 batches of 64 test images (1,536) x 10 timesteps, at steps 250 and 500
-    # (it read 8 batches four times before 2026-12).
+    # 4 seeds in two parts of 2 (part 1 also trains the 6-8 tuning runs; the part that finds every run finished
+    # trains the fd_cls classifier and samples). The denoise MSE reads 24 batches of 64 test images (1,536) x 10
+    # timesteps, at steps 250 and 500 (until 2026-11-30 it read 8 batches at four evaluations).
     "cpu": dict(_ARMS, arms=["residual", "ancre(tau=0.1)"], seeds=4, parts=2,
                 tune={"lr": [4e-3, 8e-3, 1.6e-2], "extend": 1},  # every arm's lr from the same grid (+1 past an edge)
                 train=_train(steps=500, batch=64, warmup=50, eval_every=250, eval_batches=24, task_args={"resize": 14},
@@ -175,7 +175,8 @@ def run(settings: dict, out: Path, log) -> dict:
     task = get_task("fashion_mnist", **t["task_args"])
     mean, std = task.info["mean"], task.info["std"]
     net, meta = frechet.fashion_classifier(task.info["input_shape"][-1], steps=c["steps"], n_train=c["n_train"],
-                                           seed=c["seed"], batch_size=c["batch"], cache_dir=c.get("cache"), log=log)
+                                           seed=c["seed"], batch_size=c["batch"], lr=c.get("lr", 2e-3),
+                                           cache_dir=c.get("cache"), log=log)
     n = min(s["n_samples"], task.val_x.shape[0], task.train_x.shape[0])
     ref = frechet.feature_stats(frechet.features(net, task.val_x * std + mean))  # every held-out image
     # the floor: n *real* training images against the same reference (what a perfect model would score)

@@ -19,8 +19,8 @@ beaten and some depth holds -> ``not reproduced``; otherwise -> ``inconclusive``
 (Until 2026-11-30 a depth also "held" when some scheme was significantly *worse*, e.g. ``plain``: that resolves a
 20-70 % loss gap, not the few per cent the papers claim.)
 
-Commands (same code, three budgets): ``reslab reproduce leaderboard-lm --preset cpu --part 1`` then ``--part 2``
-(committed under results/leaderboard-lm/; one torch thread; 4 seeds, two per part), ``--preset gpu`` (depths 12 and 24, d=384, 5000 steps of 64 x 256 tokens,
+Commands (same code, three budgets): ``reslab reproduce leaderboard-lm --preset cpu --part 1`` then
+``--part 2`` (committed under results/leaderboard-lm/; one torch thread; 4 seeds, two per part), ``--preset gpu`` (depths 12 and 24, d=384, 5000 steps of 64 x 256 tokens,
 3 lr values; results/leaderboard-lm-gpu/), ``--preset quick`` (tests). An interrupted run resumes: finished runs
 under runs/reproduce/leaderboard-lm-PRESET/ are reused.
 """
@@ -303,8 +303,8 @@ EXPERIMENT = Experiment(
                                    max_chars=20_000)),
         # 14 schemes x 2 depths x (3-4 tuning + 4 seeds) = ~210 runs of 300 steps of 8 x 32 tokens on one thread
         # (measured: a 6-layer mhc step is ~5x a residual one, so the deeper depth is 4), in two parts of 2 seeds
-        # (part 1 also trains the tuning runs). The grid has the previous run's choices (3e-3, 1e-2) inside it
-        # and grows past a winning edge; 16 evaluation batches (4,096 tokens) per evaluation.
+        # (part 1 also trains the tuning runs). The grid has 1e-3 below the previous run's choices
+        # (3e-3, 1e-2) and grows one point past a winning edge; 16 evaluation batches (4,096 tokens) per evaluation.
         "cpu": dict(seeds=4, parts=2, layers=[2, 4], tune={"lr": [1e-3, 3e-3, 1e-2], "extend": 1},
                     train=_train(steps=300, batch=8, d=64, heads=4, block=32, eval_every=50, eval_batches=16)),
         # GPU: the depths where the multi-stream papers report their gains (12-24+ layers), at the largest width the
