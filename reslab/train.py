@@ -412,8 +412,12 @@ def git_revision() -> str:
 
 
 def machine() -> dict:
+    """Where a run ran. ``cpu_capability`` is the SIMD level whose kernels torch picked (e.g. AVX2, AVX512): the same
+    code, seed and torch give bit-identical runs on one machine, but kernels of another level (or another CPU) round
+    differently in the last bits, and over hundreds of steps the losses then move in the 3rd-4th decimal."""
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
