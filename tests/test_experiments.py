@@ -103,6 +103,7 @@ def test_laurel_vision_quick_runs_on_tiny_idx_files(tmp_path, monkeypatch):
     arms = [r["arm"] for r in s["results"]["rows"]]
     assert arms[:2] == ["baseline", "baseline + 1 block"] and len(arms) == 5
     assert "accuracy.png" in s["published"] and (out / "accuracy.png").stat().st_size > 0  # the claim's metric
+    assert "](accuracy.png)" in (out / "results.md").read_text()  # and the published table shows it
 
 
 # the verdict rules are tested in tests/test_verdicts.py

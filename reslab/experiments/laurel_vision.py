@@ -26,6 +26,7 @@ EXTRA_BLOCK = [1, 0, 0]  # one more basic block in the first (16-channel) stage:
 # checks it stays within claim B's 0.4x): ResNet-14 r = 7 (1,800 vs 4,672 extra parameters, 0.385x);
 # ResNet-20, with more blocks to carry an LR each, r = 3 (0.311x; r = 4 would be 0.414x).
 RANKS = {14: 7, 20: 3}
+ACCURACY_LINK = "\n![the claim's metric: test accuracy per seed, mean ± std](accuracy.png)\n"
 
 
 def arms(r: int, keep: list[str] | None = None) -> dict[str, dict]:
@@ -47,6 +48,8 @@ def run(s: dict, out: Path, log) -> dict:
                             f"{base.steps} steps", log=log)
     plot_final_metric(report["rows"], out / "accuracy.png", "test accuracy (higher is better)",
                       title=f"the claim's metric: mean ± std over {s['seeds']} seeds (dots: seeds)")
+    with open(out / "results.md", "a") as fh:  # the comparison's table links its curves; the claim's metric too
+        fh.write(ACCURACY_LINK)
     return {"rows": report["rows"], "rank": s["rank"], "steps": base.steps, "seeds": s["seeds"]}
 
 
