@@ -18,17 +18,17 @@ def spec(variant, **opts):
     return f"laurel({', '.join(words)})"
 
 
-def token_blocks(n, branches=2, d=D):
+def token_blocks(n, branches=2, d=D, dtype=torch.float32):
     """n blocks of `branches` fixed random nonlinear branches on (B, T, D) tensors."""
     g = torch.Generator().manual_seed(1)
-    Ws = [[torch.randn(d, d, generator=g) / d ** 0.5 for _ in range(branches)] for _ in range(n)]
+    Ws = [[(torch.randn(d, d, generator=g) / d ** 0.5).to(dtype) for _ in range(branches)] for _ in range(n)]
     return [[(lambda h, W=W: torch.tanh(h @ W)) for W in ws] for ws in Ws]
 
 
-def conv_blocks(n, c=D):
+def conv_blocks(n, c=D, dtype=torch.float32):
     """n one-branch blocks mixing the channels of NCHW tensors (a 1x1 conv + tanh)."""
     g = torch.Generator().manual_seed(2)
-    Ws = [torch.randn(c, c, generator=g) / c ** 0.5 for _ in range(n)]
+    Ws = [(torch.randn(c, c, generator=g) / c ** 0.5).to(dtype) for _ in range(n)]
     return [[lambda h, W=W: torch.tanh(torch.einsum("bchw,cd->bdhw", h, W))] for W in Ws]
 
 
@@ -128,20 +128,22 @@ def test_equals_residual_at_init_nchw(s):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("unit", ["block", "branch"])
 def test_matches_formula_tokens(variant, unit):
+    # in float64: the formula and the module sum in different orders, and float32's rounding of that (~1e-5 here)
+    # crossed assert_close's float32 tolerance on one CPU's kernels; float64 compares the maths at 1e-7
     n = 4  # k = 3, so blocks 0 and 1 see fewer previous activations
     extra = {} if unit == "block" else {"unit": "branch", "branches": 2}
-    conn = reslab.connection(spec(variant), n, D, rank=R, k=K, **extra)
+    conn = reslab.connection(spec(variant), n, D, rank=R, k=K, **extra).double()
     randomise(conn)
-    x, blocks = torch.randn(2, 5, D), token_blocks(n)
+    x, blocks = torch.randn(2, 5, D, dtype=torch.float64), token_blocks(n, dtype=torch.float64)
     torch.testing.assert_close(conn(x, blocks), reference(variant, conn, x, blocks, unit=unit))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_matches_formula_nchw(variant):
     n = 4
-    conn = reslab.connection(spec(variant), n, D, channel_dim=1, rank=R, k=2)
+    conn = reslab.connection(spec(variant), n, D, channel_dim=1, rank=R, k=2).double()  # float64: see above
     randomise(conn)
-    x, blocks = torch.randn(2, D, 3, 3), conv_blocks(n)
+    x, blocks = torch.randn(2, D, 3, 3, dtype=torch.float64), conv_blocks(n, dtype=torch.float64)
     torch.testing.assert_close(conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=1))
 
 
