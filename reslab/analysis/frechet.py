@@ -26,7 +26,6 @@ trained by match (:func:`reslab.compare.train_or_reuse`), else trained again. Ch
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -122,16 +121,19 @@ def fashion_classifier(resize: int | None = 14, cache_dir: str | os.PathLike | N
                       grad_clip=1.0, eval_every=steps, eval_batches=8, log_every=max(1, steps // 5), seed=seed,
                       out_dir=str(run), progress=False, tensorboard=False, fused_adamw="cuda",
                       device="cpu")  # small, and one cache entry whatever machine trained it
-    cached = finished_run(cfg) is not None
+    def trained(summary: dict):
+        return load_trained(run)[:2] if summary.get("status") == "completed" else (None, None)
+
+    cached, tag = finished_run(cfg) is not None, f"frechet: feature classifier {key}"
     with torch.random.fork_rng():  # the Trainer seeds the global RNG, and only when it trains (not on reuse)
-        summary = train_or_reuse(cfg, log, tag=f"frechet: feature classifier {key}")
+        summary = train_or_reuse(cfg, log, tag=tag)
         try:
-            net, task = load_trained(run)[:2] if summary.get("status") == "completed" else (None, None)
+            net, task = trained(summary)
         except Exception as e:  # an unreadable cache entry (e.g. a deleted checkpoint) is rebuilt, not fatal
             log(f"frechet: cached classifier in {run} is unreadable ({type(e).__name__}: {e}); training it again")
             shutil.rmtree(run)
-            cached, summary = False, train_or_reuse(cfg, log, tag=f"frechet: feature classifier {key}")
-            net, task = load_trained(run)[:2] if summary.get("status") == "completed" else (None, None)
+            cached, summary = False, train_or_reuse(cfg, log, tag=tag)
+            net, task = trained(summary)
     if net is None:
         raise RuntimeError(f"frechet: the feature classifier's run in {run} ended {summary.get('status')!r}; pass "
                            f"fashion_classifier(lr=..., seed=...) another value (ancre-diffusion: the preset's "
@@ -146,8 +148,6 @@ def fashion_classifier(resize: int | None = 14, cache_dir: str | os.PathLike | N
             "width": net.body[0].out_channels, "steps": steps, "n_train": int(task.train_x.shape[0]),
             "batch_size": batch_size, "lr": lr, "seed": seed, "test_accuracy": acc,
             "code_revision": code_revision()}
-    if not math.isfinite(acc):
-        raise RuntimeError(f"frechet: the feature classifier in {run} has no finite test accuracy")
     return net, meta | {"path": str(run), "cached": cached}
 
 

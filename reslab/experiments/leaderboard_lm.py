@@ -20,9 +20,10 @@ beaten and some depth holds -> ``not reproduced``; otherwise -> ``inconclusive``
 20-70 % loss gap, not the few per cent the papers claim.)
 
 Commands (same code, three budgets): ``reslab reproduce leaderboard-lm --preset cpu --part 1`` then
-``--part 2`` (committed under results/leaderboard-lm/; one torch thread; 4 seeds, two per part), ``--preset gpu`` (depths 12 and 24, d=384, 5000 steps of 64 x 256 tokens,
-3 lr values; results/leaderboard-lm-gpu/), ``--preset quick`` (tests). An interrupted run resumes: finished runs
-under runs/reproduce/leaderboard-lm-PRESET/ are reused.
+``--part 2`` (committed under results/leaderboard-lm/; one torch thread; 4 seeds, two per part), ``--preset gpu``
+(depths 12 and 24, d=384, 5000 steps of 64 x 256 tokens, 3 lr values; results/leaderboard-lm-gpu/),
+``--preset quick`` (tests). An interrupted run resumes: finished runs under runs/reproduce/leaderboard-lm-PRESET/
+are reused.
 """
 from __future__ import annotations
 
