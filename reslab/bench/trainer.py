@@ -412,6 +412,8 @@ def _run_child(side: str, job: dict, folder: Path, i: int) -> tuple[dict, float 
     cmd = ([sys.executable, str(here), "--nanogpt", str(path)] if side.startswith("nanogpt") else
            [sys.executable, "-m", "reslab.bench.trainer", "--reslab", str(path)])
     env = os.environ | ({"OMP_NUM_THREADS": str(job["threads"])} if job.get("threads") else {})
+    # each run compiles from scratch: a cache that an earlier run (or another side) filled would hide its cost
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(folder / f"inductor-{side}-{i}")
     b0, c0, t0, own0 = _busy_seconds(), _children_cpu(), time.perf_counter(), time.process_time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(here.parents[2]))
     wall = time.perf_counter() - t0
