@@ -363,6 +363,33 @@ def test_combined_table_over_runs(tiny_run, tmp_path, capsys):
         t["arm"] == "ancre" and t["model"] == "gpt" and t["status"] == "refused" for t in result["targets"]))
 
 
+def test_combined_table_merges_runs_of_the_same_kind(tiny_run, tmp_path, capsys):
+    """A second compiled run that measured other schemes fills their rows in the compiled columns (no new
+    columns); each cell is that run's own ratio; a scheme both runs measured keeps the first run's cell."""
+    out, _ = tiny_run
+    base = json.loads((out / "overhead.json").read_text()) | {"path": "compiled (inductor)", "busy": None}
+
+    def run_with(arms: dict[str, float]) -> dict:
+        r = json.loads(json.dumps(base))
+        r["arms"] = list(arms)
+        r["targets"] = []
+        for m in r["models"].values():
+            m["arms"] = {a: {"time_ratio": t, "memory_ratio": t + 0.5} for a, t in arms.items()}
+        return r
+
+    (tmp_path / "a.json").write_text(json.dumps(run_with({"residual": 1.0, "ancre": 1.25})))
+    (tmp_path / "b.json").write_text(json.dumps(run_with({"residual": 1.0, "ancre": 9.0, "frac": 2.125})))
+    assert main(["bench", "overhead", "--table-from", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    text = capsys.readouterr().out
+    header = next(l for l in text.splitlines() if l.startswith("| connection"))
+    assert header.count("|") == 2 + 3  # one column per family: both runs are compiled, same threads
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in text.splitlines()
+            if l.startswith("| `")}
+    assert list(rows) == ["`residual`", "`ancre`", "`frac`"]
+    assert rows["`ancre`"] == ["1.250× / 1.750×"] * 3  # the first run's cell
+    assert rows["`frac`"] == ["2.125× / 2.625×"] * 3  # only the second run measured it
+
+
 def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():
     t = lambda target, status, ratio: {"target": target, "model": "gpt", "metric": "time", "limit": 1.03,  # noqa: E731
                                        "ratio": ratio, "status": status}

@@ -745,23 +745,37 @@ def combined_table(results: list[dict]) -> str:
     """One markdown table over several runs (eager, fused, compiled, 1/2 threads): a row per scheme, a column
     per (family, run) with the time ratio and memory ratio to ``residual`` -- ``refused`` where that run
     refused the ratio (busy machine, or a paired IQR wider than the scheme's target margin), ``—`` where
-    the run did not measure it. For the README's overhead table."""
-    cols = [(m, r) for r in results for m in r["models"]]
+    the run did not measure it. For the README's overhead table.
+
+    Runs of the same kind (path and threads) share their columns: a later run that measured other schemes
+    (``--connections``) fills their rows, each cell still a ratio to the ``residual`` of the run that measured it
+    (every run has its own). A scheme two such runs both measured shows the first one's cell."""
+    def label(r: dict) -> str:
+        return f"{r.get('path', 'eager')}, {r.get('threads', '?')} thr"
+
+    cols: list[tuple[str, str]] = []  # (family, kind of run)
+    for r in results:
+        for m in r["models"]:
+            if (m, label(r)) not in cols:
+                cols.append((m, label(r)))
     arms: list[str] = []
     for r in results:
         for a in r["arms"]:
             if a not in arms:
                 arms.append(a)
 
-    def label(r: dict) -> str:
-        return f"{r.get('path', 'eager')}, {r.get('threads', '?')} thr"
+    def measured(m: str, kind: str, a: str) -> tuple[dict | None, dict | None]:
+        for r in results:
+            if label(r) == kind and m in r["models"] and a in r["models"][m]["arms"]:
+                return r, r["models"][m]["arms"][a]
+        return None, None
 
-    head = "| connection | " + " | ".join(f"{m} ({label(r)})" for m, r in cols) + " |"
+    head = "| connection | " + " | ".join(f"{m} ({kind})" for m, kind in cols) + " |"
     lines = [head, "|---|" + "---|" * len(cols)]
     for a in arms:
         cells = []
-        for m, r in cols:
-            arm = r["models"][m]["arms"].get(a)
+        for m, kind in cols:
+            r, arm = measured(m, kind, a)
             if arm is None:
                 cells.append("—")
                 continue
