@@ -80,6 +80,7 @@ def compile_model(model, backend="inductor"):
     import torch
     import torch._dynamo.config as dynamo_config
 
+    _check_cpu_compiler(model, backend)
     # recompile_limit since torch 2.6; cache_size_limit before (and still an alias of it)
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
@@ -87,3 +88,22 @@ def compile_model(model, backend="inductor"):
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit,
                                                         8 * RECOMPILE_LIMIT)
     return torch.compile(model, backend=backend)
+
+
+def _check_cpu_compiler(model, backend: str) -> None:
+    """Inductor builds C++ kernels for CPU tensors. Without a C++ compiler it fails at the first forward pass,
+    deep inside dynamo, after the data and model are built; say so before, in one line, with the fix."""
+    if backend != "inductor":
+        return
+    first = next(iter(model.parameters()), None)
+    if first is None or first.device.type != "cpu":
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let inductor report it
+        return
+    try:
+        get_cpp_compiler()
+    except RuntimeError as e:  # torch._inductor.exc.InvalidCxxCompiler
+        raise ValueError(f"compile=true on CPU needs a C++ compiler for torch.compile's inductor backend ({e}); "
+                         "install one (e.g. `apt install g++`, or set CXX) or drop compile=true") from None

@@ -128,3 +128,22 @@ def test_trainer_and_bench_compile_through_compile_model(tmp_path, monkeypatch):
     net = torch.nn.Linear(2, 2)
     assert _compiled(net, False) is net and _compiled(net, "aot_eager") is net
     assert calls == ["inductor", "aot_eager"]
+
+
+def test_compile_on_cpu_without_a_cpp_compiler_says_so_in_one_line(monkeypatch):
+    """Inductor needs a C++ compiler for CPU kernels; without one compile_model refuses up front with the fix,
+    instead of a dynamo traceback at the first forward pass. Other backends and a found compiler pass."""
+    import torch._inductor.cpp_builder as cpp_builder
+
+    from reslab.runtime import compile_model
+
+    def missing():
+        raise torch._inductor.exc.InvalidCxxCompiler()
+
+    net = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with pytest.raises(ValueError, match=r"compile=true on CPU needs a C\+\+ compiler .*apt install g\+\+"):
+        compile_model(net)
+    compile_model(net, backend="aot_eager")  # needs no compiler
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", lambda: "g++")
+    compile_model(net)  # found: torch.compile wraps it (compiles lazily)
