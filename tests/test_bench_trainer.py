@@ -154,4 +154,4 @@ def test_trainer_bench_compiled_pair_is_judged_alone(tmp_path, monkeypatch):
     assert s["nanogpt"]["final_val_loss"] == s["nanogpt-compiled"]["final_val_loss"]
     md = (tmp_path / "trainer.md").read_text()
     assert "| tokens/s vs nanoGPT, both compiled |" in md and md.count("; **compiled**") == 2
-    assert "first step s" in md and "the compiled pair is judged" in md
+    assert "first step s" in md and "the compiled pair, judged by the same target" in md

@@ -499,6 +499,7 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
                          # the reference imports torch and numpy only, so its malloc is glibc's default
                          "malloc": rs[0].get("malloc", "default"), "adamw": rs[0].get("adamw", "per-tensor loop")}
     result["summary"] = summary
+
     def per_round(a: str, b: str) -> list[float]:
         return [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(runs[a], runs[b])]
 
@@ -580,8 +581,8 @@ def markdown(result: dict) -> str:
     if any(side.endswith("-compiled") for side in result["summary"]):
         parts.append("Compiled: reslab with TrainConfig `compile=true`, nanoGPT with `torch.compile(model)` as its "
                      "`--compile=True` does (inductor, C++ kernels on CPU). The matched configuration is the eager "
-                     "pair (nanoGPT's README CPU command has `--compile=False`); the compiled pair is judged by the "
-                     "same target as what each trainer gives a user who turns compilation on.\n")
+                     "pair (nanoGPT's README CPU command has `--compile=False`); the compiled pair, judged by the same "
+                     "target, is what each trainer gives a user who turns compilation on.\n")
     parts.append(f"MFU: (6 N + 12 L d T) FLOPs per token × tokens/s over this machine's dense float32 matmul rate, "
                  f"{max(mm['before'], mm['after']) / 1e9:.1f} GFLOP/s (`torch.mm` {mm['size']}², "
                  f"{mm['before'] / 1e9:.1f} before and {mm['after'] / 1e9:.1f} after the runs).\n")
