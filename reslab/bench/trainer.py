@@ -187,6 +187,7 @@ class StepClock:
 
     def __init__(self):
         self.start = time.perf_counter()
+        self.before_first = 0.0  # seconds of evaluation before the first step, left out of first_step_s
         self.ends: list[float] = []
         self.cpu_ends: list[float] = []
         self.handle = register_optimizer_step_post_hook(lambda *_: self._tick())
@@ -227,14 +228,24 @@ def matmul_flops(n: int = MM_SIZE, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+def _graphs_compiled() -> int:
+    """Graphs dynamo compiled in this process: 0 when nothing was (no torch.compile, or torch's own switches
+    such as TORCHDYNAMO_DISABLE made it a no-op), so a run is labelled compiled only when it was."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _finish(job: dict, clock: StepClock, n_matmul: int, cfg: dict, extra: dict) -> None:
+    clock.handle.remove()  # the global optimizer hook ends with the run (the tests run several in one process)
     tokens = cfg["batch_size"] * cfg["block_size"]
     out = {"steps": len(clock.ends), "tokens_per_step": tokens, "n_matmul_params": n_matmul,
            "flops_per_token": flops_per_token(n_matmul, cfg["n_layer"], cfg["d_model"], cfg["block_size"]),
            "peak_rss_bytes": _proc_kb("VmHWM"), "torch_rss_bytes": job["torch_rss"], "threads": torch.get_num_threads(),
-           # from the clock's start (before the model is built) to the first step's end: with --compile, the
-           # compilation's cost, which the step intervals leave out
-           "first_step_s": clock.ends[0] - clock.start, "compiled": bool(job.get("compile")),
+           # from the clock's start (before the data and model are built) to the first step's end, evaluation
+           # before it left out: with --compile, the compilation's cost, which the step intervals leave out
+           "first_step_s": clock.ends[0] - clock.start - clock.before_first,
+           "compile_requested": bool(job.get("compile")), "graphs_compiled": _graphs_compiled(),
            **step_stats(clock.ends, cfg["eval_interval"], tokens),
            "cpu_step_s_median": step_stats(clock.cpu_ends, cfg["eval_interval"], tokens)["step_s_median"], **extra}
     Path(job["out"]).write_text(json.dumps(out))
@@ -299,7 +310,10 @@ def nanogpt_main(job: dict) -> None:
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
         if iter_num % cfg["eval_interval"] == 0:
+            t_eval = time.perf_counter()
             losses = estimate_loss()
+            if not clock.ends:  # nanoGPT evaluates at iteration 0 (compiling its inference graph when compiled)
+                clock.before_first += time.perf_counter() - t_eval
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         _, loss = model(X, Y)
         X, Y = get_batch("train")  # prefetch, as nanoGPT does
@@ -467,7 +481,8 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
         job = {"cfg": cfg, "threads": threads, "data_dir": str(folder), "vocab_size": data["vocab_size"],
                "val_windows": data["val_windows"]}
         for i in range(repeats):
-            for side in sides:
+            # odd rounds run the sides in reverse, so no side always runs first or last (in a warmer machine)
+            for side in (sides if i % 2 == 0 else sides[::-1]):
                 log(f"[{side}] run {i + 1}/{repeats}: {cfg['steps']} steps")
                 malloc = "default" if side == "reslab-default" else ("tuned" if reslab_malloc == "both" else reslab_malloc)
                 r, o = _run_child(side, job | {"reslab_malloc": malloc, "compile": side.endswith("-compiled")}, folder, i)
@@ -510,11 +525,16 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
     if compile:
         checks.insert(1, ("tokens/s vs nanoGPT, both compiled", per_round("reslab-compiled", "nanogpt-compiled"),
                           TARGETS["tokens_per_s"], "higher"))
+    uncompiled = [side for side in sides if side.endswith("-compiled")
+                  and not all(r["graphs_compiled"] for r in runs[side])]
     targets = []
     for name, value, limit, better in checks:
         rounds = value if isinstance(value, list) else None
         value = statistics.median(rounds) if rounds else value
         refused = f"{result['busy']}: rerun on a quiet machine" if (result["busy"] and rounds) else None
+        if "compiled" in name and uncompiled:
+            refused = (f"{' and '.join(uncompiled)} compiled no graph (torch.compile disabled, e.g. by "
+                       "TORCHDYNAMO_DISABLE=1): unset it and rerun")
         ok = value >= limit if better == "higher" else value <= limit
         targets.append({"target": name, "ratio": value, "limit": limit, "better": better, "per_round": rounds,
                         "status": "refused" if refused else ("pass" if ok else "miss"), "refused": refused})
@@ -576,8 +596,10 @@ def markdown(result: dict) -> str:
                  "`always`); nanoGPT's `train.py` fuses it on CUDA only, so the reference runs the per-tensor loop.\n")
     parts.append("CPU ms/step: the process's CPU time per step (all threads), a diagnostic: on a shared machine it "
                  "leaves out the time spent waiting for a core. First step s: from the start of the run (before the "
-                 "model is built) to the end of the first optimizer step; compiled, it holds the compilation, which "
-                 "the step times leave out.\n")
+                 "data and model are built) to the end of the first optimizer step, leaving out nanoGPT's evaluation "
+                 "at iteration 0 (reslab's trainer evaluates after its steps); compiled, it holds the training "
+                 "graph's compilation, which the step times leave out (nanoGPT's compiled evaluation graph is "
+                 "compiled in that left-out evaluation; reslab's trainer evaluates eagerly).\n")
     if any(side.endswith("-compiled") for side in result["summary"]):
         parts.append("Compiled: reslab with TrainConfig `compile=true`, nanoGPT with `torch.compile(model)` as its "
                      "`--compile=True` does (inductor, C++ kernels on CPU). The matched configuration is the eager "
