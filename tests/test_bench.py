@@ -365,7 +365,7 @@ def test_combined_table_over_runs(tiny_run, tmp_path, capsys):
 
 def test_combined_table_merges_runs_of_the_same_kind(tiny_run, tmp_path, capsys):
     """A second compiled run that measured other schemes fills their rows in the compiled columns (no new
-    columns); each cell is that run's own ratio; a scheme both runs measured keeps the first run's cell."""
+    columns); each cell is that run's own ratio; a scheme both runs judged keeps the first run's cell."""
     out, _ = tiny_run
     base = json.loads((out / "overhead.json").read_text()) | {"path": "compiled (inductor)", "busy": None}
 
@@ -390,11 +390,81 @@ def test_combined_table_merges_runs_of_the_same_kind(tiny_run, tmp_path, capsys)
     assert rows["`frac`"] == ["2.125× / 2.625×"] * 3  # only the second run measured it
 
 
+def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it(tiny_run, tmp_path, capsys):
+    """A time refused by a noisy run is judged by a later run of the same kind (path, threads, size); memory
+    comes from any run of the same path and size, whatever its threads; another size gets its own columns."""
+    out, _ = tiny_run
+    base = json.loads((out / "overhead.json").read_text()) | {"busy": None}
+
+    def run_with(path, threads, size, arms, refused=(), memory=True):
+        r = json.loads(json.dumps(base)) | {"path": path, "threads": threads, "size": size}
+        r["arms"] = list(arms)
+        r["targets"] = [{"arm": a, "model": m, "metric": "time", "status": "refused"} for a in refused
+                        for m in r["models"]]
+        for m in r["models"].values():
+            m["arms"] = {a: {"time_ratio": t, "memory_ratio": (t + 0.5) if memory else None} for a, t in arms.items()}
+        return r
+
+    runs = [run_with("eager", 2, "default", {"residual": 1.0, "ancre": 1.5}, refused=["ancre"]),  # noisy, memory
+            run_with("eager", 2, "default", {"residual": 1.0, "ancre": 1.25}, memory=False),  # judged, no memory
+            run_with("compiled (inductor)", 1, "default", {"residual": 1.0, "ancre": 3.0}, refused=["ancre"]),
+            run_with("compiled (inductor)", 2, "default", {"residual": 1.0, "ancre": 1.125}, memory=False),
+            run_with("eager", 2, "wide", {"residual": 1.0, "ancre": 1.0625}, memory=False)]
+    files = []
+    for i, r in enumerate(runs):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(r))
+    assert main(["bench", "overhead", "--table-from", *map(str, files)]) == 0
+    text = capsys.readouterr().out
+    header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| connection")).split("|")[2:-1]]
+    assert header[:4] == ["gpt (eager, 2 thr)", "resnet (eager, 2 thr)", "vit (eager, 2 thr)",
+                          "gpt (compiled (inductor), 1 thr)"]
+    assert "gpt (compiled (inductor), 2 thr)" in header and "gpt (eager, 2 thr, wide)" in header
+    ancre = dict(zip(header, (c.strip() for c in next(l for l in text.splitlines()
+                                                       if l.startswith("| `ancre`")).split("|")[2:-1])))
+    assert ancre["gpt (eager, 2 thr)"] == "1.250× / 2.000×"  # time from the run that judged it, memory from the other
+    assert ancre["gpt (compiled (inductor), 1 thr)"] == "refused / 3.500×"
+    assert ancre["gpt (compiled (inductor), 2 thr)"] == "1.125× / 3.500×"  # memory of the 1-thread compiled run
+    assert ancre["gpt (eager, 2 thr, wide)"] == "1.062× / —"  # no wide run measured memory
+
+
 def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():
-    t = lambda target, status, ratio: {"target": target, "model": "gpt", "metric": "time", "limit": 1.03,  # noqa: E731
-                                       "ratio": ratio, "status": status}
-    line = sb.overhead_line({"device": "cpu", "size": "default",
-                             "targets": [t("ancre", "pass", 1.01), t("denseformer", "miss", 1.08),
-                                         t("rezero", "refused", 1.0)]}, "x.md")
-    assert "1 of 3 targets met, 1 refused as too noisy" in line
-    assert "missed: `denseformer` time on gpt (1.080× > 1.03×)" in line and "rezero" not in line
+    t = lambda target, status, ratio, kind="cpu, eager, 2 thr": {  # noqa: E731
+        "target": target, "model": "gpt", "metric": "time", "limit": 1.03, "ratio": ratio, "status": status,
+        "kind": kind}
+    line = sb.overhead_line([t("ancre", "pass", 1.01), t("denseformer", "miss", 1.08), t("rezero", "refused", 1.0),
+                             t("ancre", "miss", 1.2, "cpu, compiled (inductor), 2 thr")], "x.md")
+    assert "cpu, eager, 2 thr: 1 of 3 met, 1 missed, 1 refused" in line
+    assert "cpu, compiled (inductor), 2 thr: 0 of 1 met, 1 missed" in line
+    assert sb.overhead_line([], "x.md") == ""
+
+
+def test_judged_targets_takes_each_target_from_its_most_precise_run(tmp_path):
+    """Judged beats refused, more timed steps beat fewer, kinds (path, threads, size, clock) stay apart, and the
+    ratio a run measured never decides which run wins."""
+    def run(d, steps, targets, **kind):
+        r = {"device": "cpu", "path": "eager", "threads": 2, "size": "default", "repeats": 6,
+             "steps_per_round": steps, "git": None, "targets": targets} | kind
+        (tmp_path / "bench-overhead" / d).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bench-overhead" / d / "overhead.json").write_text(json.dumps(r))
+
+    def t(target, status, ratio, metric="time"):
+        return {"target": target, "model": "gpt", "metric": metric, "limit": 1.03, "ratio": ratio, "status": status}
+
+    run(".", 1, [t("ancre", "refused", 0.9), t("rezero", "pass", 1.0), t("ancre", "miss", 1.04, "memory")])
+    run("steps4", 4, [t("ancre", "pass", 1.02), t("rezero", "miss", 1.05)])
+    run("steps25", 25, [t("ancre", "miss", 1.10), t("denseformer", "refused", 1.5)])
+    run("compiled", 25, [t("ancre", "pass", 1.0)], path="compiled (inductor)")
+    run("wide", 12, [t("ancre", "pass", 1.01)], size="wide")
+    rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
+    got = {(r["kind"], r["target"], r["metric"]): (r["status"], r["run"]) for r in rows}
+    assert got[("cpu, eager, 2 thr", "ancre", "time")] == ("miss", "bench-overhead/steps25")  # most steps, worse ratio
+    assert got[("cpu, eager, 2 thr", "rezero", "time")] == ("miss", "bench-overhead/steps4")
+    assert got[("cpu, eager, 2 thr", "denseformer", "time")] == ("refused", "bench-overhead/steps25")
+    assert got[("cpu, eager, 2 thr", "ancre", "memory")] == ("miss", "bench-overhead")
+    assert got[("cpu, compiled (inductor), 2 thr", "ancre", "time")] == ("pass", "bench-overhead/compiled")
+    assert got[("cpu, eager, 2 thr, size wide", "ancre", "time")] == ("pass", "bench-overhead/wide")
+    assert [r["kind"] for r in rows][0] == "cpu, eager, 2 thr"  # eager default first in the headline
+    md = sb.scoreboard_markdown([], rows)
+    assert "| cpu, eager, 2 thr | `ancre` | gpt | time | ≤ 1.03× | 1.100× | **miss** | [bench-overhead/steps25]" in md
+    assert "| cpu, eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md

@@ -742,50 +742,59 @@ def markdown(result: dict) -> str:
 
 
 def combined_table(results: list[dict]) -> str:
-    """One markdown table over several runs (eager, fused, compiled, 1/2 threads): a row per scheme, a column
-    per (family, run) with the time ratio and memory ratio to ``residual`` -- ``refused`` where that run
-    refused the ratio (busy machine, or a paired IQR wider than the scheme's target margin), ``—`` where
-    the run did not measure it. For the README's overhead table.
+    """One markdown table over several runs (eager, fused, compiled, 1/2 threads, sizes): a row per scheme, a
+    column per (family, kind of run) with the time ratio and the memory ratio to ``residual``. For the
+    README's overhead table.
 
-    Runs of the same kind (path and threads) share their columns: a later run that measured other schemes
-    (``--connections``) fills their rows, each cell still a ratio to the ``residual`` of the run that measured it
-    (every run has its own). A scheme two such runs both measured shows the first one's cell."""
+    A kind of run is its path (eager, fused, compiled), threads and size; runs of one kind share their
+    columns, so a later run that measured other schemes (``--connections``) fills their rows, or judges a
+    time its kind's earlier runs refused (e.g. one run with ``--steps-per-round 25`` after a noisy full run).
+    Each part of a cell comes from the first run, in the order given, that has it: the time from the first
+    run of the column's kind that judged it (``refused`` if every such run refused it: a busy machine, or a
+    paired IQR wider than the scheme's target margin), the memory from the first run of the same path and
+    size that measured it, whatever its threads (peak step memory does not depend on them; time runs often
+    skip memory with ``--no-memory``). ``—`` where no run measured it. Every ratio is to the ``residual``
+    of the run that measured it (every run has its own)."""
+    def size(r: dict) -> str:
+        return "" if r.get("size", "default") == "default" else f", {r['size']}"
+
     def label(r: dict) -> str:
-        return f"{r.get('path', 'eager')}, {r.get('threads', '?')} thr"
+        return f"{r.get('path', 'eager')}, {r.get('threads', '?')} thr{size(r)}"
 
-    cols: list[tuple[str, str]] = []  # (family, kind of run)
+    def same_memory_kind(r: dict, kind_run: dict) -> bool:
+        return (r.get("path", "eager"), r.get("size", "default")) == (kind_run.get("path", "eager"),
+                                                                        kind_run.get("size", "default"))
+
+    cols: list[tuple[str, str, dict]] = []  # (family, kind of run, a run of that kind)
     for r in results:
         for m in r["models"]:
-            if (m, label(r)) not in cols:
-                cols.append((m, label(r)))
+            if not any((m, label(r)) == (c[0], c[1]) for c in cols):
+                cols.append((m, label(r), r))
     arms: list[str] = []
     for r in results:
         for a in r["arms"]:
             if a not in arms:
                 arms.append(a)
 
-    def measured(m: str, kind: str, a: str) -> tuple[dict | None, dict | None]:
-        for r in results:
-            if label(r) == kind and m in r["models"] and a in r["models"][m]["arms"]:
-                return r, r["models"][m]["arms"][a]
-        return None, None
+    def time_refused(r: dict, m: str, a: str) -> bool:
+        # a busy run's time ratios are not reported at all
+        return bool(r.get("busy")) or any(t["arm"] == a and t["model"] == m and t["status"] == "refused"
+                                          for t in r["targets"])
 
-    head = "| connection | " + " | ".join(f"{m} ({kind})" for m, kind in cols) + " |"
+    def cell(m: str, kind: str, kind_run: dict, a: str) -> str:
+        timed = [r for r in results if label(r) == kind and a in r["models"].get(m, {}).get("arms", {})]
+        judged = next((r for r in timed if not time_refused(r, m, a)), None)
+        t = ("—" if not timed else "refused" if judged is None
+             else f"{judged['models'][m]['arms'][a]['time_ratio']:.3f}×")
+        mems = (r["models"][m]["arms"][a].get("memory_ratio") for r in results
+                if same_memory_kind(r, kind_run) and a in r["models"].get(m, {}).get("arms", {}))
+        mem = next((x for x in mems if x is not None), None)
+        return f"{t} / {'—' if mem is None else f'{mem:.3f}×'}"
+
+    head = "| connection | " + " | ".join(f"{m} ({kind})" for m, kind, _ in cols) + " |"
     lines = [head, "|---|" + "---|" * len(cols)]
     for a in arms:
-        cells = []
-        for m, kind in cols:
-            r, arm = measured(m, kind, a)
-            if arm is None:
-                cells.append("—")
-                continue
-            refused = any(t["arm"] == a and t["model"] == m and t["status"] == "refused" for t in r["targets"])
-            if r.get("busy"):
-                refused = True  # a busy run's time ratios are not reported at all
-            t = "refused" if refused else f"{arm['time_ratio']:.3f}×"
-            mem = "—" if arm.get("memory_ratio") is None else f"{arm['memory_ratio']:.3f}×"
-            cells.append(f"{t} / {mem}")
-        lines.append(f"| `{a}` | " + " | ".join(cells) + " |")
+        lines.append(f"| `{a}` | " + " | ".join(cell(m, kind, r, a) for m, kind, r in cols) + " |")
     return ("Each cell: step time × / peak step memory × against `residual` in the same run.\n\n"
             + "\n".join(lines) + "\n")
 
