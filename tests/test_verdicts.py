@@ -161,21 +161,23 @@ def test_ancre_diffusion_rule_needs_significance():
 
 
 def test_pnnh_dissipation_rule_has_no_check_that_always_passes():
-    """Only A (plain loses the input) and B (scaled keeps it) decide; PNNH's identity coder and Theorem 3.2 are
-    unit tests. A plain net that keeps its input makes A fail."""
+    """Only A (plain loses the input) and B (the post-activation residual keeps it) decide; PNNH's identity coder
+    and Theorem 3.2 are unit tests and the near-identity scaled net is reported beside. A plain net that keeps its
+    input makes A fail; a residual net that loses it makes B fail, however well the scaled net keeps it."""
     from reslab.experiments.pnnh_dissipation import verdict
 
     def rows(r2_lose, r2_keep):
         return [{"layer": 10, "probe_r2": statistics.fmean(r2_lose), "probe_r2_seeds": r2_lose},
                 {"layer": 20, "probe_r2": statistics.fmean(r2_keep), "probe_r2_seeds": r2_keep}]
 
-    def res(plain):
+    def res(plain, residual=(0.7, 0.72, 0.71)):
         return {"per_data": {"synthetic": {"lose_layer": 10, "keep_layer": 20, "init": {
             "plain": {"rows": rows(plain, plain)}, "scaled": {"rows": rows([0.9, 0.91, 0.92], [0.8, 0.81, 0.82])},
-            "residual": {"rows": rows([0.5] * 3, [0.4] * 3)}, "pnnh": {"rows": rows([1.0] * 3, [1.0] * 3)}}}}}
+            "residual": {"rows": rows(list(residual), list(residual))}, "pnnh": {"rows": rows([1.0] * 3, [1.0] * 3)}}}}}
 
     assert verdict(res([0.05, 0.06, 0.04]))[0] == "reproduced"
     assert verdict(res([0.9, 0.91, 0.92]))[0] == "not reproduced"
+    assert verdict(res([0.05, 0.06, 0.04], residual=(0.12, 0.11, 0.13)))[0] == "partial"  # B fails: residual loses it
 
 
 def test_parse_tune_and_values():
