@@ -404,3 +404,20 @@ def test_dissipation_plot_shows_the_probe_r2_spread_over_seeds(tmp_path, monkeyp
     ys = band.get_paths()[0].vertices[:, 1]
     assert abs(ys.max() - (0.8 + 0.0707)) < 1e-3  # layer 1: mean 0.8 + std of (0.75, 0.85)
     assert len(panels["surviving-neuron ratio P(y>0)"].collections) == 0  # no per-seed values there: no band
+
+
+def test_resummarize_rewrites_the_summary_and_the_published_readme_verdict(tmp_path):
+    """A committed summary re-judged by the current rule: summary.json records it, and the README's verdict line
+    follows, saying it was re-summarised (a folder never shows two verdicts)."""
+    from reslab.experiments import resummarize
+
+    s = json.loads((RESULTS / "pnnh-dissipation" / "summary.json").read_text())
+    s["verdict"], s["explanation"] = "reproduced", "an older rule's text"
+    s.pop("resummarized", None)
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    (tmp_path / "README.md").write_text("# title\n\n**Verdict: reproduced** — an older rule's text\n\nbody\n")
+    out = resummarize(tmp_path / "summary.json", log=lambda *_: None)
+    v, why = get_experiment("pnnh-dissipation").verdict(s["results"])
+    assert (out["verdict"], out["explanation"]) == (v, why) and out["resummarized"][-1]["previous_verdict"] == "reproduced"
+    text = (tmp_path / "README.md").read_text()
+    assert f"**Verdict: {v}** — {why} (re-summarised at " in text and "older rule" not in text and "body" in text

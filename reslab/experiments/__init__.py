@@ -193,10 +193,25 @@ def resummarize(path: str | Path, log=print) -> dict:
         s["verdict"], s["explanation"] = verdict, explanation
         s["claim"], s["paper_number"] = exp.claim, exp.paper_number  # the claim as the current rule tests it
         atomic_write_json(path, s)
+        _rewrite_readme_verdict(path.parent / "README.md", verdict, explanation, s["resummarized"][-1])
         log(f"{path}: {s['resummarized'][-1]['previous_verdict']} -> {verdict}")
     else:
         log(f"{path}: unchanged ({verdict})")
     return s
+
+
+def _rewrite_readme_verdict(readme: Path, verdict: str, explanation: str, record: dict) -> None:
+    """The published README's verdict line (``runner.write_readme``'s ``**Verdict: ...**``) follows a re-summarised
+    summary, so the folder never shows two verdicts; the line says it was re-judged, by which revision."""
+    if not readme.exists():
+        return
+    lines = readme.read_text().split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("**Verdict: "):
+            lines[i] = (f"**Verdict: {verdict}** — {explanation} (re-summarised at {record['git']}: the current rule "
+                        f"applied to these runs' per-seed values; `{record['command']}`)")
+            readme.write_text("\n".join(lines))
+            return
 
 
 def _rule_revision() -> str:
