@@ -236,7 +236,7 @@ def test_scoreboard_table_from_fixture_summaries(results_dir):
     assert "`reslab reproduce gamma --preset cpu`" in gamma_cpu and "ours: not reproduced with Δ=0.4" in gamma_cpu
     assert "beats residual \\| by a lot" in gamma_cpu  # a '|' in a claim cannot break the table
     assert "missing: mean ± std, Welch p, steps-to-target" in lines[1] and "| ✓ |" in lines[0]
-    assert "1 of 2 targets met" in text and "| `rezero` | gpt | time | ≤ 1.01× | 1.050× | **miss** |" in text
+    assert ": 1 of 2 met, 1 missed" in text and "| `rezero` | gpt | time | ≤ 1.01× | 1.050× | **miss** |" in text
 
 
 def test_missing_stats_reads_any_results_shape():
@@ -254,7 +254,7 @@ def test_scoreboard_rewrites_only_the_marked_readme_block(results_dir):
     assert text.startswith("# Title\nintro\n<!-- scoreboard:start -->\n") and text.endswith("<!-- scoreboard:end -->\ntail\n")
     assert "old rows" not in text
     assert "| [gamma](results/gamma/) |" in text and "**not reproduced** (cpu); reproduced (gpu)" in text
-    assert "[results/README.md](results/README.md)" in text and "1 of 2 targets met" in text
+    assert "[results/README.md](results/README.md)" in text and ": 1 of 2 met, 1 missed" in text
     sb.write_scoreboard(results_dir, readme=True, log=lambda *_: None)
     assert top.read_text() == text  # idempotent
 
