@@ -391,8 +391,9 @@ def test_combined_table_merges_runs_of_the_same_kind(tiny_run, tmp_path, capsys)
 
 
 def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it(tiny_run, tmp_path, capsys):
-    """A time refused by a noisy run is judged by a later run of the same kind (path, threads, size); memory
-    comes from any run of the same path and size, whatever its threads; another size gets its own columns."""
+    """A time refused by a noisy run is judged by a later run of the same kind (path, size); a time measured at other
+    threads than the column's first run says so; memory comes from the first run that measured it; another size
+    gets its own columns."""
     out, _ = tiny_run
     base = json.loads((out / "overhead.json").read_text()) | {"busy": None}
 
@@ -407,7 +408,8 @@ def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it
 
     runs = [run_with("eager", 2, "default", {"residual": 1.0, "ancre": 1.5}, refused=["ancre"]),  # noisy, memory
             run_with("eager", 2, "default", {"residual": 1.0, "ancre": 1.25}, memory=False),  # judged, no memory
-            run_with("compiled (inductor)", 1, "default", {"residual": 1.0, "ancre": 3.0}, refused=["ancre"]),
+            run_with("compiled (inductor)", 1, "default", {"residual": 1.0, "ancre": 3.0, "frac": 2.0},
+                     refused=["ancre"]),
             run_with("compiled (inductor)", 2, "default", {"residual": 1.0, "ancre": 1.125}, memory=False),
             run_with("eager", 2, "wide", {"residual": 1.0, "ancre": 1.0625}, memory=False)]
     files = []
@@ -417,25 +419,28 @@ def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it
     assert main(["bench", "overhead", "--table-from", *map(str, files)]) == 0
     text = capsys.readouterr().out
     header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| connection")).split("|")[2:-1]]
-    assert header[:4] == ["gpt (eager, 2 thr)", "resnet (eager, 2 thr)", "vit (eager, 2 thr)",
-                          "gpt (compiled (inductor), 1 thr)"]
-    assert "gpt (compiled (inductor), 2 thr)" in header and "gpt (eager, 2 thr, wide)" in header
-    ancre = dict(zip(header, (c.strip() for c in next(l for l in text.splitlines()
-                                                       if l.startswith("| `ancre`")).split("|")[2:-1])))
+    assert header == [f"{m} ({kind})" for kind in ("eager, 2 thr", "compiled (inductor), 1 thr", "eager, wide, 2 thr")
+                      for m in ("gpt", "resnet", "vit")]
+
+    def row(arm):
+        cells = next(l for l in text.splitlines() if l.startswith(f"| `{arm}`")).split("|")[2:-1]
+        return dict(zip(header, (c.strip() for c in cells)))
+
+    ancre = row("ancre")
     assert ancre["gpt (eager, 2 thr)"] == "1.250× / 2.000×"  # time from the run that judged it, memory from the other
-    assert ancre["gpt (compiled (inductor), 1 thr)"] == "refused / 3.500×"
-    assert ancre["gpt (compiled (inductor), 2 thr)"] == "1.125× / 3.500×"  # memory of the 1-thread compiled run
-    assert ancre["gpt (eager, 2 thr, wide)"] == "1.062× / —"  # no wide run measured memory
+    assert ancre["gpt (compiled (inductor), 1 thr)"] == "1.125× (2 thr) / 3.500×"  # judged at 2 threads, says so
+    assert ancre["gpt (eager, wide, 2 thr)"] == "1.062× / —"  # no wide run measured memory
+    assert row("frac")["gpt (compiled (inductor), 1 thr)"] == "2.000× / 2.500×"
 
 
 def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():
-    t = lambda target, status, ratio, kind="cpu, eager, 2 thr": {  # noqa: E731
+    t = lambda target, status, ratio, kind="eager, 2 thr": {  # noqa: E731
         "target": target, "model": "gpt", "metric": "time", "limit": 1.03, "ratio": ratio, "status": status,
         "kind": kind}
     line = sb.overhead_line([t("ancre", "pass", 1.01), t("denseformer", "miss", 1.08), t("rezero", "refused", 1.0),
-                             t("ancre", "miss", 1.2, "cpu, compiled (inductor), 2 thr")], "x.md")
-    assert "cpu, eager, 2 thr: 1 of 3 met, 1 missed, 1 refused" in line
-    assert "cpu, compiled (inductor), 2 thr: 0 of 1 met, 1 missed" in line
+                             t("ancre", "miss", 1.2, "compiled (inductor), 2 thr")], "x.md")
+    assert "eager, 2 thr: 1 of 3 met, 1 missed, 1 refused" in line
+    assert "compiled (inductor), 2 thr: 0 of 1 met, 1 missed" in line
     assert sb.overhead_line([], "x.md") == ""
 
 
@@ -458,13 +463,13 @@ def test_judged_targets_takes_each_target_from_its_most_precise_run(tmp_path):
     run("wide", 12, [t("ancre", "pass", 1.01)], size="wide")
     rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
     got = {(r["kind"], r["target"], r["metric"]): (r["status"], r["run"]) for r in rows}
-    assert got[("cpu, eager, 2 thr", "ancre", "time")] == ("miss", "bench-overhead/steps25")  # most steps, worse ratio
-    assert got[("cpu, eager, 2 thr", "rezero", "time")] == ("miss", "bench-overhead/steps4")
-    assert got[("cpu, eager, 2 thr", "denseformer", "time")] == ("refused", "bench-overhead/steps25")
-    assert got[("cpu, eager, 2 thr", "ancre", "memory")] == ("miss", "bench-overhead")
-    assert got[("cpu, compiled (inductor), 2 thr", "ancre", "time")] == ("pass", "bench-overhead/compiled")
-    assert got[("cpu, eager, 2 thr, size wide", "ancre", "time")] == ("pass", "bench-overhead/wide")
-    assert [r["kind"] for r in rows][0] == "cpu, eager, 2 thr"  # eager default first in the headline
+    assert got[("eager, 2 thr", "ancre", "time")] == ("miss", "bench-overhead/steps25")  # most steps, worse ratio
+    assert got[("eager, 2 thr", "rezero", "time")] == ("miss", "bench-overhead/steps4")
+    assert got[("eager, 2 thr", "denseformer", "time")] == ("refused", "bench-overhead/steps25")
+    assert got[("eager, 2 thr", "ancre", "memory")] == ("miss", "bench-overhead")
+    assert got[("compiled (inductor), 2 thr", "ancre", "time")] == ("pass", "bench-overhead/compiled")
+    assert got[("eager, 2 thr, size wide", "ancre", "time")] == ("pass", "bench-overhead/wide")
+    assert [r["kind"] for r in rows][0] == "eager, 2 thr"  # eager default first in the headline
     md = sb.scoreboard_markdown([], rows)
-    assert "| cpu, eager, 2 thr | `ancre` | gpt | time | ≤ 1.03× | 1.100× | **miss** | [bench-overhead/steps25]" in md
-    assert "| cpu, eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md
+    assert "| eager, 2 thr | `ancre` | gpt | time | ≤ 1.03× | 1.100× | **miss** | [bench-overhead/steps25]" in md
+    assert "| eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md

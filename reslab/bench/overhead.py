@@ -746,26 +746,20 @@ def combined_table(results: list[dict]) -> str:
     column per (family, kind of run) with the time ratio and the memory ratio to ``residual``. For the
     README's overhead table.
 
-    A kind of run is its path (eager, fused, compiled), threads and size; runs of one kind share their
-    columns, so a later run that measured other schemes (``--connections``) fills their rows, or judges a
-    time its kind's earlier runs refused (e.g. one run with ``--steps-per-round 25`` after a noisy full run).
-    Each part of a cell comes from the first run, in the order given, that has it: the time from the first
-    run of the column's kind that judged it (``refused`` if every such run refused it: a busy machine, or a
-    paired IQR wider than the scheme's target margin), the memory from the first run of the same path and
-    size that measured it, whatever its threads (peak step memory does not depend on them; time runs often
-    skip memory with ``--no-memory``). ``—`` where no run measured it. Every ratio is to the ``residual``
-    of the run that measured it (every run has its own)."""
-    def size(r: dict) -> str:
-        return "" if r.get("size", "default") == "default" else f", {r['size']}"
-
+    A kind of run is its path (eager, fused, compiled) and size; runs of one kind share their columns, so a later
+    run that measured other schemes (``--connections``) fills their rows, or judges a time its kind's earlier runs
+    refused (e.g. a run with ``--steps-per-round 25`` after a noisy one-step run). Each part of a cell comes from
+    the first run, in the order given, that has it: the time from the first run of the column's kind that judged
+    it (``refused`` if every such run refused it: a busy machine, or a paired IQR wider than the scheme's target
+    margin), the memory from the first run that measured it (time runs often skip memory, ``--no-memory``). The
+    header names the threads of the column's first run; a time measured at other threads says so in its cell
+    (``1.501× (1 thr)``); peak step memory does not depend on threads. ``—`` where no run measured it. Every ratio
+    is to the ``residual`` of the run that measured it (every run has its own)."""
     def label(r: dict) -> str:
-        return f"{r.get('path', 'eager')}, {r.get('threads', '?')} thr{size(r)}"
+        size = "" if r.get("size", "default") == "default" else f", {r['size']}"
+        return f"{r.get('path', 'eager')}{size}"
 
-    def same_memory_kind(r: dict, kind_run: dict) -> bool:
-        return (r.get("path", "eager"), r.get("size", "default")) == (kind_run.get("path", "eager"),
-                                                                        kind_run.get("size", "default"))
-
-    cols: list[tuple[str, str, dict]] = []  # (family, kind of run, a run of that kind)
+    cols: list[tuple[str, str, dict]] = []  # (family, kind of run, the kind's first run)
     for r in results:
         for m in r["models"]:
             if not any((m, label(r)) == (c[0], c[1]) for c in cols):
@@ -781,17 +775,19 @@ def combined_table(results: list[dict]) -> str:
         return bool(r.get("busy")) or any(t["arm"] == a and t["model"] == m and t["status"] == "refused"
                                           for t in r["targets"])
 
-    def cell(m: str, kind: str, kind_run: dict, a: str) -> str:
-        timed = [r for r in results if label(r) == kind and a in r["models"].get(m, {}).get("arms", {})]
-        judged = next((r for r in timed if not time_refused(r, m, a)), None)
-        t = ("—" if not timed else "refused" if judged is None
-             else f"{judged['models'][m]['arms'][a]['time_ratio']:.3f}×")
-        mems = (r["models"][m]["arms"][a].get("memory_ratio") for r in results
-                if same_memory_kind(r, kind_run) and a in r["models"].get(m, {}).get("arms", {}))
-        mem = next((x for x in mems if x is not None), None)
+    def cell(m: str, kind: str, first: dict, a: str) -> str:
+        runs = [r for r in results if label(r) == kind and a in r["models"].get(m, {}).get("arms", {})]
+        judged = next((r for r in runs if not time_refused(r, m, a)), None)
+        if judged is None:
+            t = "—" if not runs else "refused"
+        else:
+            t = f"{judged['models'][m]['arms'][a]['time_ratio']:.3f}×"
+            if judged.get("threads") != first.get("threads"):
+                t += f" ({judged.get('threads', '?')} thr)"
+        mem = next((x for x in (r["models"][m]["arms"][a].get("memory_ratio") for r in runs) if x is not None), None)
         return f"{t} / {'—' if mem is None else f'{mem:.3f}×'}"
 
-    head = "| connection | " + " | ".join(f"{m} ({kind})" for m, kind, _ in cols) + " |"
+    head = "| connection | " + " | ".join(f"{m} ({kind}, {r.get('threads', '?')} thr)" for m, kind, r in cols) + " |"
     lines = [head, "|---|" + "---|" * len(cols)]
     for a in arms:
         lines.append(f"| `{a}` | " + " | ".join(cell(m, kind, r, a) for m, kind, r in cols) + " |")

@@ -87,9 +87,11 @@ def load_overhead_runs(results: str | Path) -> list[dict]:
 
 
 def run_kind(run: dict) -> str:
-    """What kind of measurement a run is: device, path (eager / fused / compiled), threads, size and clock.
+    """What kind of measurement a run is: device (when not the CPU), path (eager / fused / compiled), threads, size
+    and clock.
     Targets of different kinds are different claims (a ratio compiled is not one eager)."""
-    kind = f"{run.get('device', 'cpu')}, {run.get('path') or 'eager'}, {run.get('threads', '?')} thr"
+    device = run.get("device", "cpu")
+    kind = ("" if device == "cpu" else f"{device}, ") + f"{run.get('path') or 'eager'}, {run.get('threads', '?')} thr"
     if run.get("size", "default") != "default":
         kind += f", size {run['size']}"
     if run.get("clock", "wall") != "wall":
@@ -202,8 +204,8 @@ def overhead_line(rows: list[dict], link: str) -> str:
         if refused:  # neither met nor missed: the bench would not judge them (busy machine or too noisy a ratio)
             part += f", {refused} refused"
         parts.append(part)
-    return ("Connection overhead targets over every committed `reslab bench overhead` run, each target from its "
-            "most precise run (" + "; ".join(parts) + "; *refused*: not judged, the run was on a busy "
+    return ("Connection overhead targets (CPU unless a kind names its device) over every committed `reslab bench "
+            "overhead` run, each target from its most precise run (" + "; ".join(parts) + "; *refused*: not judged, the run was on a busy "
             f"machine or its paired IQR was wider than the target's margin) ([targets and misses]({link})).")
 
 
