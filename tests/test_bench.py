@@ -217,9 +217,9 @@ def results_dir(tmp_path):
     (root / "bench-overhead" / "overhead.json").write_text(json.dumps({
         "device": "cpu", "size": "default", "command": "reslab bench overhead",
         "targets": [{"target": "ancre", "model": "gpt", "metric": "time", "limit": 1.03, "ratio": 1.01,
-                     "status": "pass"},
+                     "paired_iqr": 0.005, "status": "pass"},
                     {"target": "rezero", "model": "gpt", "metric": "time", "limit": 1.01, "ratio": 1.05,
-                     "status": "miss"}]}))
+                     "paired_iqr": 0.005, "status": "miss"}]}))
     (root / "notes").mkdir()  # a folder without summary.json is ignored
     return root
 
@@ -390,28 +390,30 @@ def test_combined_table_merges_runs_of_the_same_kind(tiny_run, tmp_path, capsys)
     assert rows["`frac`"] == ["2.125× / 2.625×"] * 3  # only the second run measured it
 
 
-def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it(tiny_run, tmp_path, capsys):
-    """A time refused by a noisy run is judged by a later run of the same kind (path, size); a time measured at other
-    threads than the column's first run says so; memory comes from the first run that measured it; another size
-    gets its own columns."""
+def test_combined_table_takes_each_time_from_the_most_precise_run(tiny_run, tmp_path, capsys):
+    """Runs of one kind (path, size) share columns; a cell's time is the ratio of the run that timed the most steps,
+    refused or not (a short run that happened to be judged never replaces a refused long one); a time measured at
+    other threads than the column's first run says so; memory comes from the first run that measured it; another
+    size gets its own columns."""
     out, _ = tiny_run
-    base = json.loads((out / "overhead.json").read_text()) | {"busy": None}
+    base = json.loads((out / "overhead.json").read_text()) | {"busy": None, "repeats": 6}
 
-    def run_with(path, threads, size, arms, refused=(), memory=True):
-        r = json.loads(json.dumps(base)) | {"path": path, "threads": threads, "size": size}
+    def run_with(path, threads, size, steps, arms, refused=(), memory=True):
+        r = json.loads(json.dumps(base)) | {"path": path, "threads": threads, "size": size, "steps_per_round": steps}
         r["arms"] = list(arms)
-        r["targets"] = [{"arm": a, "model": m, "metric": "time", "status": "refused"} for a in refused
-                        for m in r["models"]]
+        r["targets"] = [{"arm": a, "model": m, "metric": "time", "status": "refused" if a in refused else "pass",
+                         "paired_iqr": 0.001} for a in arms for m in r["models"] if a != "residual"]
         for m in r["models"].values():
             m["arms"] = {a: {"time_ratio": t, "memory_ratio": (t + 0.5) if memory else None} for a, t in arms.items()}
         return r
 
-    runs = [run_with("eager", 2, "default", {"residual": 1.0, "ancre": 1.5}, refused=["ancre"]),  # noisy, memory
-            run_with("eager", 2, "default", {"residual": 1.0, "ancre": 1.25}, memory=False),  # judged, no memory
-            run_with("compiled (inductor)", 1, "default", {"residual": 1.0, "ancre": 3.0, "frac": 2.0},
+    runs = [run_with("eager", 2, "default", 1, {"residual": 1.0, "ancre": 1.5, "scaled": 1.0}, refused=["ancre"]),
+            run_with("eager", 2, "default", 25, {"residual": 1.0, "ancre": 1.25, "scaled": 1.25},
+                     refused=["scaled"], memory=False),
+            run_with("compiled (inductor)", 1, "default", 1, {"residual": 1.0, "ancre": 3.0, "frac": 2.0},
                      refused=["ancre"]),
-            run_with("compiled (inductor)", 2, "default", {"residual": 1.0, "ancre": 1.125}, memory=False),
-            run_with("eager", 2, "wide", {"residual": 1.0, "ancre": 1.0625}, memory=False)]
+            run_with("compiled (inductor)", 2, "default", 25, {"residual": 1.0, "ancre": 1.125}, memory=False),
+            run_with("eager", 2, "wide", 12, {"residual": 1.0, "ancre": 1.0625}, memory=False)]
     files = []
     for i, r in enumerate(runs):
         files.append(tmp_path / f"{i}.json")
@@ -419,7 +421,7 @@ def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it
     assert main(["bench", "overhead", "--table-from", *map(str, files)]) == 0
     text = capsys.readouterr().out
     header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| connection")).split("|")[2:-1]]
-    assert header == [f"{m} ({kind})" for kind in ("eager, 2 thr", "compiled (inductor), 1 thr", "eager, wide, 2 thr")
+    assert header == [f"{m} ({kind})" for kind in ("eager, 2 thr", "compiled (inductor), 1 thr", "eager, size wide, 2 thr")
                       for m in ("gpt", "resnet", "vit")]
 
     def row(arm):
@@ -427,9 +429,10 @@ def test_combined_table_takes_each_part_of_a_cell_from_the_first_run_that_has_it
         return dict(zip(header, (c.strip() for c in cells)))
 
     ancre = row("ancre")
-    assert ancre["gpt (eager, 2 thr)"] == "1.250× / 2.000×"  # time from the run that judged it, memory from the other
-    assert ancre["gpt (compiled (inductor), 1 thr)"] == "1.125× (2 thr) / 3.500×"  # judged at 2 threads, says so
-    assert ancre["gpt (eager, wide, 2 thr)"] == "1.062× / —"  # no wide run measured memory
+    assert ancre["gpt (eager, 2 thr)"] == "1.250× / 2.000×"  # time of the 25-step run, memory of the other
+    assert row("scaled")["gpt (eager, 2 thr)"] == "refused / 1.500×"  # the 25-step run refused it: so is the cell
+    assert ancre["gpt (compiled (inductor), 1 thr)"] == "1.125× (2 thr) / 3.500×"  # timed at 2 threads, says so
+    assert ancre["gpt (eager, size wide, 2 thr)"] == "1.062× / —"  # no wide run measured memory
     assert row("frac")["gpt (compiled (inductor), 1 thr)"] == "2.000× / 2.500×"
 
 
@@ -441,35 +444,44 @@ def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():
                              t("ancre", "miss", 1.2, "compiled (inductor), 2 thr")], "x.md")
     assert "eager, 2 thr: 1 of 3 met, 1 missed, 1 refused" in line
     assert "compiled (inductor), 2 thr: 0 of 1 met, 1 missed" in line
+    line = sb.overhead_line([t("ancre", "pass", 1.01), t("rezero", "refused", 1.0, "eager, 1 thr")], "x.md")
+    assert "1 other kind(s) of run judged none (eager, 1 thr)" in line and "eager, 1 thr:" not in line
     assert sb.overhead_line([], "x.md") == ""
 
 
 def test_judged_targets_takes_each_target_from_its_most_precise_run(tmp_path):
-    """Judged beats refused, more timed steps beat fewer, kinds (path, threads, size, clock) stay apart, and the
-    ratio a run measured never decides which run wins."""
+    """The run that timed the most steps wins, whatever it found (a short run that happened to be judged does not
+    replace a refused long one); kinds (path, threads, size, clock) stay apart; a time ratio recorded without its
+    paired IQR (older than the refusal rule) counts as refused."""
     def run(d, steps, targets, **kind):
         r = {"device": "cpu", "path": "eager", "threads": 2, "size": "default", "repeats": 6,
              "steps_per_round": steps, "git": None, "targets": targets} | kind
         (tmp_path / "bench-overhead" / d).mkdir(parents=True, exist_ok=True)
         (tmp_path / "bench-overhead" / d / "overhead.json").write_text(json.dumps(r))
 
-    def t(target, status, ratio, metric="time"):
-        return {"target": target, "model": "gpt", "metric": metric, "limit": 1.03, "ratio": ratio, "status": status}
+    def t(target, status, ratio, metric="time", iqr=0.005):
+        return {"target": target, "model": "gpt", "metric": metric, "limit": 1.03, "ratio": ratio, "status": status,
+                "paired_iqr": iqr if metric == "time" else None}
 
-    run(".", 1, [t("ancre", "refused", 0.9), t("rezero", "pass", 1.0), t("ancre", "miss", 1.04, "memory")])
-    run("steps4", 4, [t("ancre", "pass", 1.02), t("rezero", "miss", 1.05)])
+    run(".", 1, [t("ancre", "refused", 0.9), t("rezero", "pass", 1.0), t("ancre", "miss", 1.04, "memory"),
+                 t("laurel", "pass", 1.0)])
+    run("steps4", 4, [t("ancre", "pass", 1.02), t("rezero", "miss", 1.05), t("laurel", "refused", 1.1)])
     run("steps25", 25, [t("ancre", "miss", 1.10), t("denseformer", "refused", 1.5)])
     run("compiled", 25, [t("ancre", "pass", 1.0)], path="compiled (inductor)")
     run("wide", 12, [t("ancre", "pass", 1.01)], size="wide")
+    run("old", 1, [t("ancre", "pass", 1.0, iqr=None)], threads=1, clock="cpu")
     rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
     got = {(r["kind"], r["target"], r["metric"]): (r["status"], r["run"]) for r in rows}
     assert got[("eager, 2 thr", "ancre", "time")] == ("miss", "bench-overhead/steps25")  # most steps, worse ratio
     assert got[("eager, 2 thr", "rezero", "time")] == ("miss", "bench-overhead/steps4")
+    assert got[("eager, 2 thr", "laurel", "time")] == ("refused", "bench-overhead/steps4")  # not the judged short run
     assert got[("eager, 2 thr", "denseformer", "time")] == ("refused", "bench-overhead/steps25")
     assert got[("eager, 2 thr", "ancre", "memory")] == ("miss", "bench-overhead")
     assert got[("compiled (inductor), 2 thr", "ancre", "time")] == ("pass", "bench-overhead/compiled")
     assert got[("eager, 2 thr, size wide", "ancre", "time")] == ("pass", "bench-overhead/wide")
+    assert got[("eager, 1 thr, cpu clock", "ancre", "time")] == ("refused", "bench-overhead/old")  # no paired IQR
     assert [r["kind"] for r in rows][0] == "eager, 2 thr"  # eager default first in the headline
+    assert sb._commit_order("no-such-revision", tmp_path) == 0  # git cannot tell: no order, no error
     md = sb.scoreboard_markdown([], rows)
     assert "| eager, 2 thr | `ancre` | gpt | time | ≤ 1.03× | 1.100× | **miss** | [bench-overhead/steps25]" in md
     assert "| eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md

@@ -741,23 +741,51 @@ def markdown(result: dict) -> str:
     return "\n".join(parts)
 
 
+def run_kind(run: dict, threads: bool = True) -> str:
+    """What kind of measurement a run is: device (when not the CPU), path (eager / fused / compiled), threads, size
+    (when not the default) and clock (when not wall). Ratios of different kinds are different claims (a ratio
+    compiled is not one eager, nor one on the CPU clock one on the wall clock)."""
+    device = run.get("device", "cpu")
+    kind = ("" if device == "cpu" else f"{device}, ") + (run.get("path") or "eager")
+    if threads:
+        kind += f", {run.get('threads', '?')} thr"
+    if run.get("size", "default") != "default":
+        kind += f", size {run['size']}"
+    if run.get("clock", "wall") != "wall":
+        kind += f", {run['clock']} clock"
+    return kind
+
+
+def timed_steps(run: dict) -> int:
+    """Steps timed per arm: how precise a run's time ratios are (``repeats * steps_per_round``)."""
+    return (run.get("repeats") or 1) * (run.get("steps_per_round") or 1)
+
+
+def target_status(run: dict, t: dict) -> str | None:
+    """A target row's status as the current rule reads it: a time ratio from a busy run, or one recorded without
+    its paired IQR (runs older than the refusal rule), counts as refused, whatever the run wrote."""
+    if t.get("metric") == "time" and t.get("status") in ("pass", "miss") and (
+            run.get("busy") or t.get("paired_iqr") is None):
+        return "refused"
+    return t.get("status")
+
+
 def combined_table(results: list[dict]) -> str:
     """One markdown table over several runs (eager, fused, compiled, 1/2 threads, sizes): a row per scheme, a
     column per (family, kind of run) with the time ratio and the memory ratio to ``residual``. For the
     README's overhead table.
 
-    A kind of run is its path (eager, fused, compiled) and size; runs of one kind share their columns, so a later
-    run that measured other schemes (``--connections``) fills their rows, or judges a time its kind's earlier runs
-    refused (e.g. a run with ``--steps-per-round 25`` after a noisy one-step run). Each part of a cell comes from
-    the first run, in the order given, that has it: the time from the first run of the column's kind that judged
-    it (``refused`` if every such run refused it: a busy machine, or a paired IQR wider than the scheme's target
-    margin), the memory from the first run that measured it (time runs often skip memory, ``--no-memory``). The
-    header names the threads of the column's first run; a time measured at other threads says so in its cell
-    (``1.501× (1 thr)``); peak step memory does not depend on threads. ``—`` where no run measured it. Every ratio
-    is to the ``residual`` of the run that measured it (every run has its own)."""
+    A kind of run is its device, path (eager, fused, compiled), size and clock (:func:`run_kind` without threads);
+    runs of one kind share their columns, so a later run that measured other schemes (``--connections``) fills
+    their rows. A cell's time comes from the run of the column's kind that timed the most steps per arm
+    (:func:`timed_steps`; the first in the order given on a tie), whatever ratio it found: ``refused`` if that run
+    refused it (a busy machine, or a paired IQR wider than the scheme's target margin). The header names the
+    threads of the column's first run; a time measured at other threads says so in its cell (``1.501× (1 thr)``).
+    The memory comes from the first run of the kind that measured it (time runs often skip memory,
+    ``--no-memory``; peak step memory does not depend on threads). ``—`` where no run measured it. Every ratio is
+    to the ``residual`` of the run that measured it (every run has its own)."""
     def label(r: dict) -> str:
-        size = "" if r.get("size", "default") == "default" else f", {r['size']}"
-        return f"{r.get('path', 'eager')}{size}"
+        return run_kind(r, threads=False)
 
     cols: list[tuple[str, str, dict]] = []  # (family, kind of run, the kind's first run)
     for r in results:
@@ -771,23 +799,26 @@ def combined_table(results: list[dict]) -> str:
                 arms.append(a)
 
     def time_refused(r: dict, m: str, a: str) -> bool:
-        # a busy run's time ratios are not reported at all
-        return bool(r.get("busy")) or any(t["arm"] == a and t["model"] == m and t["status"] == "refused"
+        return bool(r.get("busy")) or any(t["arm"] == a and t["model"] == m and target_status(r, t) == "refused"
                                           for t in r["targets"])
 
     def cell(m: str, kind: str, first: dict, a: str) -> str:
         runs = [r for r in results if label(r) == kind and a in r["models"].get(m, {}).get("arms", {})]
-        judged = next((r for r in runs if not time_refused(r, m, a)), None)
-        if judged is None:
-            t = "—" if not runs else "refused"
+        if not runs:
+            t = "—"
         else:
-            t = f"{judged['models'][m]['arms'][a]['time_ratio']:.3f}×"
-            if judged.get("threads") != first.get("threads"):
-                t += f" ({judged.get('threads', '?')} thr)"
+            best = max(runs, key=timed_steps)  # max keeps the first of equals
+            if time_refused(best, m, a):
+                t = "refused"
+            else:
+                t = f"{best['models'][m]['arms'][a]['time_ratio']:.3f}×"
+                if best.get("threads") != first.get("threads"):
+                    t += f" ({best.get('threads', '?')} thr)"
         mem = next((x for x in (r["models"][m]["arms"][a].get("memory_ratio") for r in runs) if x is not None), None)
         return f"{t} / {'—' if mem is None else f'{mem:.3f}×'}"
 
-    head = "| connection | " + " | ".join(f"{m} ({kind}, {r.get('threads', '?')} thr)" for m, kind, r in cols) + " |"
+    head = ("| connection | " + " | ".join(f"{m} ({kind}, {r.get('threads', '?')} thr)" for m, kind, r in cols)
+            + " |")
     lines = [head, "|---|" + "---|" * len(cols)]
     for a in arms:
         lines.append(f"| `{a}` | " + " | ".join(cell(m, kind, r, a) for m, kind, r in cols) + " |")

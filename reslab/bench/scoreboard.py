@@ -8,7 +8,7 @@ our numbers, and the command that reproduced it. The scoreboard is one table of 
 
 plus the connection-overhead targets of every committed ``reslab bench overhead`` run (each
 ``overhead.json`` under ``results/bench-overhead/``; a target judged by several runs of one kind is taken
-from the run that judged it best, :func:`judged_targets`). The *statistics* column checks that a summary
+from its most precise run, :func:`judged_targets`). The *statistics* column checks that a summary
 carries what every comparison must report -- mean ± std over seeds, a Welch t-test p-value against the baseline, and steps to the baseline's
 final loss -- by looking for key names of that kind anywhere in its results (``reslab.compare`` rows
 carry ``val_loss_std``, ``welch_p_vs_baseline`` and ``steps_to_target``; see :data:`STATS`), and
@@ -86,19 +86,6 @@ def load_overhead_runs(results: str | Path) -> list[dict]:
     return runs
 
 
-def run_kind(run: dict) -> str:
-    """What kind of measurement a run is: device (when not the CPU), path (eager / fused / compiled), threads, size
-    and clock.
-    Targets of different kinds are different claims (a ratio compiled is not one eager)."""
-    device = run.get("device", "cpu")
-    kind = ("" if device == "cpu" else f"{device}, ") + f"{run.get('path') or 'eager'}, {run.get('threads', '?')} thr"
-    if run.get("size", "default") != "default":
-        kind += f", size {run['size']}"
-    if run.get("clock", "wall") != "wall":
-        kind += f", {run['clock']} clock"
-    return kind
-
-
 def _kind_order(run: dict) -> tuple:
     """Headline order of the kinds: wall clock first, eager, fused, compiled; more threads first; default size first."""
     path = run.get("path") or "eager"
@@ -121,24 +108,27 @@ def _commit_order(rev: str | None, root: Path) -> int:
 
 
 def judged_targets(runs: list[dict], root: str | Path = ".") -> list[dict]:
-    """One row per (kind of run, model, target, metric) over every committed run, taken from the run that
-    judged it best: a run that judged it (pass / miss) before one that refused it (a busy machine, or a
-    paired IQR wider than the margin), then the one that timed the most steps per arm (``repeats *
-    steps_per_round``: its ratio is the least noisy), then the run at the later commit (memory is exact, so
-    a later run measures the code as it is now). Not a best-of pick: which run wins never depends on the
-    ratio it measured. Each row carries ``kind`` and ``run`` (its folder)."""
+    """One row per (kind of run, model, target, metric) over every committed run, from the most precise run that
+    measured it: the one that timed the most steps per arm (``repeats * steps_per_round``: its time ratio is the
+    least noisy; memory is exact, so every run ties there), then the later commit (a later run measures the code as
+    it is now). Which run wins never depends on the ratio or the status it found, so a refused long run is not
+    replaced by a short one that happened to be judged. Statuses are read by the current rule
+    (:func:`reslab.bench.overhead.target_status`: a time ratio without its paired IQR, from a run older than the
+    refusal rule, counts as refused). Each row carries ``kind`` and ``run`` (its folder)."""
+    from .overhead import run_kind, target_status, timed_steps
+
     best: dict[tuple, tuple] = {}
     order = {r["_dir"]: _commit_order(r.get("git"), Path(root)) for r in runs}
     for r in runs:
-        steps = (r.get("repeats") or 1) * (r.get("steps_per_round") or 1)
         for t in r.get("targets", []):
-            if t.get("status") is None:
+            status = target_status(r, t)
+            if status is None:
                 continue
-            judged = t["status"] in ("pass", "miss")
-            rank = (judged, steps if t["metric"] == "time" else 0, order[r["_dir"]])
+            rank = (timed_steps(r) if t["metric"] == "time" else 0, order[r["_dir"]])
             key = (run_kind(r), t["model"], t["target"], t["metric"])
             if key not in best or rank > best[key][0]:
-                best[key] = (rank, t | {"kind": run_kind(r), "kind_order": _kind_order(r), "run": r["_dir"]})
+                best[key] = (rank, t | {"status": status, "kind": run_kind(r), "kind_order": _kind_order(r),
+                                        "run": r["_dir"]})
     return sorted((row for _, row in best.values()), key=lambda t: t["kind_order"])
 
 
@@ -185,8 +175,9 @@ def _verdict(v: str, summary: dict | None = None) -> str:
 
 
 def overhead_line(rows: list[dict], link: str) -> str:
-    """The headline: per kind of run, how many targets were met, missed and refused (``rows``: see
-    :func:`judged_targets`), then the misses."""
+    """The headline: per kind of run that judged at least one target, how many were met, missed and refused
+    (``rows``: see :func:`judged_targets`); kinds that judged none are counted, not listed; the misses themselves are
+    in the scoreboard's table."""
     rows = [t for t in rows if t.get("status") is not None]
     if not rows:
         return ""
@@ -194,19 +185,25 @@ def overhead_line(rows: list[dict], link: str) -> str:
     for t in rows:
         if t.get("kind", "") not in kinds:
             kinds.append(t.get("kind", ""))
-    parts = []
+    parts, unjudged = [], []
     for k in kinds:
         ks = [t for t in rows if t.get("kind", "") == k]
         met = sum(t["status"] == "pass" for t in ks)
         missed = sum(t["status"] == "miss" for t in ks)
         refused = sum(t["status"] == "refused" for t in ks)
+        if not met and not missed:
+            unjudged.append(k)
+            continue
         part = f"{k}: {met} of {len(ks)} met, {missed} missed"
         if refused:  # neither met nor missed: the bench would not judge them (busy machine or too noisy a ratio)
             part += f", {refused} refused"
         parts.append(part)
+    if unjudged:
+        parts.append(f"{len(unjudged)} other kind(s) of run judged none ({', '.join(unjudged)})")
     return ("Connection overhead targets (CPU unless a kind names its device) over every committed `reslab bench "
-            "overhead` run, each target from its most precise run (" + "; ".join(parts) + "; *refused*: not judged, the run was on a busy "
-            f"machine or its paired IQR was wider than the target's margin) ([targets and misses]({link})).")
+            "overhead` run, each target from its most precise run, the one that timed the most steps (" + "; ".join(parts)
+            + "; *refused*: not judged, the run was on a busy machine or its paired IQR was wider than the target's "
+            f"margin) ([targets and misses]({link})).")
 
 
 def scoreboard_markdown(summaries: list[dict], overhead: list[dict] | None, gpu: dict[str, bool] | None = None,
@@ -241,8 +238,7 @@ def scoreboard_markdown(summaries: list[dict], overhead: list[dict] | None, gpu:
                   "Every `overhead.json` under `bench-overhead/`; each run's command is in its `overhead.md`"
                   + (f", profiles and what was changed in [{OVERHEAD_DIR}/NOTES.md]({OVERHEAD_DIR}/NOTES.md)"
                      if overhead_notes else "") + ". A row per kind of run, model, target and metric, from the "
-                  "run that judged it (pass / miss) rather than refused it, then the one that timed the most "
-                  "steps, then the later commit.", "",
+                  "run that timed the most steps (then the later commit), whatever it found.", "",
                   "| kind of run | target | model | metric | limit | measured ratio | status | run |",
                   "|---|---|---|---|---|---|---|---|"]
         for t in overhead:
