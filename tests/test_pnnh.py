@@ -426,6 +426,13 @@ def test_quick_presets_run(tmp_path, fake_fashion_mnist):
     assert d["verdict"] in VERDICTS and set(d["results"]["per_data"]["synthetic"]["init"]) == set(D.KINDS)
     assert (tmp_path / "diss" / "dissipation_init_synthetic.png").exists()
     assert (tmp_path / "diss" / "README.md").exists()
+    # after training: every kind an arm of the runner's cell for its depth, the same seeds, profiled again
+    trained = d["results"]["per_data"]["synthetic"]["trained"]
+    assert set(trained) == set(D.KINDS) and all(set(per) == {"4"} for per in trained.values())
+    assert all(len(t["4"]["val_acc"]) == 1 and t["4"]["status"] == ["completed"] and t["4"]["rows"] for t in trained.values())
+    stats = d["results"]["per_data"]["synthetic"]["statistics"]["trained"]
+    assert stats["plain"]["4"]["welch_p_acc_vs_residual"] is None  # one seed: no test
+    assert "steps_to_target" in stats["residual"]["4"] and "final_val_loss_mean" in stats["pnnh"]["4"]
     v = reproduce("pnnh-vision", "quick", tmp_path / "vis", log=msgs.append)
     assert v["verdict"] in VERDICTS
     checks = v["results"]["graph_check"]

@@ -313,29 +313,40 @@ def load_inputs(data: str, n: int, resize: int = 8, seed: int = 0) -> tuple[Tens
     return task.train_x.flatten(1), task.train_y, task.val_x.flatten(1), task.val_y
 
 
+def fit_config(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Path, *, resize: int = 8,
+               seed: int = 0, steps: int = 300, lr: float = 1e-3, batch_size: int = 128, lam: float | None = None,
+               grad_clip: float = 1.0, threads: int = 0):
+    """The TrainConfig that trains a :class:`ProbeNet` of ``kind`` on ``data`` (:func:`probe_task`): AdamW at a
+    constant lr, no weight decay, clipping, validation accuracy once at the end on the whole held-out split, and only
+    a NaN/inf loss counts as diverged (no loss-growth threshold). :func:`fit` and pnnh-dissipation's arms use it."""
+    from ..train import TrainConfig
+
+    task, task_args = probe_task(data, n, resize, seed)
+    n_val = task_args["n_val"]
+    model_args = {"kind": kind, "depth": depth, "width": width} | ({} if lam is None else {"lam": float(lam)})
+    return TrainConfig(task=task, task_args=task_args, model="probe", model_args=model_args, steps=steps,
+                       batch_size=batch_size, lr=lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                       grad_clip=grad_clip, eval_every=steps, eval_batches=math.ceil(n_val / batch_size), log_every=1,
+                       seed=seed, out_dir=str(out_dir), threads=threads, progress=False, tensorboard=False,
+                       divergence_factor=0.0,  # "finite" means what it says: only a NaN/inf loss stops a run
+                       fused_adamw="cuda")  # as the committed runs were trained (reslab.train.FUSED_ADAMW)
+
+
 def fit(kind: str, depth: int, width: int, data: str, n: int, out_dir: str | Path, *, resize: int = 8,
         seed: int = 0, steps: int = 300, lr: float = 1e-3, batch_size: int = 128, lam: float | None = None,
         grad_clip: float = 1.0, threads: int = 0, curve_every: int = 10, log=print) -> tuple[dict, nn.Module | None]:
-    """Train a :class:`ProbeNet` with reslab's Trainer (AdamW at a constant lr, no weight decay, clipping; the
-    run is reused when its config and code match) so that the diagnostics can be repeated after training. Only a
-    NaN/inf loss counts as diverged (no loss-growth threshold).
+    """Train a :class:`ProbeNet` with reslab's Trainer (:func:`fit_config`; the run is reused when its config and
+    code match) so that the diagnostics can be repeated after training.
 
     Returns (result, trained model or None if it diverged). ``result``: ``final_loss`` (mean training loss of the
     last 20 steps), ``finite``, ``steps``, ``val_acc`` (exact, on the whole held-out split), ``curve`` (every
     ``curve_every`` steps and the last, the mean of the last 20 steps' losses: the same smoothing as
     ``final_loss``, so a run "reaches" another's final loss on a comparable scale) and ``run`` (the run folder)."""
     from ..compare import train_or_reuse
-    from ..train import TrainConfig, load_trained, read_log
+    from ..train import load_trained, read_log
 
-    task, task_args = probe_task(data, n, resize, seed)
-    n_val = task_args["n_val"]
-    model_args = {"kind": kind, "depth": depth, "width": width} | ({} if lam is None else {"lam": float(lam)})
-    cfg = TrainConfig(task=task, task_args=task_args, model="probe", model_args=model_args, steps=steps,
-                      batch_size=batch_size, lr=lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
-                      grad_clip=grad_clip, eval_every=steps, eval_batches=math.ceil(n_val / batch_size), log_every=1,
-                      seed=seed, out_dir=str(out_dir), threads=threads, progress=False, tensorboard=False,
-                      divergence_factor=0.0,  # "finite" means what it says: only a NaN/inf loss stops a run
-                      fused_adamw="cuda")  # as the committed runs were trained (reslab.train.FUSED_ADAMW)
+    cfg = fit_config(kind, depth, width, data, n, out_dir, resize=resize, seed=seed, steps=steps, lr=lr,
+                     batch_size=batch_size, lam=lam, grad_clip=grad_clip, threads=threads)
     summary = train_or_reuse(cfg, log, tag=f"[{data}/{kind} depth {depth} seed {seed}]")
     losses = [r["loss"] for r in read_log(out_dir) if "loss" in r]
     finite = summary.get("status") == "completed"

@@ -38,15 +38,16 @@ Cantelli bound and the same diagnostics after a short training run.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from pathlib import Path
 
 import torch
 
-from ..analysis.dissipation import (KINDS, THEOREM_3_2, ProbeNet, fit, load_inputs, plot_profiles,
-                                    profile, table, theorem_3_2_check)
-from ..report import mean_curve, mean_std, steps_to_target, welch_p
+from ..analysis.dissipation import (KINDS, THEOREM_3_2, ProbeNet, load_inputs, plot_profiles, profile, table,
+                                    theorem_3_2_check)
+from ..report import mean_std, welch_p
 from . import Experiment
 from .runner import write_readme
 
@@ -74,7 +75,6 @@ def _one_dataset(settings: dict, data: str, out_dir: Path, log) -> dict:
     depth, width, seeds = settings["max_depth"], settings["width"], settings["seeds"]
     n_probe = settings["n_probe"]
     init: dict[str, dict] = {}
-    trained: dict[str, dict] = {}
     for kind in kinds:
         per_seed, checks = [], []
         for seed in range(seeds):
@@ -93,26 +93,7 @@ def _one_dataset(settings: dict, data: str, out_dir: Path, log) -> dict:
         if kind in THEOREM_3_2:
             init[kind]["theorem_3_2_seeds"] = checks
             init[kind]["theorem_3_2"] = theorem_3_2_check(mean_rows, kind, TOL)
-        trained[kind] = {}
-        for d in settings["train_depths"]:
-            runs = []
-            for seed in range(seeds):
-                xt, yt, xv, yv = load_inputs(data, settings["n_train"], settings["resize"], seed)
-                probe_x = torch.cat([xt[:n_probe], xv[: n_probe // 2]])
-                res, net = fit(kind, d, width, data, settings["n_train"], out_dir / "train" / data / kind / f"d{d}" /
-                               f"seed{seed}", resize=settings["resize"], seed=seed, steps=settings["train_steps"],
-                               lr=settings["lr"], batch_size=settings["batch_size"],
-                               threads=settings.get("threads", 0), log=log)
-                res["rows"] = profile(net, probe_x, n_train=n_probe) if net is not None else None
-                runs.append(res)
-                log(f"[{data}/{kind}] depth {d} seed {seed} trained: loss {res['final_loss']:.3f}, val acc "
-                    f"{res['val_acc']:.3f}")
-            ok = [r["rows"] for r in runs if r["rows"] is not None]
-            trained[kind][str(d)] = {"rows": _mean_rows(ok) if ok else None,
-                                     "val_acc": [r["val_acc"] for r in runs],
-                                     "final_loss": [r["final_loss"] for r in runs],
-                                     "finite": [r["finite"] for r in runs],
-                                     "curves": [r["curve"] for r in runs]}
+    trained = _train_and_profile(settings, data, kinds, out_dir, log)
     res = {"data": data, "kinds": kinds, "max_depth": depth, "lose_layer": min(settings["lose_layer"], depth),
            "keep_layer": min(settings["keep_layer"], depth), "init": init, "trained": trained}
     res["statistics"] = statistics_of(res)
@@ -125,6 +106,53 @@ def _one_dataset(settings: dict, data: str, out_dir: Path, log) -> dict:
         plot_profiles(curves | tcurves, out_dir / f"dissipation_trained_{data}.png",
                       title=f"{data}: init (solid) vs after {settings['train_steps']} AdamW steps (dashed)")
     return res
+
+
+def _finite(xs) -> list[float]:
+    return [x for x in xs if x is not None and math.isfinite(x)]
+
+
+def _train_and_profile(settings: dict, data: str, kinds: list[str], out_dir: Path, log) -> dict:
+    """After training: every kind is an arm of one cell per depth, trained by the declarative runner
+    (:func:`reslab.experiments.runner.run_cells`: the same seeds, data order and evaluation for every kind; runs
+    reused when config and code match), then each completed run's net is profiled again on held-out probe inputs.
+    Per kind and depth: the profile (seed means), per-seed validation accuracy and loss, statuses and the steps until
+    each arm reaches the residual net's final validation loss (the runner's steps-to-target)."""
+    from ..analysis.dissipation import fit_config
+    from ..compare import slug
+    from ..train import load_trained
+    from .runner import run_cells
+
+    width, seeds, n_probe, steps = settings["width"], settings["seeds"], settings["n_probe"], settings["train_steps"]
+    root = out_dir / "train" / data
+    cells = {}
+    for d in settings["train_depths"]:
+        cells[f"d{d}"] = {}
+        for kind in kinds:
+            cfg = fit_config(kind, d, width, data, settings["n_train"], root, resize=settings["resize"], seed=0,
+                             steps=steps, lr=settings["lr"], batch_size=settings["batch_size"],
+                             threads=settings.get("threads", 0))
+            # four evaluations on the whole held-out split, so steps-to-target has more than the end to read
+            cells[f"d{d}"][kind] = dataclasses.replace(cfg, eval_every=max(1, steps // 4))
+    baseline = "residual" if "residual" in kinds else kinds[0]
+    values = run_cells(cells, seeds, root, baseline, log,
+                       title=lambda c: f"{data}, depth {c[1:]}: {seeds} seed(s), {steps} steps")
+    # the trained nets are profiled on the task they learned (its seed-0 data; every seed trains on it)
+    xt, _, xv, _ = load_inputs(data, settings["n_train"], settings["resize"], 0)
+    probe_x = torch.cat([xt[:n_probe], xv[: n_probe // 2]])
+    trained: dict[str, dict] = {kind: {} for kind in kinds}
+    for cell, per_arm in values.items():
+        for kind in kinds:
+            v = per_arm[kind]
+            rows = [profile(load_trained(root / cell / slug(kind) / f"seed{s}")[0], probe_x, n_train=n_probe)
+                    for s, status in enumerate(v["status"]) if status == "completed"]
+            trained[kind][cell[1:]] = {"rows": _mean_rows(rows) if rows else None, "val_acc": v["metric"],
+                                       "val_loss": v["val_loss"], "status": v["status"],
+                                       "steps_to_target": v["steps_to_target"],
+                                       "steps_to_target_per_seed": v["steps_to_target_per_seed"]}
+            log(f"[{data}/{kind}] depth {cell[1:]} trained: val acc " + ", ".join(
+                "—" if a is None else f"{a:.3f}" for a in v["metric"]))
+    return trained
 
 
 def run(settings: dict, out_dir: Path, log) -> dict:
@@ -173,19 +201,14 @@ def statistics_of(res: dict) -> dict:
         trained[kind] = {}
         for d, tr in per_depth.items():
             ref = res["trained"].get("residual", {}).get(d)
-            accs = [a for a in tr["val_acc"] if math.isfinite(a)]
+            accs, losses = _finite(tr["val_acc"]), _finite(tr["val_loss"])
             e = {"val_acc_mean": mean_std(accs)[0], "val_acc_std": mean_std(accs)[1],
-                 "final_loss_mean": mean_std(tr["final_loss"])[0], "final_loss_std": mean_std(tr["final_loss"])[1]}
+                 "final_val_loss_mean": mean_std(losses)[0], "final_val_loss_std": mean_std(losses)[1],
+                 "diverged": sum(st == "diverged" for st in tr["status"])}
             e["welch_p_acc_vs_residual"] = (None if kind == "residual" or ref is None
-                                            else welch_p(tr["val_acc"], ref["val_acc"]))
-            target = mean_std(ref["final_loss"])[0] if ref is not None else float("nan")
-            curves = [c for c, ok in zip(tr.get("curves", []), tr["finite"]) if ok and c]
-            e["target_loss"] = target
-            e["steps_to_target"] = (steps_to_target(mean_curve([{"curve": c} for c in curves], "train_loss"),
-                                                    target, "train_loss")
-                                    if curves and math.isfinite(target) else None)
-            e["steps_to_target_per_seed"] = [steps_to_target(c, target, "train_loss") for c in curves] \
-                if math.isfinite(target) else []
+                                            else welch_p(accs, _finite(ref["val_acc"])))
+            e["steps_to_target"] = tr.get("steps_to_target")
+            e["steps_to_target_per_seed"] = tr.get("steps_to_target_per_seed") or []
             trained[kind][d] = e
     return {"init": init, "trained": trained}
 
@@ -264,7 +287,7 @@ def _readme_body(results: dict, settings: dict) -> str:
                 lines += [f"Theorem 3.2: ({t['mean_ratio']:.3f}, {t['m2_ratio']:.3f}) vs {tuple(t['expected'])} -> "
                           f"{'within' if t['within_tol'] else 'outside'} ±10%", ""]
             for d, tr in res["trained"][k].items():
-                accs = [a for a in tr["val_acc"] if math.isfinite(a)]
+                accs = _finite(tr["val_acc"])
                 head = (f"## {data}: {k}, depth {d}, after {settings['train_steps']} steps: val acc "
                         f"{statistics.fmean(accs):.3f}" if accs else f"## {data}: {k}, depth {d}: training diverged")
                 lines += [head, ""]
@@ -281,13 +304,14 @@ def _readme_body(results: dict, settings: dict) -> str:
                 lines.append(f"| {k} | {fmt(e['r2_lose_mean'], '.3f')} ± {fmt(e['r2_lose_std'], '.3f')} | "
                              f"{fmt(e['r2_keep_mean'], '.3f')} ± {fmt(e['r2_keep_std'], '.3f')} | "
                              f"{fmt(e['welch_p_r2_lose_vs_plain'])}, {fmt(e['welch_p_r2_keep_vs_plain'])} |")
-            lines += ["", "After training: val accuracy and final loss (mean ± std), Welch p of the accuracy against "
-                      "the residual net, steps until the seed-mean loss reaches the residual net's final loss.", "",
-                      "| kind | depth | val acc | final loss | Welch p | steps to target |", "|---|---|---|---|---|---|"]
+            lines += ["", "After training: val accuracy and final validation loss (mean ± std), Welch p of the accuracy "
+                      "against the residual net, steps until the seed-mean validation loss reaches the residual net's "
+                      "final one (evaluated every quarter of the run).", "",
+                      "| kind | depth | val acc | final val loss | Welch p | steps to target |", "|---|---|---|---|---|---|"]
             for k, per in st["trained"].items():
                 for d, e in per.items():
                     lines.append(f"| {k} | {d} | {fmt(e['val_acc_mean'], '.3f')} ± {fmt(e['val_acc_std'], '.3f')} | "
-                                 f"{fmt(e['final_loss_mean'], '.3f')} ± {fmt(e['final_loss_std'], '.3f')} | "
+                                 f"{fmt(e['final_val_loss_mean'], '.3f')} ± {fmt(e['final_val_loss_std'], '.3f')} | "
                                  f"{fmt(e['welch_p_acc_vs_residual'])} | "
                                  f"{'—' if e['steps_to_target'] is None else e['steps_to_target']} |")
             lines.append("")
@@ -295,7 +319,7 @@ def _readme_body(results: dict, settings: dict) -> str:
 
 
 EXPERIMENT = Experiment(
-    splittable=False,  # its own training loop: parts by seed would not apply
+    splittable=False,  # the init probes of every seed run in one process: parts by seed are not wired here
     name="pnnh-dissipation",
     paper="Zhang, Yan, Li, Chen 2024, Peeking Behind the Curtains of Residual Learning (arXiv:2402.08645)",
     claim="Plain nets lose their input with depth (dissipating inputs) while residual nets and a PNNH internal "
@@ -319,7 +343,8 @@ EXPERIMENT = Experiment(
           "offline). Theorem 3.2's second moment is read as E[y²]/E[x²] (the numbers match exactly then); the "
           "Cantelli bound form is our reconstruction. The scaled residual's λ = 1/sqrt(max_depth) is used at "
           "every layer of the one deep net. PNNH = our reconstruction (reslab/models/pnnh.py), fixed coder. "
-          "The 'after training' nets are trained by reslab's Trainer (model 'probe', constant lr, no weight decay, "
-          "clipping 1; dissipation.fit), each run reused when its config and code match.",
+          "The 'after training' nets are arms of the declarative runner (runner.run_cells: one cell per depth, every kind "
+          "an arm, the same seeds and data order; model 'probe', constant lr, no weight decay, clipping 1, "
+          "dissipation.fit_config), each run reused when its config and code match.",
     tags=["pnnh", "dissipation", "diagnostics"],
 )
