@@ -518,6 +518,39 @@ def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:
     the code revision it was trained by (:func:`code_revision`) match; a diverged run returns its summary with
     status "diverged". A folder holding a finished run of *other* settings or code starts afresh instead of
     resuming that run's checkpoint; an unfinished run (a checkpoint, no summary) resumes."""
+    with run_lock(cfg.out_dir, log, tag):
+        return _train_or_reuse(cfg, log, tag)
+
+
+LOCK_FILE = ".reslab.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path, log=print, tag: str = ""):
+    """Hold an exclusive lock on one run folder while it is trained or read for reuse. Two processes that need the
+    same run -- the parts of a split preset started side by side both train the shared tuning runs -- then never
+    train it twice into one folder: the second waits, then finds the first one's finished run and reuses it.
+    (An OS file lock: released when its process ends, however it ends, so a killed run never leaves it held.)"""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): one process per output folder, as before
+        yield
+        return
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{tag} waiting: another process is training {folder}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_or_reuse(cfg: TrainConfig, log, tag: str) -> dict:
     import time
 
     path = Path(cfg.out_dir) / "summary.json"

@@ -278,3 +278,30 @@ def test_a_run_retrained_over_a_stale_one_is_reused_next_time(tmp_path, monkeypa
     msgs.clear()
     compare.train_or_reuse(cfg, msgs.append)
     assert any("reusing finished run" in m for m in msgs) and not any("training" in m for m in msgs)
+
+
+def test_two_processes_needing_one_run_train_it_once(tmp_path):
+    """Parts of a split preset started side by side both need the shared tuning runs: the run folder's lock makes
+    the second caller wait for the first and reuse its finished run, never train into the same folder at once."""
+    import dataclasses
+    import threading
+
+    from reslab import compare
+
+    cfg = dataclasses.replace(_tiny(), out_dir=str(tmp_path / "run"))
+    logs: dict[str, list[str]] = {"a": [], "b": []}
+    held = compare.run_lock(cfg.out_dir, lambda m: None)
+    held.__enter__()  # a first process holds the run: the callers below must wait for it
+    threads = [threading.Thread(target=compare.train_or_reuse, args=(cfg, logs[k].append, f"[{k}]")) for k in logs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=0.5)
+    assert all(t.is_alive() for t in threads)  # blocked on the lock, not training
+    assert all(any("waiting: another process is training" in m for m in ms) for ms in logs.values())
+    held.__exit__(None, None, None)
+    for t in threads:
+        t.join(timeout=120)
+    trained = [k for k, ms in logs.items() if any("training" in m and "waiting" not in m for m in ms)]
+    reused = [k for k, ms in logs.items() if any("reusing finished run" in m for m in ms)]
+    assert len(trained) == 1 and len(reused) == 1 and set(trained + reused) == set(logs)
