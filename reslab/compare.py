@@ -466,6 +466,11 @@ def seed_part(part: SeedPart | None):
         _PART = before
 
 
+def active_part() -> SeedPart | None:
+    """The part this process trains (:func:`seed_part`), or None for every seed."""
+    return _PART
+
+
 def in_part(seed_index: int, seeds: int) -> bool:
     """Does this process train seed ``seed_index`` of ``seeds`` (every seed outside :func:`seed_part`)?"""
     return _PART is None or seed_index in range(seeds)[_PART.slice(seeds)]

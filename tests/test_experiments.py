@@ -305,3 +305,17 @@ def test_two_processes_needing_one_run_train_it_once(tmp_path):
     trained = [k for k, ms in logs.items() if any("training" in m and "waiting" not in m for m in ms)]
     reused = [k for k, ms in logs.items() if any("reusing finished run" in m for m in ms)]
     assert len(trained) == 1 and len(reused) == 1 and set(trained + reused) == set(logs)
+
+
+def test_parts_side_by_side_start_at_different_cells_and_visit_every_cell():
+    from reslab.compare import SeedPart, seed_part
+    from reslab.experiments.runner import part_order
+
+    names = ["d8", "d20", "d32", "d56", "w0.25", "w0.5", "w1"]
+    assert part_order(names) == names
+    orders = []
+    for k in (1, 2, 3):
+        with seed_part(SeedPart(k, 3)):
+            orders.append(part_order(names))
+    assert [o[0] for o in orders] == ["d8", "d32", "w0.25"]
+    assert all(sorted(o) == sorted(names) for o in orders)

@@ -460,11 +460,13 @@ def test_pnnh_vision_in_parts_trains_each_seed_once(tmp_path, fake_fashion_mnist
     msgs = []
     assert reproduce("pnnh-vision", "quick", tmp_path / "p", log=msgs.append, part=1) is None
     assert not (tmp_path / "p" / "summary.json").exists()
-    assert any("[tune" in m for m in msgs) and any("seed 0" in m and "] depth" in m for m in msgs)
+    assert any("[tune" in m for m in msgs) and any("seed 0] training" in m for m in msgs)
+    assert not any("seed 1] training" in m for m in msgs)  # part 2's seed
     msgs.clear()
     s = reproduce("pnnh-vision", "quick", tmp_path / "p", log=msgs.append, part=2)
     assert s is not None and set(s["part_wall_time_s"]) == {"1", "2"}
-    assert not any("seed 0" in m and "] depth" in m for m in msgs)  # seed 0 came from part 1, not retrained
+    assert not any("seed 0] training" in m for m in msgs)  # seed 0 came from part 1, not retrained
+    assert any("seed 1] training" in m for m in msgs) and not any("[tune" in m and "training" in m for m in msgs)
     assert any("reusing the run another part finished" in m for m in msgs)
     whole = reproduce("pnnh-vision", "quick", tmp_path / "w", log=lambda m: None)
     for a, per in s["results"]["table"].items():

@@ -134,13 +134,14 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     out.mkdir(parents=True, exist_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    part_times = raw / "parts.json"  # wall time of each part, summed into the summary by the part that ends
+    part_times = raw / "parts.json"  # wall time of each part (all its invocations), kept in the part's summary
     try:
         with seed_part(this_part):
             results = exp.run(dict(exp.presets[preset]), raw, log)
     except PartIncomplete as e:
         times = load_summary(part_times) if part_times.exists() else {}
-        times[str(part)] = round(time.time() - t0, 1)
+        # a part invoked again (to collect parts that ran side by side) adds its time: each part's total is kept
+        times[str(part)] = round(times.get(str(part), 0.0) + time.time() - t0, 1)
         atomic_write_json(part_times, times)
         others = [k for k in range(1, parts + 1) if k != part]
         log(f"\n{name} ({preset}): part {part} of {parts} done in {times[str(part)] / 60:.1f} min; {e}. Run "
@@ -168,7 +169,7 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     }
     if part is not None:  # wall_time_s is this part's; each part's own is kept beside it
         times = load_summary(part_times) if part_times.exists() else {}
-        summary["part_wall_time_s"] = times | {str(part): wall}
+        summary["part_wall_time_s"] = times | {str(part): round(times.get(str(part), 0.0) + wall, 1)}
     atomic_write_json(out / "summary.json", summary)
     part_times.unlink(missing_ok=True)  # only once the summary holds the parts' times
     log(f"\n{name} ({preset}): {verdict.upper()} — {explanation}\nwrote {out / 'summary.json'} (raw runs in {raw})")

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import torch
 
-from ..compare import PartIncomplete, part_run, tune_arms
 from ..report import mean_curve, mean_std, steps_to_target, trailing_mean_curve, welch_p
 from ..train import TrainConfig, read_log
 from . import Experiment
@@ -145,7 +144,36 @@ def _summ(runs: list[dict], batch: int) -> dict:
             "img_per_s": batch / statistics.median(times) if times else float("nan")}
 
 
+def _cells(settings: dict, widths: dict[str, dict[str, float]]) -> dict[str, dict[str, TrainConfig]]:
+    """The runner's cells: one per depth (every arm, PNNH at its parameter-matched width) and one per width of the
+    sweep at ``sweep_depth`` (the ResNet and the pre-registered PNNH variant at that width)."""
+    cells = {f"depth{d}": {arm: _config(settings, arm, d, widths[arm][str(d)], 0, Path("."))
+                           for arm in settings["arms"]} for d in settings["depths"]}
+    for w in settings["sweep_widths"]:
+        cells[f"sweep-width{w:g}"] = {arm: _config(settings, arm, settings["sweep_depth"], w, 0, Path("."))
+                                      for arm in ("resnet", PNNH_VARIANT) if arm in settings["arms"]}
+    return cells
+
+
+def _entry(values: dict, run_dirs: list[Path], batch: int) -> dict:
+    """One (arm, cell) of the tables: per-seed accuracy, final training loss (trailing mean of the logged training
+    losses: one validation point per run) and throughput, from the runner's values and the runs' logs."""
+    runs = []
+    for k, folder in enumerate(run_dirs):
+        curve = _train_curve(str(folder))
+        runs.append({"status": values["status"][k], "final_val_metric": values["metric"][k],
+                     "median_step_time": values["median_step_time"][k], "params": values["params"],
+                     "train_curve": curve, "train_loss": curve[-1]["train_loss"] if curve else float("nan")})
+    return _summ(runs, batch) | {"tuned": values["tuned"]}
+
+
 def run(settings: dict, out_dir: Path, log) -> dict:
+    """Every cell (depth table, width sweep) through the declarative runner (:func:`runner.run_cells`): the same
+    seeds, data order and evaluation for every arm, each arm tuned on the preset's grid in every cell alike, finished
+    runs reused when config and code match, a split preset trained by seed part."""
+    from ..compare import slug
+    from .runner import run_cells
+
     arms = list(settings["arms"])
     for a in arms:
         if a not in ARMS:
@@ -153,60 +181,28 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     if "resnet" not in arms:
         raise ValueError("pnnh-vision: the arms must include 'resnet' (the reference)")
     depths, width, seeds = list(settings["depths"]), settings["width"], settings["seeds"]
-    cache: dict[tuple, dict] = {}
-    lrs: dict[tuple, dict] = {}  # (arm, depth) -> tuned values and the tuning report
-    missing: list[str] = []  # runs of other parts (a split preset) not finished yet
-
-    def tuned(arm: str, depth: int, w: float) -> dict:
-        """The arm's lr at this depth, tuned like every other arm's from the preset's grid on a tuning seed (at the
-        depth table's width; the width sweep reuses it). {} without ``tune``."""
-        if not settings.get("tune"):
-            return {}
-        key = (arm, depth)
-        if key not in lrs:
-            label = f"{arm}@depth{depth}"
-            cfg = _config(settings, arm, depth, w, 0, out_dir)
-            best, report = tune_arms({label: cfg}, dict(settings["tune"]), out_dir, log=log)
-            lrs[key] = {"values": {"lr": best[label].lr}, "report": report[label]}
-        return lrs[key]["values"]
-
-    def runs_of(arm: str, depth: int, w: float) -> dict:
-        key = (arm, depth, w)
-        if key not in cache:
-            rs = []
-            values = tuned(arm, depth, widths[arm][str(depth)] if depth in depths else w)
-            for seed in range(seeds):
-                cfg = with_(_config(settings, arm, depth, w, seed, out_dir), **values)
-                s = part_run(f"{arm} depth {depth} width {w:g}", cfg, seed, seeds, missing, log,
-                             tag=f"[{arm}] depth {depth} width {w:g} seed {seed}"
-                                 + (f" lr {values['lr']:g}" if values else ""))
-                if s is None:  # another part's seed, not finished yet (noted in missing)
-                    continue
-                s = {k: v for k, v in s.items() if k != "config"}
-                s["train_curve"] = _train_curve(cfg.out_dir)
-                s["train_loss"] = s["train_curve"][-1]["train_loss"] if s["train_curve"] else float("nan")
-                if s.get("status") == "completed":
-                    log(f"  val acc {s['final_val_metric']:.4f}, train loss {s['train_loss']:.4f}, "
-                        f"{s['params']} params, {1000 * (s.get('median_step_time') or math.nan):.0f} ms/step")
-                rs.append(s)
-            cache[key] = _summ(rs, settings["train"]["batch_size"]) | {"tuned": values or None}
-        return cache[key]
-
+    batch = settings["train"]["batch_size"]
     match = settings.get("match_params", False)
     widths = {arm: {str(d): (matched_width(settings, arm, d, width) if match else width) for d in depths} for arm in arms}
-    table = {arm: {str(d): runs_of(arm, d, widths[arm][str(d)]) | {"width": widths[arm][str(d)]} for d in depths}
-             for arm in arms}
-    sweep = {}
-    for arm in ("resnet", PNNH_VARIANT):
-        if arm in arms:
-            sweep[arm] = [dict(width=w, **runs_of(arm, settings["sweep_depth"], w)) for w in settings["sweep_widths"]]
-    if missing:  # this part trained its seeds; the summary waits for the other parts
-        raise PartIncomplete(missing)
+    root = out_dir / "runs"
+    cells = _cells(settings, widths)
+    values = run_cells(cells, seeds, root, "resnet", log, tune=settings.get("tune"),
+                       title=lambda c: f"pnnh-vision {c}: {seeds} seed(s), {settings['train']['steps']} steps")
+
+    def entry(cell: str, arm: str) -> dict:
+        base_seed = cells[cell][arm].seed
+        dirs = [root / cell / slug(arm) / f"seed{base_seed + k}" for k in range(seeds)]
+        return _entry(values[cell][arm], dirs, batch)
+
+    table = {arm: {str(d): entry(f"depth{d}", arm) | {"width": widths[arm][str(d)]} for d in depths} for arm in arms}
+    sweep = {arm: [dict(width=w, **entry(f"sweep-width{w:g}", arm)) for w in settings["sweep_widths"]]
+             for arm in ("resnet", PNNH_VARIANT) if arm in arms}
+    tuning = {f"{arm}@{cell}": {"chosen": v["tuned"], "at_edge": v["tuned_at_edge"], "points": v["tune_points"]}
+              for cell, per in values.items() for arm, v in per.items() if v.get("tuned")}
     add_statistics(table)
     graph = {arm: {str(d): _graph_check(arm, d, widths[arm][str(d)], settings) for d in depths} for arm in arms}
     results = {"arms": arms, "depths": depths, "width": width, "match_params": match, "seeds": seeds, "table": table,
-               "sweep": sweep, "tuning": {f"{a}@depth{d}": v["report"] for (a, d), v in lrs.items()},
-               "sweep_depth": settings["sweep_depth"], "graph_check": graph,
+               "sweep": sweep, "tuning": tuning, "sweep_depth": settings["sweep_depth"], "graph_check": graph,
                "thresholds": {"plain_gap": PLAIN_GAP, "loss_ratio": LOSS_RATIO, "match": MATCH,
                               "param_ratio": PARAM_RATIO,
                               "match_from_depth": settings.get("match_from_depth", MATCH_FROM_DEPTH)}}
@@ -452,8 +448,9 @@ EXPERIMENT = Experiment(
                       tune={"lr": [1e-3, 3e-3]},
                       train=_train(steps=6, batch=32, warmup=2, eval_batches=4,
                                    task_args={"n_train": 256, "n_val": 64, "resize": 8})),
-        # the three arms the verdict reads (the other PNNH coders are in the gpu preset), 4 seeds, every (arm, depth)
-        # at its own lr tuned from one grid, the whole 10,000-image test set: ~80 min on one thread, in two parts
+        # the three arms the verdict reads (the other PNNH coders are in the gpu preset), 4 seeds, every arm in every
+        # cell (depth; sweep width) at its own lr tuned from one grid, the whole 10,000-image test set: two parts,
+        # run one after the other or side by side (see NOTES for their times)
         "cpu": dict(arms=["plain", "resnet", "pnnh-shared"], depths=[8, 20, 32, 56], match_params=True, width=0.5,
                     seeds=4, parts=2, tune={"lr": [1e-3, 3e-3, 1e-2], "extend": 1}, sweep_depth=20,
                     sweep_widths=[0.25, 0.5, 1.0],
@@ -471,7 +468,8 @@ EXPERIMENT = Experiment(
           "whole 10,000-image test set, width 0.5 (stages 8/16/32 learner channels), 300 AdamW steps of batch 64 "
           "(~2 epochs), 4 seeds; the paper used CIFAR/ImageNet at full width and schedule. Every (arm, depth) gets its "
           "own lr, tuned on a tuning seed from the same grid by final validation loss (one point further when an edge "
-          "wins); the width sweep (parameter efficiency, reported beside the verdict) reuses the lr tuned at its depth. "
+          "wins); so does every arm at every width of the sweep (parameter efficiency, reported beside the verdict). "
+          "Every cell (a depth, a sweep width) is a cell of the declarative runner (runner.run_cells). "
           "match_params: each PNNH net's width is chosen (widths k/64) so that its parameters are within 10% of the "
           "ResNet's at the same depth, so the on-par check (B) compares equal-size nets. The PNNH variant B reads "
           "(pnnh-shared) is fixed in advance. Throughput = batch / median trainer step time on a shared machine: a "

@@ -32,14 +32,28 @@ def run_cells(cells: dict[str, dict[str, TrainConfig]], seeds: int, out: Path, b
     """Train every cell's arms under ``out/<cell>/`` (``run_arms``), each cell tuned on ``tune(cell)`` (or the one
     grid ``tune``); returns each cell's per-arm values (:func:`arm_values`)."""
     values, pending = {}, PendingParts()  # a part of a split run trains its seeds of every cell before it stops
-    for name, configs in cells.items():
+    for name in part_order(list(cells)):
+        configs = cells[name]
         grid = tune(name) if callable(tune) else tune
         with pending.step(f"{name}: "):
             report = run_arms(configs, seeds, Path(out) / name, baseline, tune=grid, log=log,
                               title=title(name) if title else name)
             values[name] = arm_values(report)
     pending.raise_if_any()
-    return values
+    return {name: values[name] for name in cells}
+
+
+def part_order(names: list[str]) -> list[str]:
+    """The order a process walks the cells in: part k of n starts (k-1)/n of the way along and wraps around, so
+    parts started side by side train different cells' shared tuning runs at once instead of queueing on the same
+    run's lock (:func:`reslab.compare.run_lock`); every part still visits every cell. Whole runs: as given."""
+    from ..compare import active_part
+
+    part = active_part()
+    if part is None or part.count <= 1:
+        return names
+    start = (part.index - 1) * len(names) // part.count
+    return names[start:] + names[:start]
 
 
 def arm_values(report: dict) -> dict[str, dict]:
