@@ -319,3 +319,23 @@ def test_parts_side_by_side_start_at_different_cells_and_visit_every_cell():
             orders.append(part_order(names))
     assert [o[0] for o in orders] == ["d8", "d32", "w0.25"]
     assert all(sorted(o) == sorted(names) for o in orders)
+
+
+def test_ancre_linear_records_every_gd_run_and_reuses_it(tmp_path, monkeypatch):
+    """The GD loop's runs are recorded like Trainer runs (the summary lists each with its code revision and wall
+    time) and reused by the next reproduce; a changed setting trains afresh."""
+    from reslab.experiments import ancre_linear, reproduce
+
+    first = reproduce("ancre-linear", "quick", tmp_path / "a", log=lambda m: None)
+    assert first["runs"] and all(r["code_revision"] and r["wall_time_s"] >= 0 for r in first["runs"])
+    from reslab.compare import slug
+
+    assert {r["run"].split("/")[2] for r in first["runs"]} == {slug(n) for n in ancre_linear.LAYOUTS[3]}
+    calls = []
+    real = ancre_linear.run_one
+    monkeypatch.setattr(ancre_linear, "run_one", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = reproduce("ancre-linear", "quick", tmp_path / "a", log=lambda m: None)
+    assert calls == [] and again["results"]["K"] == first["results"]["K"]
+    monkeypatch.setitem(get_experiment("ancre-linear").presets["quick"], "target", 1e-6)
+    reproduce("ancre-linear", "quick", tmp_path / "a", log=lambda m: None)
+    assert calls  # another target: not the recorded runs

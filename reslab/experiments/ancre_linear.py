@@ -9,6 +9,12 @@ The ANCRe arm is ``reslab.connection("ancre(form=theory, tau=...)")`` with the W
 branches, trained by the same gradient descent (logits included). Under plain GD a temperature tau
 scales the logits' step by 1/tau^2 (digest §1.2), so the GD-stable tau=1 is used here; this is
 our choice, recorded in the summary.
+
+Why not the Trainer: the theorems are about gradient flow on the whole (whitened) training set in exact
+arithmetic, and the claim is read off the loss at *every* step; the Trainer is minibatch, float32, with
+schedules and periodic evaluation. The loop below is that gradient descent and nothing else, but each of its
+runs is recorded like a Trainer run (:func:`gd_run`): under ``runs/K{K}/{layout}/seed{seed}/lr{lr}/`` its
+result and a run record (code revision, git revision, wall time), reused when settings and code match.
 """
 from __future__ import annotations
 
@@ -92,10 +98,50 @@ def run_one(K: int, layout_name: str, seed: int, s: dict, lr: float | None = Non
     return losses
 
 
+#: the settings a GD run depends on (besides its depth, layout, seed and lr); a recorded run is reused only if
+#: these, and the code revision of the library plus this file, match
+RUN_KEYS = ("d", "init_scale", "tau", "target", "max_steps")
+CURVE_POINTS = 400  # the loss trace kept per run for the plots (every len/400-th step)
+
+
+def gd_run(K: int, layout_name: str, seed: int, s: dict, lr: float, root: Path | None = None, log=print) -> dict:
+    """One gradient-descent run (:func:`run_one`) summarised: steps to the target (None: not within the budget),
+    the final loss, the number of steps taken and the subsampled loss trace. With ``root`` the run is recorded in
+    its own folder (``result.json`` and a run record as the Trainer's runs have, so the experiment's summary lists
+    it) and a finished run of the same settings and code is reused instead of trained again."""
+    import time
+
+    from ..compare import CODE_PARTS, RUN_RECORD, code_revision, slug
+    from ..train import atomic_write_json, git_revision
+
+    config = {"K": K, "layout": layout_name, "seed": seed, "lr": lr} | {k: s[k] for k in RUN_KEYS}
+    rev = code_revision(CODE_PARTS + ("experiments/ancre_linear.py",))
+    folder = (Path(root) / f"K{K}" / slug(layout_name) / f"seed{seed}" / f"lr{lr:g}") if root else None
+    if folder is not None and (folder / "result.json").exists() and (folder / RUN_RECORD).exists():
+        import json
+
+        done, record = json.loads((folder / "result.json").read_text()), json.loads((folder / RUN_RECORD).read_text())
+        if done.get("config") == config and record.get("code_revision") == rev:
+            return done
+    t0 = time.time()
+    losses = run_one(K, layout_name, seed, s, lr)
+    stride = max(1, len(losses) // CURVE_POINTS)
+    final = losses[-1] if math.isfinite(losses[-1]) else None
+    out = {"config": config, "steps_to_target": steps_to(losses, s["target"]), "final_loss": final,
+           "steps_taken": len(losses) - 1, "curve": losses[::stride], "curve_stride": stride}
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "result.json", out)
+        atomic_write_json(folder / RUN_RECORD, {"code_revision": rev, "git": git_revision(),
+                                                "status": "completed" if final is not None else "diverged",
+                                                "wall_time_s": round(time.time() - t0, 1)})
+    return out
+
+
 TUNE_SEED = 1000  # the learning rate of each arm is chosen on this seed, never one of the reported seeds
 
 
-def tune_lr(K: int, name: str, s: dict) -> tuple[float, dict]:
+def tune_lr(K: int, name: str, s: dict, root: Path | None = None) -> tuple[float, dict]:
     """Every arm alike: the GD learning rate from the shared grid ``s["lrs"]`` that reaches the target in the
     fewest steps on the tuning seed (ties: the lower final loss). When an edge of the grid wins, the grid grows past
     it by the edge's own ratio (0.05 -> 0.1 -> 0.2 ...), up to ``s["lr_extend"]`` points, while each new point wins:
@@ -103,10 +149,9 @@ def tune_lr(K: int, name: str, s: dict) -> tuple[float, dict]:
     scores = {}
 
     def score(lr: float) -> None:
-        losses = run_one(K, name, TUNE_SEED, s, lr)
-        st = steps_to(losses, s["target"])
-        last = losses[-1] if math.isfinite(losses[-1]) else math.inf
-        scores[lr] = (math.inf if st is None else st, last)
+        r = gd_run(K, name, TUNE_SEED, s, lr, root)
+        st, last = r["steps_to_target"], r["final_loss"]
+        scores[lr] = (math.inf if st is None else st, math.inf if last is None else last)
 
     grid = sorted(s["lrs"])
     for lr in grid:
@@ -129,18 +174,16 @@ def run(s: dict, out: Path, log) -> dict:
     import time
 
     t0 = time.time()
+    root = out / "runs"  # every GD run recorded (and reused) like a Trainer run: the summary lists them
     res = {"settings": s, "K": {}}
     for K in s["depths"]:
         arms = {}
         for name in LAYOUTS[K]:
-            lr, tuning = tune_lr(K, name, s) if s.get("lrs") else (s["lr"], {})
-            per_seed, curves = [], []
-            for seed in range(s["seeds"]):
-                losses = run_one(K, name, seed, s, lr)
-                per_seed.append(steps_to(losses, s["target"]))
-                curves.append(losses[:: max(1, len(losses) // 400)])
+            lr, tuning = tune_lr(K, name, s, root) if s.get("lrs") else (s["lr"], {})
+            runs = [gd_run(K, name, seed, s, lr, root) for seed in range(s["seeds"])]
+            per_seed = [r["steps_to_target"] for r in runs]
             arms[name] = {"steps_to_target_per_seed": per_seed, "lr": lr, "tuning_steps": tuning,
-                          "curve_seed0": curves[0], "curve_stride": max(1, len(curves[0]))}
+                          "curve_seed0": runs[0]["curve"], "curve_stride": runs[0]["curve_stride"]}
             log(f"K={K} {name:>12}: lr {lr:g}, steps to {s['target']:g} per seed {per_seed}")
         # statistics over seeds ("not reached" counts as the budget, a lower bound): mean ± std of the steps
         # and Welch's t-test on log10(steps) against the cascaded layout, the standard residual net
@@ -154,7 +197,7 @@ def run(s: dict, out: Path, log) -> dict:
         res["K"][str(K)] = arms
         plot_lines({n: a["curve_seed0"] for n, a in arms.items()}, out / f"loss_K{K}.png",
                    title=f"deep linear net, K={K} (seed 0)", ylabel="loss", logy=True, xlabel="step (subsampled)")
-    res["training_wall_time_s"] = round(time.time() - t0, 1)  # its own loop: no Trainer runs to sum
+    res["training_wall_time_s"] = round(time.time() - t0, 1)  # this call's time (reused runs cost nothing)
     _plot_steps(res, out / "steps_to_target.png")
     v, why = verdict(res)
     _write_readme(out, res, v, why)
