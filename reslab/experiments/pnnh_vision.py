@@ -35,7 +35,6 @@ and the throughput ratio are reported with their own yes/no, outside the verdict
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -211,7 +210,11 @@ def run(settings: dict, out_dir: Path, log) -> dict:
                                    for d in table[arm]} for arm in arms}
     _plot(results, out_dir / "pnnh_vision.png")
     v, why = verdict(results)
-    (out_dir / "README.md").write_text(_readme(results, settings, v, why))
+    from .runner import write_readme
+
+    # the shared README layout (its **Verdict:** line is what `reproduce --resummarize` rewrites)
+    write_readme(out_dir / "README.md", "pnnh-vision: plain CNNs with an internal path (PNNH) against ResNets, "
+                 "Fashion-MNIST", v, why, _sections(results), settings, [("results", "pnnh_vision.png")])
     return results
 
 
@@ -386,25 +389,26 @@ def _plot(results: dict, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def _readme(results: dict, settings: dict, v: str, why: str) -> str:
+def _sections(results: dict) -> list[str]:
+    """The README's tables: accuracy per arm and depth; final training loss, parameters and throughput; Welch p and
+    steps to the ResNet's training loss; the width sweep; the no-skip-add graph check."""
     t, depths = results["table"], results["depths"]
     head = "| arm | " + " | ".join(f"depth {d}" for d in depths) + " |"
-    lines = [f"# pnnh-vision ({v})", "", why, "", f"Settings: {json.dumps(settings)}", "",
-             "## Validation accuracy (%, mean ± std over seeds)", "", head, "|---" * (len(depths) + 1) + "|"]
+    rule = "|---" * (len(depths) + 1) + "|"
+    acc = ["## Test accuracy (%, mean ± std over seeds)", "", head, rule]
     for arm in results["arms"]:
-        lines.append(f"| {arm} | " + " | ".join(f"{t[arm][str(d)]['acc_mean']:.2f} ± {t[arm][str(d)]['acc_std']:.2f}"
-                                             for d in depths) + " |")
-    lines += ["", "## Final training loss / parameters / images per second"
-              + (" (PNNH width chosen to match the ResNet's parameters: shown as w=…)" if results.get("match_params") else ""),
-              "", head, "|---" * (len(depths) + 1) + "|"]
+        acc.append(f"| {arm} | " + " | ".join(f"{t[arm][str(d)]['acc_mean']:.2f} ± {t[arm][str(d)]['acc_std']:.2f}"
+                                           for d in depths) + " |")
+    size = ["## Final training loss / parameters / images per second"
+            + (" (PNNH width chosen to match the ResNet's parameters: shown as w=…)" if results.get("match_params") else ""),
+            "", head, rule]
     for arm in results["arms"]:
-        lines.append(f"| {arm} | " + " | ".join(
+        size.append(f"| {arm} | " + " | ".join(
             f"{t[arm][str(d)]['train_loss_mean']:.3f} / {t[arm][str(d)]['params']} / {t[arm][str(d)]['img_per_s']:.0f}"
             + (f" (w={t[arm][str(d)]['width']:g})" if results.get("match_params") else "") for d in depths) + " |")
-    lines += ["", "## Against the ResNet of the same depth: Welch p (accuracy) / steps to its final train loss", "",
+    versus = ["## Against the ResNet of the same depth: Welch p (accuracy) / steps to its final train loss", "",
               "Steps: first logged step at which the seed-mean training loss (trailing mean of 5 logged points) "
-              "reaches the ResNet's final one; — = never within the run.", "", head,
-              "|---" * (len(depths) + 1) + "|"]
+              "reaches the ResNet's final one; — = never within the run.", "", head, rule]
     for arm in results["arms"]:
         cells = []
         for d in depths:
@@ -412,20 +416,19 @@ def _readme(results: dict, settings: dict, v: str, why: str) -> str:
             p = e.get("welch_p_acc_vs_resnet")
             cells.append(f"{'—' if p is None else format(p, '.3g')} / "
                          f"{'—' if e.get('steps_to_target') is None else e['steps_to_target']}")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Accuracy vs parameters (depth {results['sweep_depth']})", "",
-              "| arm | width | params | acc (%) |", "|---|---|---|---|"]
+        versus.append(f"| {arm} | " + " | ".join(cells) + " |")
+    sweep = [f"## Accuracy vs parameters (depth {results['sweep_depth']}, every arm tuned at every width)", "",
+             "| arm | width | params | acc (%) | lr |", "|---|---|---|---|---|"]
     for arm, pts in results["sweep"].items():
         for p in pts:
-            lines.append(f"| {arm} | {p['width']:g} | {p['params']} | {p['acc_mean']:.2f} ± {p['acc_std']:.2f} |")
-    lines += ["", "## No-skip-add graph check (all PNNH models must pass; ResNet must not)", "",
-              "| arm | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---" * (len(depths) + 1) + "|"]
+            lr = f"{p['tuned']['lr']:g}" if p.get("tuned") else "—"
+            sweep.append(f"| {arm} | {p['width']:g} | {p['params']} | {p['acc_mean']:.2f} ± {p['acc_std']:.2f} | {lr} |")
+    graph = ["## No-skip-add graph check (all PNNH models must pass; ResNet must not)", "", head, rule]
     for arm, per in results["graph_check"].items():
-        lines.append(f"| {arm} | " + " | ".join(
+        graph.append(f"| {arm} | " + " | ".join(
             f"{'plain' if g['plain'] else 'skip'} ({g['skip_adds']} skip-adds, {g['mixed_depth']} mixed)"
             for g in per.values()) + " |")
-    lines += ["", "![results](pnnh_vision.png)", ""]
-    return "\n".join(lines)
+    return ["\n".join(x) for x in (acc, size, versus, sweep, graph)]
 
 
 def _train(steps, batch, warmup, eval_batches, task_args, threads=0):

@@ -80,6 +80,14 @@ def arm_values(report: dict) -> dict[str, dict]:
     return out
 
 
+def edge_note(at_edge: dict[str, bool | None]) -> str:
+    """The labels whose tuned value ended at an edge of the grid after every extension it was allowed: there the
+    arm's best may lie beyond the grid, so its result is a bound, not its tuned one. "" when none did."""
+    edged = [label for label, edge in at_edge.items() if edge]
+    return ("tuned lr at the edge of its grid after every allowed extension (its best may lie beyond): "
+            + ", ".join(edged)) if edged else ""
+
+
 def completed(values: dict, key: str = "metric") -> list[float]:
     """The per-seed ``key`` of the completed (not diverged) seeds of one arm's values."""
     return [x for x, s in zip(values[key], values["status"])
