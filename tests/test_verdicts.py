@@ -304,23 +304,31 @@ def test_compare_cli_tune_extend_needs_a_grid(capsys):
 
 
 def test_dissipation_plot_labels_the_moment_ratio_axes(tmp_path, monkeypatch):
-    """The second-moment panel (values 2-3 on a symlog axis) must carry y tick labels."""
+    """Both moment-ratio panels carry labelled y ticks inside the data's range: a narrow positive ratio (2-2.5, the
+    second moment) on a linear axis, a signed one spanning decades (the mean ratio of a scaled net) on symlog with
+    labels on both sides of zero."""
     from reslab.analysis import dissipation as D
     from reslab.report import plt
 
-    rows = [{"layer": l, "survival": 0.5, "cantelli": 0.4, "mean_ratio": 0.5, "m2_ratio": 2.0 + 0.1 * l,
-             "probe_r2": 0.9, "pairwise_cos": 0.1, "pre_mean": 0.0, "pre_m2": 1.0} for l in range(1, 6)]
+    rows = [{"layer": l, "survival": 0.5, "cantelli": 0.4, "mean_ratio": (-1) ** l * 10 ** (l / 3),
+             "m2_ratio": 2.0 + 0.1 * l, "probe_r2": 0.9, "pairwise_cos": 0.1, "pre_mean": 0.0, "pre_m2": 1.0}
+            for l in range(1, 7)]
     seen = {}
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig: seen.setdefault("fig", fig) and close(fig))
     D.plot_profiles({"plain": rows}, tmp_path / "p.png")
     fig = seen["fig"]
     fig.canvas.draw()
-    for ax in fig.axes:
-        if ax.get_title() in dict(D.PLOT_KEYS).values() and ax.get_yscale() == "symlog":
-            labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and t.get_visible()]
-            lo, hi = ax.get_ylim()
-            assert len([t for t in ax.get_yticks() if lo <= t <= hi]) >= 2 and labels, ax.get_title()
+    titles = dict(D.PLOT_KEYS)
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    m2, mean = axes[titles["m2_ratio"]], axes[titles["mean_ratio"]]
+    assert m2.get_yscale() == "linear" and mean.get_yscale() == "symlog"
+    for ax in (m2, mean):
+        lo, hi = ax.get_ylim()
+        shown = [t for t, lab in zip(ax.get_yticks(), ax.get_yticklabels()) if lo <= t <= hi and lab.get_text()]
+        assert len(shown) >= 2, ax.get_title()
+    shown = [t for t, lab in zip(mean.get_yticks(), mean.get_yticklabels()) if lab.get_text()]
+    assert min(shown) < 0 < max(shown)  # the negative side is labelled too
 
 
 def _rex_results(sgd: dict, adamw: dict | None = None, depths=(20, 44)) -> dict:

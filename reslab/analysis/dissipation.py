@@ -405,13 +405,16 @@ def plot_profiles(curves: dict[str, list[dict]], path: str | Path, title: str = 
                 banded = True
         ax.set_xlabel("layer")
         ax.set_title(label + (" (band: ± std over seeds)" if banded else ""))
-        if key in ("mean_ratio", "m2_ratio"):
-            from matplotlib.ticker import MaxNLocator, ScalarFormatter
+        values = [r[key] for rows in curves.values() for r in rows if math.isfinite(r[key])]
+        # ratios that stay within one positive decade read best on a linear axis; wider or signed ones on symlog
+        if key in ("mean_ratio", "m2_ratio") and values and not (min(values) > 0 and max(values) < 10 * min(values)):
+            from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
 
             ax.set_yscale("symlog", linthresh=1)
-            # symlog ticks only at powers of ten: ratios between 1 and 10 (Theorem 3.2's 2 and 3) got no labels
-            ax.yaxis.set_major_locator(MaxNLocator(6))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
+            # ticks at ±1, 2, 5 x 10^k, spaced as the symlog axis draws them (a linear locator crowded the log part
+            # and left the negative side unlabelled); ratios between 1 and 10 (Theorem 3.2's 2 and 3) get labels
+            ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1, subs=[1.0, 2.0, 5.0]))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title)
