@@ -429,3 +429,25 @@ def test_resummarize_rewrites_the_summary_and_the_published_readme_verdict(tmp_p
     assert (out["verdict"], out["explanation"]) == (v, why) and out["resummarized"][-1]["previous_verdict"] == "reproduced"
     text = (tmp_path / "README.md").read_text()
     assert f"**Verdict: {v}** — {why} (re-summarised at " in text and "older rule" not in text and "body" in text
+
+
+@pytest.mark.parametrize("name", ["ancre-lm", "ancre-depth"])
+def test_resummarize_draws_the_claims_plots_from_a_committed_summary(name, tmp_path):
+    """A plot added after a run is drawn from the summary's per-seed values (nothing trained), linked from the
+    folder's page and listed as published; the verdict is untouched."""
+    import shutil
+
+    from reslab.experiments import resummarize
+
+    folder = tmp_path / name
+    shutil.copytree(RESULTS / name, folder)
+    for png in ("final_val_loss.png", "steps_to_target.png"):
+        (folder / png).unlink(missing_ok=True)
+    before = json.loads((folder / "summary.json").read_text())
+    page = (folder / "results.md").read_text().split("\n")  # the page as it was before the hook drew anything
+    (folder / "results.md").write_text("\n".join(l for l in page if "final_val_loss" not in l and "steps_to_t" not in l))
+    s = resummarize(folder / "summary.json", log=lambda m: None)
+    drawn = ["final_val_loss.png"] + (["steps_to_target.png"] if name == "ancre-lm" else [])
+    assert all((folder / f).stat().st_size > 1000 and f in s["published"] for f in drawn)
+    assert all(f"]({f})" in (folder / "results.md").read_text() for f in drawn)
+    assert (s["verdict"], s["explanation"]) == (before["verdict"], before["explanation"])

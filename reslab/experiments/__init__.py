@@ -39,6 +39,10 @@ class Experiment:
     # whether a preset may be split into parts by seed (``parts=N``): true when every reported run goes through
     # compare.run_arms (directly or via runner.run_cells); an experiment with its own loop trains all of it anyway
     splittable: bool = True
+    # the claim's plots drawn from the results alone (no training): (results, folder) -> [(alt text, file name)].
+    # ``reproduce`` draws them beside the tables; ``--resummarize`` redraws them from a committed summary, so a plot
+    # added or fixed later needs no retraining
+    plots: Callable[[dict, Path], list[tuple[str, str]]] | None = None
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -99,6 +103,20 @@ def publish(raw: Path, out: Path) -> list[str]:
     return sorted(names)
 
 
+def draw_plots(exp: Experiment, results: dict, folder: Path) -> list[str]:
+    """Draw ``exp.plots`` into ``folder`` and link every image its page (README.md, else results.md) lacks; returns
+    the files drawn ([] for an experiment without the hook)."""
+    if exp.plots is None:
+        return []
+    images = exp.plots(results, Path(folder))
+    page = next((folder / n for n in ("README.md", "results.md") if (folder / n).exists()), folder / "README.md")
+    text = page.read_text() if page.exists() else f"# {exp.name}\n"
+    missing = [f"![{alt}]({src})" for alt, src in images if f"]({src})" not in text]
+    if missing:
+        page.write_text(text.rstrip("\n") + "\n\n" + "\n".join(missing) + "\n")
+    return [src for _, src in images]
+
+
 def part_commands(name: str, preset: str, parts: int) -> str:
     """The command line(s) that run a preset: one, or one per part when the preset is split."""
     base = f"reslab reproduce {name} --preset {preset}"
@@ -152,6 +170,7 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     verdict, explanation = exp.verdict(results)
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {name}: verdict {verdict!r} is not one of {VERDICTS}")
+    draw_plots(exp, results, raw)  # published with the other plots and tables below
     runs = run_records(raw)
     wall = round(time.time() - t0, 1)
     summary = {
@@ -185,6 +204,11 @@ def resummarize(path: str | Path, log=print) -> dict:
     path = Path(path)
     s = load_summary(path)
     exp = get_experiment(s["experiment"])
+    drawn = draw_plots(exp, s["results"], path.parent)  # from the per-seed values it holds: nothing trained
+    if set(drawn) - set(s.get("published", [])):
+        s["published"] = sorted(set(s.get("published", [])) | set(drawn))
+        atomic_write_json(path, s)
+        log(f"{path.parent}: drew {', '.join(drawn)} from the summary")
     verdict, explanation = exp.verdict(s["results"])
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {exp.name}: verdict {verdict!r} is not one of {VERDICTS}")

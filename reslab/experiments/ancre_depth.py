@@ -57,6 +57,15 @@ def verdict(res: dict) -> tuple[str, str]:
                                    else ". Arms not learning-rate tuned (one shared lr)")
 
 
+def plots(res: dict, out: Path) -> list[tuple[str, str]]:
+    """The claim's metric per seed with mean ± std: each arm's final validation MSE."""
+    from .runner import plot_final_metric
+
+    plot_final_metric(res["rows"], out / "final_val_loss.png", "final validation MSE", key="val_loss",
+                      title=f"depth efficiency: final validation MSE, {res['seeds']} seeds")
+    return [("final validation MSE", "final_val_loss.png")]
+
+
 N_VAL = 2048  # the teacher's validation pairs (noise-free targets)
 
 
@@ -86,7 +95,8 @@ EXPERIMENT = Experiment(
              # student's reach; pilot the premise on the device first (scripts/ancre_depth_pilot.py)
              "gpu": dict(seeds=8, width=256, ancre="ancre(tau=0.01)", tune={"lr": [3e-4, 1e-3, 3e-3]},
                          train=_train(steps=20000, batch=256, eval_every=500, teacher_n=65536))},
-    run=run, verdict=verdict,
+    run=run,
+    plots=plots, verdict=verdict,
     notes="Blocks are 4 x [Linear -> LayerNorm -> SiLU] as in the official RL code; AdamW, no weight decay, lr tuned per "
           "arm on a tuning seed from the same grid. The teacher is a random 16-layer tanh MLP (width 64, weight gain 1.5 so that its output is not near-linear and has variance ~0.85); validation targets are noise-free.",
 )

@@ -56,6 +56,20 @@ def verdict(res: dict) -> tuple[str, str]:
     return v, text
 
 
+def plots(res: dict, out: Path) -> list[tuple[str, str]]:
+    """The two checks' metrics per seed with mean ± std: final validation loss (A) and steps to the baseline's final
+    mean loss (B; a seed that never reaches it drawn at the budget, as B counts it)."""
+    from .runner import plot_final_metric
+
+    rows = [r | {"steps_capped": [res["steps"] if v is None else v for v in r.get("steps_to_target_per_seed") or []]}
+            for r in res["rows"]]
+    plot_final_metric(rows, out / "final_val_loss.png", "final validation loss", key="val_loss",
+                      title=f"A: final validation loss, {res['seeds']} seeds")
+    plot_final_metric(rows, out / "steps_to_target.png", "steps to the baseline's final loss", key="steps_capped",
+                      title=f"B: steps to the baseline's final mean loss (unreached: the budget, {res['steps']})")
+    return [("final validation loss", "final_val_loss.png"), ("steps to target", "steps_to_target.png")]
+
+
 def fewer_steps(base: dict, anc: dict, steps: int) -> tuple[bool | None, str]:
     """Check B per seed: each run's steps to the baseline's final mean loss. ANCRe's seed mean must be at most
     STEPS_RATIO x the baseline's and its steps significantly fewer (Welch). A baseline seed that never reaches the
@@ -103,7 +117,8 @@ EXPERIMENT = Experiment(
              "gpu": dict(seeds=5, tune={"lr": [1e-3, 3e-3, 1e-2]},
                          train=_train(steps=10000, batch=64, d=512, heads=8, block=256, eval_every=250,
                                       eval_batches=50))},
-    run=run, verdict=verdict,
+    run=run,
+    plots=plots, verdict=verdict,
     notes="Weight decay 0 (the paper's LLM setting), AdamW with warmup + cosine to 0.1x, lr tuned per arm on a tuning seed "
           "from the same grid; the same data order "
           "and evaluation batches for every arm. DenseFormer, the closest prior-art baseline (not a claim of the paper), runs in the quick and gpu presets only, to keep the cpu preset within an hour on one core.",

@@ -102,9 +102,9 @@ def seed_stats(values: dict, key: str = "metric") -> dict:
             "seeds": len(values["status"])}
 
 
-def plot_final_metric(rows: list[dict], path: Path, ylabel: str, title: str = "") -> None:
+def plot_final_metric(rows: list[dict], path: Path, ylabel: str, title: str = "", key: str = "metric_per_seed") -> None:
     """The claim's metric at the end of training, one column per arm: every seed as a dot, the mean ± std over
-    seeds as a bar (rows of :func:`reslab.report.summarize_arms`: ``metric_per_seed``)."""
+    seeds as a bar (rows of :func:`reslab.report.summarize_arms`; ``key``: their per-seed list, e.g. ``val_loss``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -112,7 +112,7 @@ def plot_final_metric(rows: list[dict], path: Path, ylabel: str, title: str = ""
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for i, r in enumerate(rows):
-        vals = [v for v in r.get("metric_per_seed") or [] if v is not None and math.isfinite(v)]
+        vals = [v for v in r.get(key) or [] if v is not None and math.isfinite(v)]
         if not vals:
             continue
         mean, sd = mean_std(vals)
