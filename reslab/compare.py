@@ -146,6 +146,7 @@ def _run_parallel(labels: list[str], configs: dict[str, TrainConfig], seeds: int
                                       out_dir=str(out / slug(arm) / f"seed{configs[arm].seed + s}"))
             if in_part(s, seeds):
                 runs.append((arm, s, cfg))
+                note_run(cfg.out_dir)  # trained by a worker process: noted here, where the result is read
             elif (done := other_part_run(arm, cfg, missing, log)) is not None:
                 slots[arm][s] = done
             else:
@@ -370,16 +371,47 @@ def code_revision(parts=CODE_PARTS) -> str:
     return h.hexdigest()[:12]
 
 
-def run_records(root: str | Path) -> list[dict]:
-    """The run records (path, code revision, git revision, training wall time, status) of every run under ``root``."""
-    root = Path(root)
+_USED: list[set[str]] = []  # open used_runs() collections: the run folders the current result reads
+
+
+@contextlib.contextmanager
+def used_runs():
+    """Collect the folder of every run trained or reused within the block (:func:`note_run`), so a summary lists
+    the runs its result was computed from -- not stale runs an older preset left in the same raw folder."""
+    used: set[str] = set()
+    _USED.append(used)
+    try:
+        yield used
+    finally:
+        _USED.remove(used)
+
+
+def note_run(out_dir: str | Path) -> None:
+    """Record that the current result reads the run in ``out_dir`` (see :func:`used_runs`)."""
+    for used in _USED:
+        used.add(str(Path(out_dir).resolve()))
+
+
+def run_records(root: str | Path, only: set[str] | None = None) -> list[dict]:
+    """The run records (path, code revision, git revision, training wall time, status) of every run under ``root``;
+    with ``only`` (folders, e.g. from :func:`used_runs`) of exactly those runs, wherever they are (a shared run
+    outside ``root``, such as the Fréchet feature classifier in the user's cache, is listed by its own path)."""
+    root = Path(root).resolve()
+    folders = (sorted(Path(f) for f in only) if only is not None
+               else sorted(rec.parent for rec in root.rglob(RUN_RECORD)))
     out = []
-    for rec in sorted(root.rglob(RUN_RECORD)):
+    for folder in folders:
+        rec = folder / RUN_RECORD
+        if not rec.exists():  # a run another part has not finished, or one that never started
+            continue
         try:
             r = json.loads(rec.read_text())
         except json.JSONDecodeError:
             continue
-        out.append({"run": str(rec.parent.relative_to(root))} | r)
+        folder = folder.resolve()
+        where = (str(folder.relative_to(root)) if folder.is_relative_to(root)
+                 else str(folder).replace(str(Path.home()), "~", 1))
+        out.append({"run": where} | r)
     return out
 
 
@@ -479,6 +511,7 @@ def in_part(seed_index: int, seeds: int) -> bool:
 def other_part_run(arm: str, cfg: TrainConfig, missing: list[str], log) -> dict | None:
     """Another part's seed: its finished run, or None after adding it to ``missing`` (never trained here)."""
     summary = finished_run(cfg)
+    note_run(cfg.out_dir)
     if summary is None:
         missing.append(f"{arm} seed {cfg.seed}")
     else:
@@ -523,6 +556,7 @@ def train_or_reuse(cfg: TrainConfig, log=print, tag: str = "") -> dict:
     the code revision it was trained by (:func:`code_revision`) match; a diverged run returns its summary with
     status "diverged". A folder holding a finished run of *other* settings or code starts afresh instead of
     resuming that run's checkpoint; an unfinished run (a checkpoint, no summary) resumes."""
+    note_run(cfg.out_dir)
     with run_lock(cfg.out_dir, log, tag):
         return _train_or_reuse(cfg, log, tag)
 

@@ -324,10 +324,16 @@ def test_parts_side_by_side_start_at_different_cells_and_visit_every_cell():
 def test_ancre_linear_records_every_gd_run_and_reuses_it(tmp_path, monkeypatch):
     """The GD loop's runs are recorded like Trainer runs (the summary lists each with its code revision and wall
     time) and reused by the next reproduce; a changed setting trains afresh."""
+    from reslab.compare import RUN_RECORD
     from reslab.experiments import ancre_linear, reproduce
 
+    stale = tmp_path / "a" / "runs" / "an-older-preset" / "seed0"  # left in the raw folder by an older preset
+    stale.mkdir(parents=True)
+    (stale / RUN_RECORD).write_text(json.dumps({"code_revision": "old", "status": "completed", "wall_time_s": 999.0}))
     first = reproduce("ancre-linear", "quick", tmp_path / "a", log=lambda m: None)
     assert first["runs"] and all(r["code_revision"] and r["wall_time_s"] >= 0 for r in first["runs"])
+    assert not any("an-older-preset" in r["run"] for r in first["runs"])  # only the runs this result read
+    assert first["training_wall_time_s"] < 999
     from reslab.compare import slug
 
     assert {r["run"].split("/")[2] for r in first["runs"]} == {slug(n) for n in ancre_linear.LAYOUTS[3]}

@@ -133,7 +133,7 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     the other parts finished. While runs of other parts are missing it publishes nothing and returns None;
     the part that finds every run finished writes the summary (with each part's wall time). Without ``part``
     a split preset runs whole."""
-    from ..compare import PartIncomplete, SeedPart, run_records, seed_part
+    from ..compare import PartIncomplete, SeedPart, run_records, seed_part, used_runs
     from ..train import atomic_write_json, git_revision, machine
 
     exp = get_experiment(name)
@@ -154,7 +154,7 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     t0 = time.time()
     part_times = raw / "parts.json"  # wall time of each part (all its invocations), kept in the part's summary
     try:
-        with seed_part(this_part):
+        with seed_part(this_part), used_runs() as used:
             results = exp.run(dict(exp.presets[preset]), raw, log)
     except PartIncomplete as e:
         times = load_summary(part_times) if part_times.exists() else {}
@@ -171,7 +171,7 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {name}: verdict {verdict!r} is not one of {VERDICTS}")
     draw_plots(exp, results, raw)  # published with the other plots and tables below
-    runs = run_records(raw)
+    runs = run_records(raw, only=used)  # the runs this result read, not stale ones of an older preset in raw
     wall = round(time.time() - t0, 1)
     summary = {
         "experiment": name, "paper": exp.paper, "claim": exp.claim, "paper_number": exp.paper_number,

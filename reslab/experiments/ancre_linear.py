@@ -111,12 +111,14 @@ def gd_run(K: int, layout_name: str, seed: int, s: dict, lr: float, root: Path |
     it) and a finished run of the same settings and code is reused instead of trained again."""
     import time
 
-    from ..compare import CODE_PARTS, RUN_RECORD, code_revision, slug
+    from ..compare import CODE_PARTS, RUN_RECORD, code_revision, note_run, slug
     from ..train import atomic_write_json, git_revision
 
     config = {"K": K, "layout": layout_name, "seed": seed, "lr": lr} | {k: s[k] for k in RUN_KEYS}
     rev = code_revision(CODE_PARTS + ("experiments/ancre_linear.py",))
     folder = (Path(root) / f"K{K}" / slug(layout_name) / f"seed{seed}" / f"lr{lr:g}") if root else None
+    if folder is not None:
+        note_run(folder)  # the summary lists this run
     if folder is not None and (folder / "result.json").exists() and (folder / RUN_RECORD).exists():
         import json
 
