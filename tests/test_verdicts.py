@@ -451,3 +451,25 @@ def test_resummarize_draws_the_claims_plots_from_a_committed_summary(name, tmp_p
     assert all((folder / f).stat().st_size > 1000 and f in s["published"] for f in drawn)
     assert all(f"]({f})" in (folder / "results.md").read_text() for f in drawn)
     assert (s["verdict"], s["explanation"]) == (before["verdict"], before["explanation"])
+
+
+def test_rex_capacity_b_knows_its_power():
+    """B (1/sqrt(n) above 1/n): significant -> pass; not significant with a CI that excludes the stated half-point
+    gain -> fail; a CI wide enough to hold that gain -> untestable, never a fail on noise."""
+    import copy
+
+    from reslab.experiments.rex_capacity import GAIN_B, verdict
+
+    base = json.loads((RESULTS / "rex-capacity" / "summary.json").read_text())["results"]
+
+    def b_status(mid_acc, low_acc):
+        res = copy.deepcopy(base)
+        mid = next(e for e in res["per_lam"] if e["lam"] == res["lam_1_over_sqrt_n"])
+        mid["acc"], res["per_lam"][0]["acc"] = mid_acc, low_acc
+        text = verdict(res)[1]
+        return text.split("B accuracy at 1/sqrt(n) above 1/n: ")[1].split(" ")[0]
+
+    low = [0.860, 0.861, 0.859, 0.860]
+    assert b_status([x + 2 * GAIN_B for x in low], low) == "PASS"
+    assert b_status([x + 0.0005 for x in low], low) == "FAIL"  # tight and no gain: the CI excludes GAIN_B
+    assert b_status([0.84, 0.88, 0.85, 0.87], low) == "UNTESTABLE"  # noisy: the CI still holds GAIN_B

@@ -441,8 +441,8 @@ EXPERIMENT = Experiment(
     name="pnnh-vision",
     paper="Zhang, Yan, Li, Chen 2024, Peeking Behind the Curtains of Residual Learning (arXiv:2402.08645)",
     claim="Plain CNNs degrade with depth; PNNH CNNs (plain, no skip-adds, learner + weight-shared coder) are on "
-          "par with ResNets at every depth, with up to 2x better parameter efficiency and higher training "
-          "throughput.",
+          "par with ResNets at every depth. The paper's up to 2x parameter efficiency and higher training throughput "
+          "are measured and reported beside the verdict, not judged (seed means on a width sweep; CPU step times).",
     paper_number="'on-par' accuracy with ResNets on CIFAR-10/100 and ImageNet-1K; up to 2x parameter efficiency; "
                  "up to '0.3x' higher training throughput (abstract). Thresholds here: digest §6 P4-P6.",
     presets={

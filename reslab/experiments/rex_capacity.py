@@ -18,7 +18,9 @@ the stability edge.
 
 Verdict (code: :func:`verdict`). A, unimodal GC: over the λ that trained in every seed (at least 3),
 the seed-mean final GC peaks at an interior λ and the peak exceeds both ends by ``PEAK_MARGIN`` (10%).
-B, accuracy rises with λ as the paper ranks it: mean accuracy at λ = 1/sqrt(N) >= at λ = 1/N.
+B, accuracy rises with λ as the paper ranks it: accuracy at λ = 1/sqrt(N) significantly above λ = 1/N (Welch);
+not significant fails only when the CI of the difference excludes a gain of ``GAIN_B`` (half a point: the paper
+states no size), else untestable at this scale.
 Reproduced = A and B; partial = one; not reproduced = neither.
 """
 from __future__ import annotations
@@ -30,10 +32,13 @@ from ..analysis.expansion import geometric_complexity, load_run
 from ..compare import slug
 from ..report import mean_std, welch_p
 from . import Experiment
-from .common import train_config
+from .common import resolvable_difference, train_config
 from .runner import build_configs, run_cells, write_readme
 
 PEAK_MARGIN = 0.10
+#: check B's stated effect (accuracy, a fraction): the paper ranks 1/sqrt(n) above 1/n without a readable number;
+#: half a point is our choice of the smallest gain "rises with λ" could mean at this accuracy level
+GAIN_B = 0.005
 
 
 def lam_grid(depth: int, points: int) -> list[float]:
@@ -142,11 +147,13 @@ def verdict(results: dict) -> tuple[str, str]:
     mid = results.get("lam_1_over_sqrt_n")
     e_mid = next((e for e in per if e["lam"] == mid), None)
     acc_sqrt = _mean(e_mid["acc"]) if e_mid else float("nan")
-    claim_b, p_b = significantly(e_mid["acc"], per[0]["acc"], "higher") if e_mid else (None, None)
+    # the paper gives no readable size for 1/sqrt(n)'s gain, so a non-significant difference fails only when its CI
+    # also excludes GAIN_B; a CI reaching it cannot tell (untestable at this scale)
+    claim_b, text_b = (resolvable_difference(e_mid["acc"], per[0]["acc"], "higher", GAIN_B) if e_mid
+                       else (None, "no λ = 1/sqrt(n) arm"))
     accs = ", ".join(f"{e['lam']:g}: {_mean(e['acc']):.3f}" for e in per)
     v, text = decide([("A GC unimodal in λ", claim_a, why_a),
-                      ("B accuracy at 1/sqrt(n) above 1/n", claim_b,
-                       f"{acc_sqrt:.3f} vs {acc_n:.3f}, Welch p={'n/a' if p_b is None else f'{p_b:.2g}'}")])
+                      ("B accuracy at 1/sqrt(n) above 1/n", claim_b, f"{acc_sqrt:.3f} vs {acc_n:.3f}: {text_b}")])
     return v, (text + f". Accuracy by λ: {accs}."
                + (f" Diverged (stability edge) at λ = {', '.join(f'{v:g}' for v in edge)}." if edge else "")
                + (f" Every λ at its own lr tuned from the same grid ({results.get('optimizer', 'adamw')}): "
