@@ -1,0 +1,178 @@
+"""``reslab bench profile``: where a connection's extra step time goes, against ``residual``.
+
+``reslab bench overhead`` says *how much* slower a scheme's training step is; this says *where*. Each arm (the same
+model, data and weights as the overhead bench builds) trains a few warm-up steps, then ``--steps`` steps under
+``torch.profiler``; every event's *self* CPU time (time in the op itself, not in ops it calls, so the events partition
+the step) is summed per step and grouped:
+
+- ``matmul/conv``: the dense products (GEMMs, convolutions: oneDNN/BLAS), the work a residual net is made of;
+- ``compiled kernels``: inductor's generated C++ loops (with ``--compile``; each one is an event because the bench sets
+  ``torch._inductor.config.cpp.enable_kernel_profile``), i.e. the fused elementwise and reduction work;
+- ``eager elementwise/reductions``: the other ATen ops (adds, muls, sums, norms, activations) run one by one;
+- ``optimizer``: AdamW's update;
+- ``other``: everything else (autograd bookkeeping, Python-side calls, graph launch).
+
+The table then lists the events whose time grew most against ``residual``. The profiler adds a few microseconds per
+event, so an eager step with many small ops reads slower than it runs: compare arms within one output, as the overhead
+bench does, and read the *differences*, not the absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .overhead import (MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info, set_threads,
+                       train_step, unique_arms, write_outputs)
+
+MS = 1e3  # the profiler reports microseconds
+CATEGORIES = ("matmul/conv", "compiled kernels", "eager elementwise/reductions", "optimizer", "other")
+_DENSE_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear")  # exact ATen names of the dense products
+_DENSE_PREFIXES = ("conv", "_convolution", "mkldnn", "_scaled_dot_product", "scaled_dot_product")
+
+
+def category(name: str) -> str:
+    """The group of one profiler event (its key in ``key_averages``)."""
+    low = name.lower()
+    if "cpp_fused" in low or "kernel_cpp" in low:
+        return "compiled kernels"
+    if low.endswith(OPTIMIZER_TAG) or low.startswith("optimizer.") or low.startswith("aten::_foreach"):
+        return "optimizer"
+    if low.startswith(("aten::", "mkldnn::")):
+        op = low.split("::", 1)[1]
+        if low.startswith("mkldnn::") or op in _DENSE_OPS or op.startswith(_DENSE_PREFIXES):
+            return "matmul/conv"
+        return "eager elementwise/reductions"
+    return "other"
+
+
+OPTIMIZER_TAG = " [optimizer]"  # an op run inside the optimizer's step (its own ATen ops, e.g. AdamW's sqrt)
+
+
+def profile_step(net, opt, x, y, steps: int) -> dict[str, float]:
+    """Self CPU milliseconds per step of every profiler event name over ``steps`` training steps; an op called
+    inside ``Optimizer.step`` is named with :data:`OPTIMIZER_TAG`, so the optimizer's ATen ops count as its own."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(net, opt, x, y)
+    out: dict[str, float] = defaultdict(float)
+    for e in prof.events():
+        if e.self_cpu_time_total <= 0:
+            continue
+        parent, in_opt = e.cpu_parent, False
+        while parent is not None and not in_opt:
+            in_opt, parent = parent.name.startswith("Optimizer.step"), parent.cpu_parent
+        out[e.name + (OPTIMIZER_TAG if in_opt else "")] += e.self_cpu_time_total / MS / steps
+    return dict(out)
+
+
+def profile_arms(model: str, size: str, arms: list[str], steps: int = 10, warmup: int = 3,
+                 compile: bool | str = False, seed: int = 0, log=print) -> dict[str, dict]:
+    """Per arm: its events' self ms per step, the per-category sums and the total (the profiled step time)."""
+    import torch._inductor.config as inductor_config
+
+    device = torch.device("cpu")
+    out = {}
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):  # each generated C++ kernel: one event
+        for arm in arms:
+            if log:
+                log(f"[profile] {model} {arm}: {warmup} warm-up + {steps} profiled steps")
+            net, opt, x, y, _ = build(model, size, arm, device, seed)
+            step_net = _compiled(net, compile)
+            for _ in range(warmup):  # compiles (if any), allocates optimizer state
+                train_step(step_net, opt, x, y)
+            events = profile_step(step_net, opt, x, y, steps)
+            cats = dict.fromkeys(CATEGORIES, 0.0)
+            for name, ms in events.items():
+                cats[category(name)] += ms
+            out[arm] = {"events": events, "categories": cats, "total_ms": sum(events.values())}
+    return out
+
+
+def differences(profiles: dict[str, dict], baseline: str = "residual", top: int = 8) -> dict[str, dict]:
+    """Per arm against ``baseline``: extra ms per step overall and per category, and the ``top`` events whose time
+    grew most (an event only the arm has counts in full)."""
+    base = profiles[baseline]
+    out = {}
+    for arm, prof in profiles.items():
+        if arm == baseline:
+            continue
+        grew = {name: ms - base["events"].get(name, 0.0) for name, ms in prof["events"].items()}
+        out[arm] = {"extra_ms": prof["total_ms"] - base["total_ms"],
+                    "ratio": prof["total_ms"] / base["total_ms"] if base["total_ms"] else float("nan"),
+                    "categories": {c: prof["categories"][c] - base["categories"][c] for c in CATEGORIES},
+                    "top": sorted(((n, d) for n, d in grew.items() if d > 0), key=lambda kv: -kv[1])[:top]}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Where the step time goes ({result['path']}, size {result['size']})", ""]
+    if result.get("command"):
+        lines += [f"`{result['command']}`", ""]
+    lines += [f"{result['steps']} profiled steps per arm after {result['warmup']} warm-up steps, {result['threads']} "
+              f"thread(s); self CPU ms per step (profiler events partition the step; profiling adds a few µs per "
+              "event, so read differences between arms, not absolute times).", ""]
+    for model, res in result["models"].items():
+        profiles, diffs = res["profiles"], res["differences"]
+        lines += [f"## {model}", "", "| arm | profiled ms/step | ratio | " + " | ".join(CATEGORIES) + " |",
+                  "|---|---|---|" + "---|" * len(CATEGORIES)]
+        for arm, prof in profiles.items():
+            d = diffs.get(arm)
+            cells = [f"{prof['categories'][c]:.2f}" + (f" ({d['categories'][c]:+.2f})" if d else "") for c in CATEGORIES]
+            ratio = f"{d['ratio']:.3f}×" if d else "1 (baseline)"
+            lines.append(f"| `{arm}` | {prof['total_ms']:.2f} | {ratio} | " + " | ".join(cells) + " |")
+        lines += ["", "Events whose time grew most against `residual` (ms per step):", ""]
+        for arm, d in diffs.items():
+            top = "; ".join(f"`{name[:70]}` +{ms:.2f}" for name, ms in d["top"]) or "—"
+            lines.append(f"- `{arm}` (+{d['extra_ms']:.2f} ms): {top}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_profile(models: list[str], size: str, arms: list[str], steps: int = 10, warmup: int = 3,
+                compile: bool | str = False, out_dir: str | Path | None = None, command: str = "", log=print) -> dict:
+    path = "compiled (" + ("inductor" if compile is True else str(compile)) + ")" if compile else "eager"
+    result = {"path": path, "size": size, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+              "command": command, "machine": machine_info(), "torch": torch.__version__, "models": {}}
+    for model in models:
+        profiles = profile_arms(model, size, arms, steps=steps, warmup=warmup, compile=compile, log=log)
+        result["models"][model] = {"sizes": SIZES[size][model], "profiles": profiles,
+                                   "differences": differences(profiles)}
+    if out_dir is not None:
+        write_outputs(out_dir, "profile", result, markdown(result), log=log or (lambda *_: None))
+    return result
+
+
+def _cmd(args) -> int:
+    from ..connections.registry import split_top
+
+    set_threads(args.threads)
+    if args.steps < 1 or args.warmup < 0:
+        raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    models = list(MODELS) if args.model == "all" else [args.model]
+    arms = unique_arms(split_top(args.connections) if args.connections else ["ancre", "denseformer"])
+    result = run_profile(models, args.size, arms, steps=args.steps, warmup=args.warmup, compile=compile_choice(args),
+                         out_dir=args.out, command=bench_command())
+    print(markdown(result))
+    return 0
+
+
+def cli_register(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="where each connection's extra step time goes against residual "
+                                              "(torch.profiler self times by kind of work)")
+    p.add_argument("--model", choices=(*MODELS, "all"), default="resnet")
+    p.add_argument("--size", choices=tuple(SIZES), default="default")
+    p.add_argument("--connections", default=None, help="comma-separated specs (default: ancre, denseformer); "
+                                                       "residual is always added")
+    p.add_argument("--steps", type=int, default=10, help="profiled training steps per arm")
+    p.add_argument("--warmup", type=int, default=3, help="steps before profiling (compilation, optimizer state)")
+    p.add_argument("--compile", action="store_true", help="profile torch.compile(model) (inductor)")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # aot_eager: fast, for tests
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default="results/bench-overhead/profile", help="folder for profile.json / profile.md")
+    p.set_defaults(func=_cmd)

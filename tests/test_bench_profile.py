@@ -1,0 +1,64 @@
+"""`reslab bench profile`: the profiler's self times partition the step into kinds of work, the optimizer's own ATen
+ops count as the optimizer's, and each arm's extra time is read against residual in the same run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reslab.bench import profile as pf
+from reslab.cli import main
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("aten::mm", "matmul/conv"), ("aten::addmm", "matmul/conv"), ("aten::convolution_backward", "matmul/conv"),
+    ("aten::mkldnn_convolution", "matmul/conv"), ("aten::_scaled_dot_product_flash_attention_for_cpu", "matmul/conv"),
+    ("aten::mul", "eager elementwise/reductions"), ("aten::sum", "eager elementwise/reductions"),
+    ("aten::mm_backward_helper_not_dense", "eager elementwise/reductions"),
+    ("cpp_fused_add_mul_sum_3", "compiled kernels"), ("aten::sqrt" + pf.OPTIMIZER_TAG, "optimizer"),
+    ("Optimizer.step#AdamW.step", "optimizer"), ("aten::_foreach_mul_", "optimizer"),
+    ("autograd::engine::evaluate_function: MulBackward0", "other"), ("Torch-Compiled Region: 0/0", "other")])
+def test_every_event_lands_in_one_kind_of_work(name, kind):
+    assert pf.category(name) == kind
+
+
+def test_differences_by_hand():
+    profiles = {"residual": {"events": {"aten::mm": 10.0, "aten::add": 1.0}, "total_ms": 11.0,
+                             "categories": {c: 0.0 for c in pf.CATEGORIES} | {"matmul/conv": 10.0,
+                                                                               "eager elementwise/reductions": 1.0}},
+                "rezero": {"events": {"aten::mm": 10.0, "aten::add": 1.0, "aten::mul": 0.5, "aten::sum": 0.3},
+                           "total_ms": 11.8,
+                           "categories": {c: 0.0 for c in pf.CATEGORIES} | {"matmul/conv": 10.0,
+                                                                             "eager elementwise/reductions": 1.8}}}
+    d = pf.differences(profiles)["rezero"]
+    assert d["extra_ms"] == pytest.approx(0.8) and d["ratio"] == pytest.approx(11.8 / 11.0)
+    assert d["categories"]["eager elementwise/reductions"] == pytest.approx(0.8)
+    assert [n for n, _ in d["top"]] == ["aten::mul", "aten::sum"]  # an event only the arm has counts in full
+
+
+def test_profile_cli_partitions_each_step(tmp_path, capsys):
+    assert main(["bench", "profile", "--model", "resnet", "--connections", "rezero", "--steps", "1", "--warmup", "1",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "profile.json").read_text())
+    profiles = res["models"]["resnet"]["profiles"]
+    assert list(profiles) == ["residual", "rezero"]
+    for prof in profiles.values():
+        assert sum(prof["categories"].values()) == pytest.approx(prof["total_ms"])
+        assert prof["categories"]["matmul/conv"] > 0 and prof["categories"]["optimizer"] > 0
+        assert any(n.endswith(pf.OPTIMIZER_TAG) for n in prof["events"])  # AdamW's ops counted as the optimizer's
+    assert "rezero" in res["models"]["resnet"]["differences"]
+    md = (tmp_path / "profile.md").read_text()
+    assert "| `rezero` |" in md and "grew most against `residual`" in md
+
+
+def test_profile_cli_compiled_names_its_path(tmp_path):
+    assert main(["bench", "profile", "--model", "vit", "--connections", "scaled", "--steps", "1", "--warmup", "1",
+                 "--compile", "--compile-backend", "aot_eager", "--threads", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "profile.json").read_text())
+    assert res["path"] == "compiled (aot_eager)" and set(res["models"]["vit"]["profiles"]) == {"residual", "scaled"}
+
+
+def test_profile_bad_input_is_one_line(capsys):
+    assert main(["bench", "profile", "--steps", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "--steps must be >= 1" in err and "Traceback" not in err
