@@ -44,6 +44,13 @@ def test_noninferiority_passes_fails_or_is_untestable():
     assert noninferior([0.90, 0.901, 0.899], [0.90, 0.901, 0.899], 0.01, higher_better=True)[0] is True
     assert noninferior([0.85, 0.851, 0.849], [0.90, 0.901, 0.899], 0.01, higher_better=True)[0] is False
     assert noninferior([0.80, 0.95], [0.90, 0.88], 0.01, higher_better=True)[0] is None  # CI wider than the margin
+    # a CI narrower than the margin: the estimate decides between fail (beyond the margin) and untestable (inside it)
+    worse, close = [0.8848, 0.8852, 0.8850, 0.8842], [0.8960, 0.8964, 0.8962, 0.8958]
+    assert noninferior([x + 0.004 for x in close], [0.8962, 0.8966, 0.8971, 0.8950], 0.01, True)[0] is True
+    ok, text = noninferior(worse, [0.8950, 0.8950, 0.8965, 0.8945], 0.01, higher_better=True)  # -0.0105 ± ~0.001
+    assert ok is False
+    ok, text = noninferior([0.8865, 0.8935, 0.8890, 0.8910], [0.8970, 0.8955, 0.8945, 0.8960], 0.01, True)
+    assert ok is None and "estimate inside the margin" in text  # about -0.007 with a CI reaching past -0.01
     assert noninferior([0.9], [0.9], 0.01, higher_better=True)[0] is None
 
 
