@@ -320,6 +320,11 @@ def verdict(results: dict) -> tuple[str, str]:
     lrs = {f"{a}@{d}": e["tuned"]["lr"] for a in t for d, e in t[a].items() if e.get("tuned")}
     if lrs:  # runs before 2026-12 had one shared lr
         parts.append("lr tuned per arm and depth from one grid: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()))
+    from .runner import edge_note
+
+    edges = edge_note({k: v.get("at_edge") for k, v in results.get("tuning", {}).items()})
+    if edges:
+        parts.append(edges)
     pe = results.get("param_efficiency", {})
     if pe.get("median_ratio") is not None:
         parts.append(f"parameter efficiency: PNNH-shared needs {pe['median_ratio']:.2f}x the ResNet's parameters for "
