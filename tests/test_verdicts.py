@@ -480,3 +480,19 @@ def test_rex_capacity_b_knows_its_power():
     assert b_status([x + 2 * GAIN_B for x in low], low) == "PASS"
     assert b_status([x + 0.0005 for x in low], low) == "FAIL"  # tight and no gain: the CI excludes GAIN_B
     assert b_status([0.84, 0.88, 0.85, 0.87], low) == "UNTESTABLE"  # noisy: the CI still holds GAIN_B
+
+
+def test_committed_scoreboard_is_what_the_summaries_give():
+    """results/README.md and the README's scoreboard block are regenerated from the committed summaries and overhead
+    runs, never edited by hand: regenerating them here must give the committed text (`reslab bench scoreboard
+    --readme` after any change to results/)."""
+    from reslab.bench import scoreboard as sb
+
+    summaries = sb.load_summaries(RESULTS)
+    overhead = sb.judged_targets(sb.load_overhead_runs(RESULTS), RESULTS)
+    notes = (RESULTS / sb.OVERHEAD_DIR / "NOTES.md").exists()
+    assert sb.scoreboard_markdown(summaries, overhead, sb._gpu_presets(), overhead_notes=notes) == \
+        (RESULTS / "README.md").read_text(), "results/README.md is stale: run `reslab bench scoreboard --readme`"
+    top = (RESULTS.parent / "README.md").read_text()
+    assert sb.replace_block(top, sb.headline_markdown(summaries, overhead)) == top, \
+        "the README's scoreboard block is stale: run `reslab bench scoreboard --readme`"
