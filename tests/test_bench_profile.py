@@ -37,8 +37,8 @@ def test_differences_by_hand():
 
 
 def test_profile_cli_partitions_each_step(tmp_path, capsys):
-    assert main(["bench", "profile", "--model", "resnet", "--connections", "rezero", "--steps", "1", "--warmup", "1",
-                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "profile", "--model", "resnet", "--size", "tiny", "--connections", "rezero", "--steps", "1", "--warmup", "1",
+                 "--threads", "1", "--busy-ok", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "profile.json").read_text())
     profiles = res["models"]["resnet"]["profiles"]
     assert list(profiles) == ["residual", "rezero"]
@@ -52,8 +52,8 @@ def test_profile_cli_partitions_each_step(tmp_path, capsys):
 
 
 def test_profile_cli_compiled_names_its_path(tmp_path):
-    assert main(["bench", "profile", "--model", "vit", "--connections", "scaled", "--steps", "1", "--warmup", "1",
-                 "--compile", "--compile-backend", "aot_eager", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "profile", "--model", "vit", "--size", "tiny", "--connections", "scaled", "--steps", "1", "--warmup", "1",
+                 "--compile", "--compile-backend", "aot_eager", "--threads", "1", "--busy-ok", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "profile.json").read_text())
     assert res["path"] == "compiled (aot_eager)" and set(res["models"]["vit"]["profiles"]) == {"residual", "scaled"}
 
@@ -62,3 +62,11 @@ def test_profile_bad_input_is_one_line(capsys):
     assert main(["bench", "profile", "--steps", "0"]) != 0
     err = capsys.readouterr().err
     assert "--steps must be >= 1" in err and "Traceback" not in err
+
+
+def test_profile_refuses_a_busy_machine(monkeypatch, tmp_path, capsys):
+    from reslab.bench import overhead
+
+    monkeypatch.setattr(overhead, "load_average", lambda: 5.0)
+    assert main(["bench", "profile", "--out", str(tmp_path)]) == 3
+    assert "this machine is busy" in capsys.readouterr().err and not (tmp_path / "profile.json").exists()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .overhead import (MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info, set_threads,
-                       train_step, unique_arms, write_outputs)
+from .overhead import (MAX_LOAD, MODELS, SIZES, _compiled, bench_command, build, compile_choice, load_average,
+                       machine_info, refuse_if_busy, set_threads, train_step, unique_arms, write_outputs)
 
 MS = 1e3  # the profiler reports microseconds
 CATEGORIES = ("matmul/conv", "compiled kernels", "eager elementwise/reductions", "optimizer", "other")
@@ -114,8 +114,9 @@ def markdown(result: dict) -> str:
     lines = [f"# Where the step time goes ({result['path']}, size {result['size']})", ""]
     if result.get("command"):
         lines += [f"`{result['command']}`", ""]
+    load = result.get("load_before")
     lines += [f"{result['steps']} profiled steps per arm after {result['warmup']} warm-up steps, {result['threads']} "
-              f"thread(s); self CPU ms per step (profiler events partition the step; profiling adds a few µs per "
+              f"thread(s), load average before {'n/a' if load is None else f'{load:.2f}'}; self CPU ms per step (profiler events partition the step; profiling adds a few µs per "
               "event, so read differences between arms, not absolute times).", ""]
     for model, res in result["models"].items():
         profiles, diffs = res["profiles"], res["differences"]
@@ -138,6 +139,7 @@ def run_profile(models: list[str], size: str, arms: list[str], steps: int = 10, 
                 compile: bool | str = False, out_dir: str | Path | None = None, command: str = "", log=print) -> dict:
     path = "compiled (" + ("inductor" if compile is True else str(compile)) + ")" if compile else "eager"
     result = {"path": path, "size": size, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+              "load_before": load_average(),
               "command": command, "machine": machine_info(), "torch": torch.__version__, "models": {}}
     for model in models:
         profiles = profile_arms(model, size, arms, steps=steps, warmup=warmup, compile=compile, log=log)
@@ -154,6 +156,10 @@ def _cmd(args) -> int:
     set_threads(args.threads)
     if args.steps < 1 or args.warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    # under load, OpenMP threads wait on each other at every parallel region and small ops read many times slower:
+    # the same gate as the overhead bench
+    if refuse_if_busy(args.max_load, args.busy_ok, "the output records the load it was taken at"):
+        return 3  # as the overhead bench
     models = list(MODELS) if args.model == "all" else [args.model]
     arms = unique_arms(split_top(args.connections) if args.connections else ["ancre", "denseformer"])
     result = run_profile(models, args.size, arms, steps=args.steps, warmup=args.warmup, compile=compile_choice(args),
@@ -174,5 +180,8 @@ def cli_register(subparsers) -> None:
     p.add_argument("--compile", action="store_true", help="profile torch.compile(model) (inductor)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # aot_eager: fast, for tests
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--max-load", type=float, default=MAX_LOAD,
+                   help=f"refuse to start above this load average (default {MAX_LOAD}; negative: never refuse)")
+    p.add_argument("--busy-ok", action="store_true", help="profile on a busy machine anyway (recorded in the output)")
     p.add_argument("--out", default="results/bench-overhead/profile", help="folder for profile.json / profile.md")
     p.set_defaults(func=_cmd)
