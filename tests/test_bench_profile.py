@@ -61,7 +61,7 @@ def test_profile_cli_compiled_names_its_path(tmp_path):
 def test_profile_bad_input_is_one_line(capsys):
     assert main(["bench", "profile", "--steps", "0"]) != 0
     err = capsys.readouterr().err
-    assert "--steps must be >= 1" in err and "Traceback" not in err
+    assert "--steps and --rounds must be >= 1" in err and "Traceback" not in err
 
 
 def test_profile_refuses_a_busy_machine(monkeypatch, tmp_path, capsys):
@@ -70,3 +70,12 @@ def test_profile_refuses_a_busy_machine(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(overhead, "load_average", lambda: 5.0)
     assert main(["bench", "profile", "--out", str(tmp_path)]) == 3
     assert "this machine is busy" in capsys.readouterr().err and not (tmp_path / "profile.json").exists()
+
+
+def test_compiled_event_names_compare_across_arms():
+    """Two arms' compiled graphs name the same kernel with their own graph index, kernel index and hash: those are
+    dropped, so a kernel both arms run is compared, not counted in full for each."""
+    assert pf.event_name("graph_3_cpp_fused_add_copy__threshold_backward_16") == "cpp_fused_add_copy__threshold_backward"
+    assert pf.event_name("graph_12_cpp_fused_add_copy__threshold_backward_2") == "cpp_fused_add_copy__threshold_backward"
+    assert pf.event_name("## Call CompiledFxGraph f5ipj4xajkpsxzc2guhd4t5") == "## Call CompiledFxGraph"
+    assert pf.event_name("aten::mm") == "aten::mm" and pf.event_name("aten::_foreach_mul_") == "aten::_foreach_mul_"

@@ -67,30 +67,52 @@ def profile_step(net, opt, x, y, steps: int) -> dict[str, float]:
         parent, in_opt = e.cpu_parent, False
         while parent is not None and not in_opt:
             in_opt, parent = parent.name.startswith("Optimizer.step"), parent.cpu_parent
-        out[e.name + (OPTIMIZER_TAG if in_opt else "")] += e.self_cpu_time_total / MS / steps
+        out[event_name(e.name) + (OPTIMIZER_TAG if in_opt else "")] += e.self_cpu_time_total / MS / steps
     return dict(out)
 
 
-def profile_arms(model: str, size: str, arms: list[str], steps: int = 10, warmup: int = 3,
+def event_name(name: str) -> str:
+    """An event's name without what differs between two arms' compiled graphs for the same work: the graph's index
+    (``graph_3_cpp_fused_...``), the kernel's index in it (``..._16``) and the compiled graph's hash."""
+    import re
+
+    if name.startswith("## Call CompiledFxGraph"):
+        return "## Call CompiledFxGraph"
+    return re.sub(r"_\d+$", "", re.sub(r"^graph_\d+_", "", name))
+
+
+def profile_arms(model: str, size: str, arms: list[str], steps: int = 10, warmup: int = 3, rounds: int = 3,
                  compile: bool | str = False, seed: int = 0, log=print) -> dict[str, dict]:
-    """Per arm: its events' self ms per step, the per-category sums and the total (the profiled step time)."""
+    """Per arm: its events' self ms per step, the per-category sums and the total (the profiled step time). Every
+    arm is built and warmed up first, then profiled for ``steps`` steps in each of ``rounds`` interleaved rounds (as
+    the overhead bench times them): a machine whose speed drifts over minutes then slows every arm alike."""
     import torch._inductor.config as inductor_config
+    from collections import defaultdict
 
     device = torch.device("cpu")
-    out = {}
+    ready = {}
     with inductor_config.patch({"cpp.enable_kernel_profile": True}):  # each generated C++ kernel: one event
         for arm in arms:
             if log:
-                log(f"[profile] {model} {arm}: {warmup} warm-up + {steps} profiled steps")
+                log(f"[profile] {model} {arm}: build and {warmup} warm-up steps")
             net, opt, x, y, _ = build(model, size, arm, device, seed)
             step_net = _compiled(net, compile)
             for _ in range(warmup):  # compiles (if any), allocates optimizer state
                 train_step(step_net, opt, x, y)
-            events = profile_step(step_net, opt, x, y, steps)
-            cats = dict.fromkeys(CATEGORIES, 0.0)
-            for name, ms in events.items():
-                cats[category(name)] += ms
-            out[arm] = {"events": events, "categories": cats, "total_ms": sum(events.values())}
+            ready[arm] = (step_net, opt, x, y)
+        events = {arm: defaultdict(float) for arm in arms}
+        for r in range(rounds):
+            if log:
+                log(f"[profile] {model}: round {r + 1} of {rounds}, {steps} profiled steps per arm")
+            for arm in arms:
+                for name, ms in profile_step(*ready[arm], steps).items():
+                    events[arm][name] += ms / rounds
+    out = {}
+    for arm in arms:
+        cats = dict.fromkeys(CATEGORIES, 0.0)
+        for name, ms in events[arm].items():
+            cats[category(name)] += ms
+        out[arm] = {"events": dict(events[arm]), "categories": cats, "total_ms": sum(events[arm].values())}
     return out
 
 
@@ -115,7 +137,8 @@ def markdown(result: dict) -> str:
     if result.get("command"):
         lines += [f"`{result['command']}`", ""]
     load = result.get("load_before")
-    lines += [f"{result['steps']} profiled steps per arm after {result['warmup']} warm-up steps, {result['threads']} "
+    lines += [f"{result.get('rounds', 1)} interleaved rounds of {result['steps']} profiled steps per arm after "
+              f"{result['warmup']} warm-up steps, {result['threads']} "
               f"thread(s), load average before {'n/a' if load is None else f'{load:.2f}'}; self CPU ms per step (profiler events partition the step; profiling adds a few µs per "
               "event, so read differences between arms, not absolute times).", ""]
     for model, res in result["models"].items():
@@ -135,14 +158,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_profile(models: list[str], size: str, arms: list[str], steps: int = 10, warmup: int = 3,
+def run_profile(models: list[str], size: str, arms: list[str], steps: int = 10, warmup: int = 3, rounds: int = 3,
                 compile: bool | str = False, out_dir: str | Path | None = None, command: str = "", log=print) -> dict:
     path = "compiled (" + ("inductor" if compile is True else str(compile)) + ")" if compile else "eager"
-    result = {"path": path, "size": size, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+    result = {"path": path, "size": size, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "threads": torch.get_num_threads(),
               "load_before": load_average(),
               "command": command, "machine": machine_info(), "torch": torch.__version__, "models": {}}
     for model in models:
-        profiles = profile_arms(model, size, arms, steps=steps, warmup=warmup, compile=compile, log=log)
+        profiles = profile_arms(model, size, arms, steps=steps, warmup=warmup, rounds=rounds, compile=compile, log=log)
         result["models"][model] = {"sizes": SIZES[size][model], "profiles": profiles,
                                    "differences": differences(profiles)}
     if out_dir is not None:
@@ -154,15 +178,17 @@ def _cmd(args) -> int:
     from ..connections.registry import split_top
 
     set_threads(args.threads)
-    if args.steps < 1 or args.warmup < 0:
-        raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        raise ValueError(f"--steps and --rounds must be >= 1 and --warmup >= 0, got {args.steps}, {args.rounds} and "
+                         f"{args.warmup}")
     # under load, OpenMP threads wait on each other at every parallel region and small ops read many times slower:
     # the same gate as the overhead bench
     if refuse_if_busy(args.max_load, args.busy_ok, "the output records the load it was taken at"):
         return 3  # as the overhead bench
     models = list(MODELS) if args.model == "all" else [args.model]
     arms = unique_arms(split_top(args.connections) if args.connections else ["ancre", "denseformer"])
-    result = run_profile(models, args.size, arms, steps=args.steps, warmup=args.warmup, compile=compile_choice(args),
+    result = run_profile(models, args.size, arms, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                         compile=compile_choice(args),
                          out_dir=args.out, command=bench_command())
     print(markdown(result))
     return 0
@@ -175,7 +201,8 @@ def cli_register(subparsers) -> None:
     p.add_argument("--size", choices=tuple(SIZES), default="default")
     p.add_argument("--connections", default=None, help="comma-separated specs (default: ancre, denseformer); "
                                                        "residual is always added")
-    p.add_argument("--steps", type=int, default=10, help="profiled training steps per arm")
+    p.add_argument("--steps", type=int, default=10, help="profiled training steps per arm and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (every arm profiled in each)")
     p.add_argument("--warmup", type=int, default=3, help="steps before profiling (compilation, optimizer state)")
     p.add_argument("--compile", action="store_true", help="profile torch.compile(model) (inductor)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # aot_eager: fast, for tests
