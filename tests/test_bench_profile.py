@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reslab.bench import profile as pf
+from reslab.bench import step_profile as pf
 from reslab.cli import main
 
 

@@ -441,7 +441,9 @@ def test_quick_presets_run(tmp_path, fake_fashion_mnist):
     assert (tmp_path / "vis" / "pnnh_vision.png").exists()
     # every (arm, depth) at its own lr tuned from the preset's grid; the width sweep reuses its depth's
     t = v["results"]["table"]
-    assert set(v["results"]["tuning"]) == {f"{a}@depth{d}" for a in t for d in t[a]}
+    assert set(v["results"]["tuning"]) == ({f"{a}@depth{d}" for a in t for d in t[a]}  # every arm of every cell tuned
+                                          | {f"{a}@sweep-width{p['width']:g}" for a, pts in v["results"]["sweep"].items()
+                                             for p in pts})
     for a in t:
         for d, e in t[a].items():
             assert e["tuned"]["lr"] == v["results"]["tuning"][f"{a}@depth{d}"]["chosen"]["lr"] in (1e-3, 3e-3)
