@@ -349,6 +349,11 @@ def busy_reason(load_before: float | None, others: list[float | None], max_load:
 # timing (interleaved) and memory
 
 
+def path_label(compile: bool | str) -> str:
+    """How a bench ran the step: "eager", or "compiled (<backend>)" (``compile`` True: inductor)."""
+    return ("compiled (" + ("inductor" if compile is True else str(compile)) + ")") if compile else "eager"
+
+
 def _compiled(net, compile: bool | str):
     """The module a step calls: ``net`` itself, or its compiled wrapper (:func:`reslab.runtime.compile_model`;
     ``compile`` True: inductor, or a backend name such as ``aot_eager`` for tests)."""
@@ -624,8 +629,7 @@ def run_overhead(models: list[str] | tuple[str, ...] = MODELS, size: str = "defa
     t0 = time.time()
     mach = machine_info()
     load_before = mach["load_average"]
-    path = ("compiled (" + ("inductor" if compile is True else str(compile)) + ")") if compile else (
-        "eager, fused stream sums" if fused else "eager")
+    path = path_label(compile) if compile or not fused else "eager, fused stream sums"
     result: dict = {"command": command or "reslab bench overhead", "git": git_revision(), "machine": mach,
                     "device": dev.type, "size": size, "repeats": repeats, "warmup": warmup, "seed": seed,
                     "steps_per_round": steps_per_round,

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .overhead import (MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info, set_threads,
-                       step_loss, train_step, unique_arms, write_outputs)
+from .overhead import (MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info, path_label,
+                       set_threads, step_loss, train_step, unique_arms, write_outputs)
 
 MB = 2 ** 20
 
@@ -222,8 +222,7 @@ def markdown(result: dict, top: int = 6) -> str:
 
 def run_saved(models: list[str], size: str, arms: list[str], compile: bool | str = False, fused: bool = False,
               out_dir: str | Path | None = None, command: str = "", log=print) -> dict:
-    path = ("compiled (" + ("inductor" if compile is True else str(compile)) + ")" if compile else "eager") \
-        + (", fused" if fused else "")
+    path = path_label(compile) + (", fused" if fused else "")
     result = {"path": path, "size": size, "command": command, "machine": machine_info(), "torch": torch.__version__,
               "models": {}}
     for model in models:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .overhead import (MAX_LOAD, MODELS, SIZES, _compiled, bench_command, build, compile_choice, load_average,
-                       machine_info, refuse_if_busy, set_threads, train_step, unique_arms, write_outputs)
+from .overhead import (MAX_LOAD, MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info,
+                       path_label, refuse_if_busy, set_threads, train_step, unique_arms, write_outputs)
 
 MS = 1e3  # the profiler reports microseconds
 CATEGORIES = ("matmul/conv", "compiled kernels", "eager elementwise/reductions", "optimizer", "other")
@@ -136,7 +136,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Where the step time goes ({result['path']}, size {result['size']})", ""]
     if result.get("command"):
         lines += [f"`{result['command']}`", ""]
-    load = result.get("load_before")
+    load = result["machine"].get("load_average")  # taken before the first arm is built
     lines += [f"{result.get('rounds', 1)} interleaved rounds of {result['steps']} profiled steps per arm after "
               f"{result['warmup']} warm-up steps, {result['threads']} "
               f"thread(s), load average before {'n/a' if load is None else f'{load:.2f}'}; self CPU ms per step (profiler events partition the step; profiling adds a few µs per "
@@ -160,11 +160,8 @@ def markdown(result: dict) -> str:
 
 def run_profile(models: list[str], size: str, arms: list[str], steps: int = 10, warmup: int = 3, rounds: int = 3,
                 compile: bool | str = False, out_dir: str | Path | None = None, command: str = "", log=print) -> dict:
-    path = "compiled (" + ("inductor" if compile is True else str(compile)) + ")" if compile else "eager"
-    result = {"path": path, "size": size, "steps": steps, "warmup": warmup, "rounds": rounds,
-              "threads": torch.get_num_threads(),
-              "load_before": load_average(),
-              "command": command, "machine": machine_info(), "torch": torch.__version__, "models": {}}
+    result = {"path": path_label(compile), "size": size, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "threads": torch.get_num_threads(), "command": command, "machine": machine_info(), "torch": torch.__version__, "models": {}}
     for model in models:
         profiles = profile_arms(model, size, arms, steps=steps, warmup=warmup, rounds=rounds, compile=compile, log=log)
         result["models"][model] = {"sizes": SIZES[size][model], "profiles": profiles,
