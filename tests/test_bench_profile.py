@@ -36,11 +36,36 @@ def test_differences_by_hand():
     assert [n for n, _ in d["top"]] == ["aten::mul", "aten::sum"]  # an event only the arm has counts in full
 
 
+def test_paired_round_ranges_separate_drift_from_added_work():
+    """Round 1 ran slower for both arms (drift), round 2 faster: the convolutions' paired difference straddles 0
+    while the arm's own elementwise work is positive in every round."""
+    def cats(conv, elem):
+        return {c: 0.0 for c in pf.CATEGORIES} | {"matmul/conv": conv, "eager elementwise/reductions": elem}
+
+    def prof(rounds):
+        mean = {c: sum(r[c] for r in rounds) / len(rounds) for c in pf.CATEGORIES}
+        return {"events": {}, "categories": mean, "total_ms": sum(mean.values()), "rounds": rounds}
+
+    profiles = {"residual": prof([cats(100.0, 10.0), cats(80.0, 10.0)]),
+                "ancre": prof([cats(95.0, 12.0), cats(84.0, 13.0)])}
+    r = pf.differences(profiles)["ancre"]["range"]
+    assert r["matmul/conv"] == [-5.0, 4.0]
+    assert r["eager elementwise/reductions"] == [2.0, 3.0]
+    assert r["total"] == [-3.0, 7.0]
+    md = pf.markdown({"path": "eager", "size": "tiny", "steps": 1, "warmup": 0, "rounds": 2, "threads": 1,
+                      "machine": {}, "models": {"resnet": {"profiles": profiles,
+                                                           "differences": pf.differences(profiles)}}})
+    assert "[+2.0, +3.0]" in md and "straddles 0" in md
+
+
 def test_profile_cli_partitions_each_step(tmp_path, capsys):
     assert main(["bench", "profile", "--model", "resnet", "--size", "tiny", "--connections", "rezero", "--steps", "1", "--warmup", "1",
-                 "--threads", "1", "--busy-ok", "--out", str(tmp_path)]) == 0
+                 "--rounds", "2", "--threads", "1", "--busy-ok", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "profile.json").read_text())
     profiles = res["models"]["resnet"]["profiles"]
+    assert all(len(p["rounds"]) == 2 for p in profiles.values())
+    assert res["models"]["resnet"]["differences"]["rezero"]["range"]["total"][0] <= \
+        res["models"]["resnet"]["differences"]["rezero"]["range"]["total"][1]
     assert list(profiles) == ["residual", "rezero"]
     for prof in profiles.values():
         assert sum(prof["categories"].values()) == pytest.approx(prof["total_ms"])

@@ -83,9 +83,13 @@ def event_name(name: str) -> str:
 
 def profile_arms(model: str, size: str, arms: list[str], steps: int = 10, warmup: int = 3, rounds: int = 3,
                  compile: bool | str = False, seed: int = 0, log=print) -> dict[str, dict]:
-    """Per arm: its events' self ms per step, the per-category sums and the total (the profiled step time). Every
-    arm is built and warmed up first, then profiled for ``steps`` steps in each of ``rounds`` interleaved rounds (as
-    the overhead bench times them): a machine whose speed drifts over minutes then slows every arm alike."""
+    """Per arm: its events' self ms per step (mean over rounds), the per-category sums, the total (the profiled step
+    time), and the category sums and total of every round. Every arm is built and warmed up first, then profiled
+    for ``steps`` steps in each of ``rounds`` interleaved rounds, in a new shuffled order every round (as the overhead
+    bench times them): a machine whose speed drifts over minutes then slows every arm alike, and no arm always runs
+    first (the first arm of a fixed order read 5-15 % slower convolutions than the same convolutions in later arms)."""
+    import random
+
     import torch._inductor.config as inductor_config
     from collections import defaultdict
 
@@ -101,34 +105,55 @@ def profile_arms(model: str, size: str, arms: list[str], steps: int = 10, warmup
                 train_step(step_net, opt, x, y)
             ready[arm] = (step_net, opt, x, y)
         events = {arm: defaultdict(float) for arm in arms}
+        per_round = {arm: [] for arm in arms}
+        rng, order = random.Random(seed), list(arms)
         for r in range(rounds):
+            rng.shuffle(order)
             if log:
-                log(f"[profile] {model}: round {r + 1} of {rounds}, {steps} profiled steps per arm")
-            for arm in arms:
-                for name, ms in profile_step(*ready[arm], steps).items():
+                log(f"[profile] {model}: round {r + 1} of {rounds}, {steps} profiled steps per arm, order "
+                    + ", ".join(order))
+            for arm in order:
+                got = profile_step(*ready[arm], steps)
+                for name, ms in got.items():
                     events[arm][name] += ms / rounds
+                per_round[arm].append(_categories(got))
     out = {}
     for arm in arms:
-        cats = dict.fromkeys(CATEGORIES, 0.0)
-        for name, ms in events[arm].items():
-            cats[category(name)] += ms
-        out[arm] = {"events": dict(events[arm]), "categories": cats, "total_ms": sum(events[arm].values())}
+        cats = _categories(events[arm])
+        out[arm] = {"events": dict(events[arm]), "categories": cats, "total_ms": sum(cats.values()),
+                    "rounds": per_round[arm]}
     return out
+
+
+def _categories(events: dict[str, float]) -> dict[str, float]:
+    cats = dict.fromkeys(CATEGORIES, 0.0)
+    for name, ms in events.items():
+        cats[category(name)] += ms
+    return cats
 
 
 def differences(profiles: dict[str, dict], baseline: str = "residual", top: int = 8) -> dict[str, dict]:
     """Per arm against ``baseline``: extra ms per step overall and per category, and the ``top`` events whose time
-    grew most (an event only the arm has counts in full)."""
+    grew most (an event only the arm has counts in full). With per-round figures, also the smallest and largest
+    *paired* difference over the rounds (arm minus baseline in the same round), total and per category: a difference
+    whose range straddles zero is drift between turns, not work the arm adds."""
     base = profiles[baseline]
     out = {}
     for arm, prof in profiles.items():
         if arm == baseline:
             continue
         grew = {name: ms - base["events"].get(name, 0.0) for name, ms in prof["events"].items()}
-        out[arm] = {"extra_ms": prof["total_ms"] - base["total_ms"],
-                    "ratio": prof["total_ms"] / base["total_ms"] if base["total_ms"] else float("nan"),
-                    "categories": {c: prof["categories"][c] - base["categories"][c] for c in CATEGORIES},
-                    "top": sorted(((n, d) for n, d in grew.items() if d > 0), key=lambda kv: -kv[1])[:top]}
+        d = {"extra_ms": prof["total_ms"] - base["total_ms"],
+             "ratio": prof["total_ms"] / base["total_ms"] if base["total_ms"] else float("nan"),
+             "categories": {c: prof["categories"][c] - base["categories"][c] for c in CATEGORIES},
+             "top": sorted(((n, d) for n, d in grew.items() if d > 0), key=lambda kv: -kv[1])[:top]}
+        pairs = list(zip(prof.get("rounds", []), base.get("rounds", [])))
+        if pairs:
+            d["range"] = {c: [min(a[c] - b[c] for a, b in pairs), max(a[c] - b[c] for a, b in pairs)]
+                          for c in CATEGORIES}
+            totals = [sum(a.values()) - sum(b.values()) for a, b in pairs]
+            d["range"]["total"] = [min(totals), max(totals)]
+        out[arm] = d
     return out
 
 
@@ -147,15 +172,25 @@ def markdown(result: dict) -> str:
                   "|---|---|---|" + "---|" * len(CATEGORIES)]
         for arm, prof in profiles.items():
             d = diffs.get(arm)
-            cells = [f"{prof['categories'][c]:.2f}" + (f" ({d['categories'][c]:+.2f})" if d else "") for c in CATEGORIES]
-            ratio = f"{d['ratio']:.3f}×" if d else "1 (baseline)"
+            cells = [f"{prof['categories'][c]:.2f}" + (f" ({d['categories'][c]:+.2f}{_span(d, c)})" if d else "")
+                     for c in CATEGORIES]
+            ratio = f"{d['ratio']:.3f}×{_span(d, 'total')}" if d else "1 (baseline)"
             lines.append(f"| `{arm}` | {prof['total_ms']:.2f} | {ratio} | " + " | ".join(cells) + " |")
+        if any("range" in d for d in diffs.values()):
+            lines += ["", "In brackets: the smallest and largest paired difference against `residual` over the rounds "
+                      "(ms per step; for the ratio column, of the whole step). A bracket that straddles 0 is drift "
+                      "between turns, not work the arm adds."]
         lines += ["", "Events whose time grew most against `residual` (ms per step):", ""]
         for arm, d in diffs.items():
             top = "; ".join(f"`{name[:70]}` +{ms:.2f}" for name, ms in d["top"]) or "—"
             lines.append(f"- `{arm}` (+{d['extra_ms']:.2f} ms): {top}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _span(d: dict, key: str) -> str:
+    lo_hi = d.get("range", {}).get(key)
+    return f" [{lo_hi[0]:+.1f}, {lo_hi[1]:+.1f}]" if lo_hi else ""
 
 
 def run_profile(models: list[str], size: str, arms: list[str], steps: int = 10, warmup: int = 3, rounds: int = 3,
