@@ -52,10 +52,12 @@ def test_paired_round_ranges_separate_drift_from_added_work():
     assert r["matmul/conv"] == [-5.0, 4.0]
     assert r["eager elementwise/reductions"] == [2.0, 3.0]
     assert r["total"] == [-3.0, 7.0]
+    m = pf.differences(profiles)["ancre"]["median"]
+    assert m["eager elementwise/reductions"] == pytest.approx(2.5) and m["total"] == pytest.approx(2.0)
     md = pf.markdown({"path": "eager", "size": "tiny", "steps": 1, "warmup": 0, "rounds": 2, "threads": 1,
                       "machine": {}, "models": {"resnet": {"profiles": profiles,
                                                            "differences": pf.differences(profiles)}}})
-    assert "[+2.0, +3.0]" in md and "straddles 0" in md
+    assert "(+2.50 [+2.0, +3.0])" in md and "straddles 0" in md
 
 
 def test_profile_cli_partitions_each_step(tmp_path, capsys):

@@ -19,6 +19,7 @@ bench does, and read the *differences*, not the absolute times.
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import torch
@@ -149,10 +150,12 @@ def differences(profiles: dict[str, dict], baseline: str = "residual", top: int 
              "top": sorted(((n, d) for n, d in grew.items() if d > 0), key=lambda kv: -kv[1])[:top]}
         pairs = list(zip(prof.get("rounds", []), base.get("rounds", [])))
         if pairs:
-            d["range"] = {c: [min(a[c] - b[c] for a, b in pairs), max(a[c] - b[c] for a, b in pairs)]
-                          for c in CATEGORIES}
-            totals = [sum(a.values()) - sum(b.values()) for a, b in pairs]
-            d["range"]["total"] = [min(totals), max(totals)]
+            paired = {c: [a[c] - b[c] for a, b in pairs] for c in CATEGORIES}
+            paired["total"] = [sum(a.values()) - sum(b.values()) for a, b in pairs]
+            d["range"] = {c: [min(v), max(v)] for c, v in paired.items()}
+            # the median over rounds: one stalled turn (a +600 ms round among +20 ms ones) moves a mean, not this
+            d["median"] = {c: statistics.median(v) for c, v in paired.items()}
+            d["median_ratio"] = statistics.median(sum(a.values()) / sum(b.values()) for a, b in pairs)
         out[arm] = d
     return out
 
@@ -172,20 +175,29 @@ def markdown(result: dict) -> str:
                   "|---|---|---|" + "---|" * len(CATEGORIES)]
         for arm, prof in profiles.items():
             d = diffs.get(arm)
-            cells = [f"{prof['categories'][c]:.2f}" + (f" ({d['categories'][c]:+.2f}{_span(d, c)})" if d else "")
-                     for c in CATEGORIES]
-            ratio = f"{d['ratio']:.3f}×{_span(d, 'total')}" if d else "1 (baseline)"
+            cells = [f"{prof['categories'][c]:.2f}" + (f" ({_diff(d, c)})" if d else "") for c in CATEGORIES]
+            ratio = (f"{d['median_ratio']:.3f}×{_span(d, 'total')}" if d and "median_ratio" in d
+                     else f"{d['ratio']:.3f}×" if d else "1 (baseline)")
             lines.append(f"| `{arm}` | {prof['total_ms']:.2f} | {ratio} | " + " | ".join(cells) + " |")
         if any("range" in d for d in diffs.values()):
-            lines += ["", "In brackets: the smallest and largest paired difference against `residual` over the rounds "
-                      "(ms per step; for the ratio column, of the whole step). A bracket that straddles 0 is drift "
-                      "between turns, not work the arm adds."]
+            lines += ["", "Per arm: the mean over rounds; in parentheses the *median* over rounds of the paired "
+                      "difference against `residual` (same round), and in brackets its smallest and largest value "
+                      "(ms per step; the ratio column: median of the per-round ratios of the whole step, and its "
+                      "range in ms). A bracket that straddles 0 is drift between turns, not work the arm adds."]
         lines += ["", "Events whose time grew most against `residual` (ms per step):", ""]
         for arm, d in diffs.items():
             top = "; ".join(f"`{name[:70]}` +{ms:.2f}" for name, ms in d["top"]) or "—"
             lines.append(f"- `{arm}` (+{d['extra_ms']:.2f} ms): {top}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _diff(d: dict, key: str) -> str:
+    """An arm's difference against the baseline in one category: the median paired one with its range when the
+    profile has rounds, else the difference of the means."""
+    if "median" in d:
+        return f"{d['median'][key]:+.2f}{_span(d, key)}"
+    return f"{d['categories'][key]:+.2f}"
 
 
 def _span(d: dict, key: str) -> str:

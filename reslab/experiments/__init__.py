@@ -117,6 +117,29 @@ def draw_plots(exp: Experiment, results: dict, folder: Path) -> list[str]:
     return [src for _, src in images]
 
 
+REPRODUCE_LINE = "Reproduce: "
+
+
+def stamp_command(folder: Path, command: str) -> None:
+    """Put the command that produced a published page's numbers on the page itself (README.md and results.md), under
+    its title: a reader of any table sees how to re-run it without opening summary.json. Rewritten, not added
+    twice, when the page already has one."""
+    line = (f"{REPRODUCE_LINE}`{command}` (every number on this page; `summary.json` holds the per-seed values, "
+            "each run's code revision and wall time)")
+    for name in ("README.md", "results.md"):
+        page = Path(folder) / name
+        if not page.exists():
+            continue
+        lines = page.read_text().split("\n")
+        at = next((i for i, x in enumerate(lines) if x.startswith(REPRODUCE_LINE + "`")), None)
+        if at is not None:
+            lines[at] = line
+        else:
+            head = 1 if lines and lines[0].startswith("#") else 0  # under the title
+            lines[head:head] = (["", line] if head else [line, ""])
+        page.write_text("\n".join(lines))
+
+
 def part_commands(name: str, preset: str, parts: int) -> str:
     """The command line(s) that run a preset: one, or one per part when the preset is split."""
     base = f"reslab reproduce {name} --preset {preset}"
@@ -189,6 +212,7 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     if part is not None:  # wall_time_s is this part's; each part's own is kept beside it
         times = load_summary(part_times) if part_times.exists() else {}
         summary["part_wall_time_s"] = times | {str(part): round(times.get(str(part), 0.0) + wall, 1)}
+    stamp_command(out, summary["command"])
     atomic_write_json(out / "summary.json", summary)
     part_times.unlink(missing_ok=True)  # only once the summary holds the parts' times
     log(f"\n{name} ({preset}): {verdict.upper()} — {explanation}\nwrote {out / 'summary.json'} (raw runs in {raw})")
@@ -209,6 +233,7 @@ def resummarize(path: str | Path, log=print) -> dict:
         s["published"] = sorted(set(s.get("published", [])) | set(drawn))
         atomic_write_json(path, s)
         log(f"{path.parent}: drew {', '.join(drawn)} from the summary")
+    stamp_command(path.parent, s["command"])  # the pages of summaries published before pages carried it
     verdict, explanation = exp.verdict(s["results"])
     if verdict not in VERDICTS:
         raise RuntimeError(f"experiment {exp.name}: verdict {verdict!r} is not one of {VERDICTS}")

@@ -76,7 +76,7 @@ PRESETS = {
                                          "eval_timesteps": 10}, threads=1),
                 sampling=_sampling(n_samples=1000, ddim_steps=25, grid_per_class=8),
                 classifier=_classifier(steps=1500, n_train=None)),
-    "gpu": dict(_ARMS, seeds=3,
+    "gpu": dict(_ARMS, seeds=3, tune={"lr": [1.5e-4, 3e-4, 6e-4], "extend": 1},
                 train=_train(steps=40000, batch=256, warmup=1000, eval_every=2000, eval_batches=40,
                              task_args={"resize": 16},
                              model_args={"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6,
@@ -278,7 +278,7 @@ def verdict(results: dict) -> tuple[str, str]:
 
 def _write_readme(out: Path, settings: dict, results: dict, verdict_: str, why: str) -> None:
     from ..compare import slug
-    from .runner import write_readme
+    from .runner import lr_text, write_readme
 
     t, s = settings["train"], settings["sampling"]
     rows = ["| arm | held-out denoise MSE (mean ± std) | fd_cls (mean ± std) | per seed (MSE / fd_cls) "
@@ -295,9 +295,10 @@ def _write_readme(out: Path, settings: dict, results: dict, verdict_: str, why: 
     setup = f"""Claim (ANCRe, arXiv:2602.09009 §5.2): ANCRe lowers the denoising loss and improves sample quality of
 DiT (DiT-S/2 FID-50K 69.40 → 66.01 on ImageNet 256, relative {100 * results['paper_relative_fid_gain']:.1f}%).
 
-Setup: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']} (warmup {t['warmup_steps']}, cosine), no weight
+Setup: {t['steps']} steps, batch {t['batch_size']}, AdamW {lr_text(t, settings)} (warmup {t['warmup_steps']}, cosine), no weight
 decay, EMA {t['model_args'].get('ema_decay')}; DiT {t['model_args']}; {settings['seeds']} seeds, paired data order.
-Denoise MSE: EMA weights on the test set, {t['model_args'].get('eval_timesteps')} fixed timesteps × seeded noise.
+Denoise MSE: EMA weights on {t['eval_batches'] * t['batch_size']:,} test images ({t['eval_batches']} batches of
+{t['batch_size']}), {t['model_args'].get('eval_timesteps')} fixed timesteps × seeded noise.
 fd_cls: {results['n_samples']} DDIM-{s['ddim_steps']} samples (eta {s['eta']}, no guidance, x0 clipped to
 the pixel range: {s['clip_x0']}) vs all
 {results['n_reference']} test images, in the {clf.get('feature_dim')}-d features of reslab's Fashion-MNIST CNN
@@ -323,3 +324,4 @@ EXPERIMENT = Experiment(
           "learns Sigma).",
     tags=["ancre", "dit", "diffusion"],
 )
+

@@ -5,9 +5,10 @@ gpu presets) RW+LR+PA on the baseline, LR at the rank whose extra parameters are
 
 On test accuracy (the claim's metric), every arm at its own lr tuned from the same grid. Premise: the extra
 block helps (+1 block beats the baseline by > 2 standard errors; else ``inconclusive``). (A) RW is significantly
-better than the baseline, recovers >= 50% of the +1-block gain, with < 0.01% extra parameters; (B) RW+LR is
-non-inferior to the +1-block model (95% CI, margin a quarter of its gain) with <= 0.4x its extra parameters
-(paper: 60% for 0.003%; a match for 2.6x fewer).
+better than the baseline, recovers >= 60% of the +1-block gain (the paper's figure; until 2026-12-01 the rule
+asked for 50%), with < 0.01% extra parameters; (B) RW+LR is non-inferior to the +1-block model (95% CI, margin a
+quarter of its gain) with <= 0.4x its extra parameters (paper: 60% for 0.003%; a match for 2.6x fewer, 0.385x:
+0.4x leaves room for whole ranks, r = 7 gives 0.3853x at ResNet-14).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .common import decide, depth_premise, noninferior, pick_arms, row, signific
 from .runner import plot_final_metric
 
 
+RECOVER = 0.6  # the paper's RW recovers 60% of the +1 block's gain (Table 1)
 EXTRA_BLOCK = [1, 0, 0]  # one more basic block in the first (16-channel) stage: +2.7% parameters on ResNet-14
 # LR's rank is set by the claim's parameter ratio, not copied: the paper's r = 16 is small against ResNet-50's
 # 256-2048 channels (RW+LR adds 0.38x the extra block's parameters there), but with our 16/32/64 channels r = 16
@@ -63,10 +65,10 @@ def verdict(res: dict) -> tuple[str, str]:
     ok_premise, premise_text = depth_premise(acc(plus), acc(base), higher_better=True, k_se=2.0)
     rw_better, p_rw = significantly(acc(rw), acc(base), "higher")
     frac = (rw["metric_mean"] - base["metric_mean"]) / gain if gain > 0 else float("nan")
-    a = None if rw_better is None else bool(rw_better and frac >= 0.5 and pct["laurel(rw)"] < 0.01)
+    a = None if rw_better is None else bool(rw_better and frac >= RECOVER and pct["laurel(rw)"] < 0.01)
     ni, ni_text = noninferior(acc(rwlr), acc(plus), margin=max(gain, 0.0) / 4, higher_better=True)
     few = rwlr["extra_params"] <= 0.4 * plus["extra_params"]
-    checks = [("A RW ≥ 50% of the +1-block gain, significant, < 0.01% params", a,
+    checks = [(f"A RW ≥ {RECOVER:.0%} of the +1-block gain, significant, < 0.01% params", a,
                (f"recovers {frac:.0%}" if gain > 0 else "the +1 block gained nothing to recover")
                + f", Welch p vs baseline={'n/a' if p_rw is None else f'{p_rw:.3g}'}, "
                f"+{pct['laurel(rw)']:.4f}% params"),
@@ -89,7 +91,7 @@ def _train(steps, batch, depth, n_train, n_val, eval_every, resize):
 EXPERIMENT = Experiment(
     name="laurel-vision",
     paper="LAuReL (Menghani et al., ICML 2025, arXiv:2411.07501), Table 1 (ResNet-50, ImageNet)",
-    claim="On a ResNet, LAuReL-RW recovers ≥ 50% of the accuracy gain of one extra block with < 0.01% extra "
+    claim="On a ResNet, LAuReL-RW recovers ≥ 60% of the accuracy gain of one extra block with < 0.01% extra "
           "parameters, and RW+LR matches the +1-block model with ≤ 0.4× its extra parameters.",
     paper_number="baseline 74.95, +1 layer 75.20 (+4.37% params), RW 75.10 (+0.003%), RW+LR 75.20 (+1.68%), "
                  "RW+LR+PA 75.25 (+2.40%)",

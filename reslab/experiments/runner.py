@@ -80,6 +80,15 @@ def arm_values(report: dict) -> dict[str, dict]:
     return out
 
 
+def lr_text(train: dict, settings: dict) -> str:
+    """The learning rate as a preset's runs used it, for a README's setup line: the grid when every arm was tuned
+    (the chosen values are in the tuning table), else the one shared lr."""
+    tune = settings.get("tune") or {}
+    if tune.get("lr"):
+        return f"lr tuned per arm from {tune['lr']} (+{tune.get('extend', 0)} past an edge)"
+    return f"lr {train['lr']}"
+
+
 def edge_note(at_edge: dict[str, bool | None]) -> str:
     """The labels whose tuned value ended at an edge of the grid after every extension it was allowed: there the
     arm's best may lie beyond the grid, so its result is a bound, not its tuned one. "" when none did."""

@@ -53,7 +53,7 @@ PRESETS = {
     "cpu": dict(_COMMON, arms=[a for a in ARMS if a != "scaled"], seeds=4, tune={"lr": [2e-3, 4e-3, 8e-3], "extend": 3},
                 train=_train(steps=400, batch=128, warmup=40, eval_every=200, eval_batches=79, task_args={},
                              model_args={"patch_size": 7, "d_model": 64, "n_layer": 6, "n_head": 4}, threads=1)),
-    "gpu": dict(_COMMON, seeds=3,
+    "gpu": dict(_COMMON, seeds=3, tune={"lr": [5e-4, 1e-3, 2e-3], "extend": 1},
                 train=_train(steps=20000, batch=256, warmup=1000, eval_every=1000, eval_batches=40, task_args={},
                              model_args={"patch_size": 4, "d_model": 192, "n_layer": 12, "n_head": 3})),
 }
@@ -137,7 +137,7 @@ def run(s: dict, out: Path, log) -> dict:
 
     from ..report import markdown_table, plot_curves
     from .common import train_config
-    from .runner import build_configs, plot_final_metric, run_cells, write_readme
+    from .runner import build_configs, lr_text, plot_final_metric, run_cells, write_readme
 
     t = s["train"]
     arms, skipped = available_arms(list(s["arms"]), t["model_args"], log)
@@ -165,7 +165,7 @@ def run(s: dict, out: Path, log) -> dict:
     skipped_text = "".join(f"- `{a}` skipped: {w}\n" for a, w in skipped.items())
     write_readme(out / "README.md", "vit-compare: every connection on a ViT, Fashion-MNIST", v, why,
                  [EXPERIMENT.claim,
-                  f"Setup: ViT {t['model_args']}, {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']}, "
+                  f"Setup: ViT {t['model_args']}, {t['steps']} steps, batch {t['batch_size']}, AdamW {lr_text(t, s)}, "
                   f"weight decay {t['weight_decay']}, {s['seeds']} seeds; test accuracy on {t['eval_batches']} x "
                   f"{t['batch_size']} test images. `pnnh` = PNNHViT {pnnh_model_args(t['model_args'], s.get('pnnh_args'))} "
                   "(our reconstruction; no skip-adds).", markdown_table(reports["rows"], s["baseline"]) + skipped_text],
