@@ -97,6 +97,8 @@ def _p(p) -> str:
 
 def leaderboard_verdict(res: dict) -> tuple[str, str]:
     """The verdict from ``res["depths"]``: {depth label: {"rows": summarize_arms rows}}. See the module docstring."""
+    from .runner import edge_note
+
     parts, outcomes = [], []
     for label, d in res["depths"].items():
         st = depth_standing(d["rows"], res.get("baseline", BASELINE))
@@ -110,9 +112,12 @@ def leaderboard_verdict(res: dict) -> tuple[str, str]:
         power = ("" if st["resolvable"] is None else
                  f"; smallest difference the test resolves (median CI half-width at the first Holm step) "
                  f"{st['resolvable']:.3g} vs the papers' few per cent, {st['effect']:.3g}")
+        # an arm whose lr ended at a grid edge may do better beyond it: its standing is a bound, said so by name
+        edges = edge_note({arm: t.get("at_edge") for arm, t in (d.get("tuning") or {}).items()})
         parts.append(f"{label}: {st['outcome'].upper()} — beat residual ({st['baseline_mean']:.4f}) significantly: "
                      f"{', '.join(better) or 'none'}; significantly worse: {', '.join(worse) or 'none'} "
-                     f"(Holm over {st['m']} schemes{power}). Ranking by mean val loss: {order}")
+                     f"(Holm over {st['m']} schemes{power}). Ranking by mean val loss: {order}"
+                     + (f"; {edges}" if edges else ""))
     if outcomes and all(o == "beaten" for o in outcomes):
         v = "reproduced"
     elif "beaten" in outcomes:

@@ -209,7 +209,6 @@ def run(settings: dict, out_dir: Path, log) -> dict:
     results["param_efficiency"] = param_efficiency(sweep)
     results["throughput"] = {arm: {d: (table[arm][d]["img_per_s"] / table["resnet"][d]["img_per_s"])
                                    for d in table[arm]} for arm in arms}
-    _plot(results, out_dir / "pnnh_vision.png")
     v, why = verdict(results)
     from .runner import write_readme
 
@@ -349,6 +348,12 @@ def _throughput_seeds(results: dict, arm: str, d: str) -> list[float]:
     return [x / b for x in t[arm][d].get("img_per_s_seeds", [])]
 
 
+def plots(results: dict, out: Path) -> list[tuple[str, str]]:
+    """The four-panel figure (``Experiment.plots``: ``--resummarize`` redraws it from a committed summary)."""
+    _plot(results, Path(out) / "pnnh_vision.png")
+    return [("results", "pnnh_vision.png")]
+
+
 def _plot(results: dict, path: Path) -> None:
     """Four panels, each with error bars (std over seeds): accuracy and final training loss vs depth, accuracy vs
     parameters (width sweep; ticks at the models' own parameter counts, in thousands) and throughput vs depth."""
@@ -362,19 +367,22 @@ def _plot(results: dict, path: Path) -> None:
         v = e.get(k, mean_std(e.get("train_loss", []))[1] if k == "train_loss_std" else float("nan"))
         return v if math.isfinite(v) else 0.0
 
+    # one colour per arm in every panel (the sweep panel has fewer arms: matplotlib's own cycle would recolour them)
+    color = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys([*results["arms"], *results["sweep"]]))}
     for arm in results["arms"]:
         es = [t[arm][str(d)] for d in depths]
         axes[0].errorbar(depths, [e["acc_mean"] for e in es], yerr=[sd(e, "acc_std") for e in es], marker="o",
-                         capsize=3, label=arm)
+                         capsize=3, label=arm, color=color[arm])
         axes[1].errorbar(depths, [e["train_loss_mean"] for e in es], yerr=[sd(e, "train_loss_std") for e in es],
-                         marker="o", capsize=3, label=arm)
+                         marker="o", capsize=3, label=arm, color=color[arm])
         thr = [_throughput_seeds(results, arm, str(d)) for d in depths]
         axes[3].errorbar(depths, [results["throughput"][arm][str(d)] for d in depths],
-                         yerr=[mean_std(x)[1] if len(x) > 1 else 0.0 for x in thr], marker="o", capsize=3, label=arm)
+                         yerr=[mean_std(x)[1] if len(x) > 1 else 0.0 for x in thr], marker="o", capsize=3, label=arm,
+                         color=color[arm])
     ticks = []
     for arm, pts in results["sweep"].items():
         axes[2].errorbar([p["params"] for p in pts], [p["acc_mean"] for p in pts],
-                         yerr=[sd(p, "acc_std") for p in pts], marker="o", capsize=3, label=arm)
+                         yerr=[sd(p, "acc_std") for p in pts], marker="o", capsize=3, label=arm, color=color[arm])
         ticks += [p["params"] for p in pts]
     ax = axes[2]
     ax.set_xscale("log")
@@ -472,6 +480,7 @@ EXPERIMENT = Experiment(
     },
     run=run,
     verdict=verdict,
+    plots=plots,
     notes="PNNH is our reconstruction (reslab/models/pnnh.py, docs/pnnh.md). The cpu preset is scaled down to fit "
           "two parts of under an hour on one thread: Fashion-MNIST 10k-image training subset resized to 16x16, the "
           "whole 10,000-image test set, width 0.5 (stages 8/16/32 learner channels), 300 AdamW steps of batch 64 "

@@ -237,7 +237,12 @@ def verdict(results: dict) -> tuple[str, str]:
     (significantly below the shallowest depth, Welch p < 0.05, by more than DEGRADE; untestable when the CI of the
     drop reaches DEGRADE without significance); (B) 1/sqrt(n) and 1/n train stably: no seed diverged or ended below
     FAIL_ACC at any depth, and the deepest depth non-inferior to the shallowest within DEGRADE (95% CI). The checks under PRIMARY (sgd: momentum, no clipping) decide when it
-    ran; the others are reported, named by optimiser, and not counted. Fewer than 2 seeds: untestable."""
+    ran; the others are reported, named by optimiser, and not counted. Fewer than 2 seeds: untestable.
+
+    The two seed counts differ on purpose, as the claims do: A says unscaled nets *fail*, so it needs most seeds to
+    fail (one bad seed of an otherwise training net is not "fails"); B says the scaled nets train *stably at every
+    depth*, a statement about every run, so one seed that diverges or collapses (e.g. to chance) is a counterexample
+    that the seeds' mean would hide. The failed-seed counts are printed with both checks."""
     opts = _opts(results)
     primary = PRIMARY if PRIMARY in opts else next(iter(opts))
     counted, notes = _checks(results, primary)
