@@ -254,6 +254,8 @@ def test_scoreboard_rewrites_only_the_marked_readme_block(results_dir):
     assert text.startswith("# Title\nintro\n<!-- scoreboard:start -->\n") and text.endswith("<!-- scoreboard:end -->\ntail\n")
     assert "old rows" not in text
     assert "| [gamma](results/gamma/) |" in text and "**not reproduced** (cpu); reproduced (gpu)" in text
+    # every headline row names the command behind each of its verdicts
+    assert "`reslab reproduce gamma --preset cpu`<br>`reslab reproduce gamma --preset gpu` |" in text
     assert "[results/README.md](results/README.md)" in text and ": 1 of 2 met, 1 missed" in text
     sb.write_scoreboard(results_dir, readme=True, log=lambda *_: None)
     assert top.read_text() == text  # idempotent

@@ -258,11 +258,14 @@ def headline_markdown(summaries: list[dict], overhead: list[dict] | None,
         by_exp.setdefault(s["experiment"], []).append(s)
     lines = []
     if by_exp:
-        lines += ["| experiment | claim | verdict |", "|---|---|---|"]
+        lines += ["| experiment | claim | verdict | re-run with |", "|---|---|---|---|"]
         for name, ss in by_exp.items():
             verdicts = "; ".join(f"{_verdict(s['verdict'], s)} ({s.get('preset', '?')})" for s in ss)
+            # the command that produced each verdict, as its summary recorded it (a split preset: one per part)
+            commands = "<br>".join(f"`{_cell(s['command'])}`" for s in ss if s.get("command"))
             first = ss[0]
-            lines.append(f"| [{_cell(name)}](results/{first['_dir']}/) | {_cell(first['claim'])} | {verdicts} |")
+            lines.append(f"| [{_cell(name)}](results/{first['_dir']}/) | {_cell(first['claim'])} | {verdicts} | "
+                         f"{commands or '—'} |")
         lines.append("")
     else:
         lines += ["No experiment results yet.", ""]
