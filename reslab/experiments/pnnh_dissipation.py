@@ -346,9 +346,10 @@ EXPERIMENT = Experiment(
         "quick": dict(data="synthetic", resize=5, n_train=300, n_probe=150, width=40, max_depth=10, seeds=1,
                       train_depths=[4], train_steps=20, lr=1e-3, batch_size=64, lose_layer=10, keep_layer=20,
                       tune={"lr": [1e-3, 3e-3]}),
+        # extend 3: with one extension the scaled nets (top) and PNNH (bottom) still won at the grid's edge (2026-12-01)
         "cpu": dict(data=["synthetic", "fashion_mnist"], resize=8, n_train=6000, n_probe=1000, width=256,
                     max_depth=50, seeds=3, train_depths=[10, 20], train_steps=400, lr=1e-3, batch_size=128,
-                    lose_layer=10, keep_layer=20, threads=1, tune={"lr": [3e-4, 1e-3, 3e-3], "extend": 1}),
+                    lose_layer=10, keep_layer=20, threads=1, tune={"lr": [3e-4, 1e-3, 3e-3], "extend": 3}),
         "gpu": dict(data=["synthetic", "fashion_mnist"], resize=14, n_train=20000, n_probe=4000, width=1024,
                     max_depth=100, seeds=3, train_depths=[10, 20, 50], train_steps=3000, lr=1e-3, batch_size=256,
                     lose_layer=10, keep_layer=20, tune={"lr": [3e-4, 1e-3, 3e-3], "extend": 1}),
