@@ -389,14 +389,26 @@ def plot_profiles(curves: dict[str, list[dict]], path: str | Path, title: str = 
     ± one std over seeds around the mean."""
     from ..report import plt
 
+    # one colour per kind (the name's first word) in every panel, at init and after training; a kind's trained
+    # curves differ by line style (first trained depth dashed, the next dotted, ...), so "residual" is one colour
+    kinds = list(dict.fromkeys(name.split(" ")[0] for name in curves))
+    color = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
+    style, seen = {}, {}
+    for name in curves:
+        k = name.split(" ")[0]
+        if "trained" in name:
+            seen[k] = seen.get(k, 0) + 1
+            style[name] = ("--", ":", "-.")[(seen[k] - 1) % 3]
+        else:
+            style[name] = "-"
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, label) in zip(axes.flat, PLOT_KEYS):
         banded = False
         for name, rows in curves.items():
             xs = [r["layer"] for r in rows]
             ys = [r[key] for r in rows]
-            line, = ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=name,
-                            ls="--" if "trained" in name else "-")
+            line, = ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=name, ls=style[name],
+                            color=color[name.split(" ")[0]])
             seeds = [[v for v in r.get(f"{key}_seeds") or [] if math.isfinite(v)] for r in rows]
             if seeds and all(len(v) >= 2 for v in seeds):
                 sd = [statistics.stdev(v) for v in seeds]

@@ -105,7 +105,8 @@ def _one_dataset(settings: dict, data: str, out_dir: Path, log) -> dict:
     tcurves = {f"{k} d{d} (trained)": v["rows"] for k in kinds for d, v in trained[k].items() if v["rows"]}
     if tcurves:
         plot_profiles(curves | tcurves, out_dir / f"dissipation_trained_{data}.png",
-                      title=f"{data}: init (solid) vs after {settings['train_steps']} AdamW steps (dashed)")
+                      title=f"{data}: init (solid) vs after {settings['train_steps']} AdamW steps "
+                            "(one colour per kind; first trained depth dashed, second dotted)")
     return res
 
 
