@@ -215,7 +215,7 @@ def verdict(results: dict) -> tuple[str, str]:
 EXPERIMENT = Experiment(
     name="vit-compare",
     paper="PNNH (arXiv:2402.08645), ANCRe (arXiv:2602.09009), LAuReL (arXiv:2411.07501): transfer to a ViT",
-    claim="On a small ViT, removing shortcuts (plain) clearly hurts, a learned connection (ANCRe or LAuReL) is "
+    claim="On a small ViT, removing shortcuts (plain) clearly hurts, each learned connection (ANCRe, LAuReL) is "
           "at least on par with residual, and PNNH (if present) is on par with residual.",
     paper_number="none for ViT in these papers' reachable text (PNNH: 'on-par' with vision Transformers)",
     presets=PRESETS,
