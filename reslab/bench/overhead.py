@@ -783,7 +783,8 @@ def combined_table(results: list[dict]) -> str:
     runs of one kind share their columns, so a later run that measured other schemes (``--connections``) fills
     their rows. A cell's time comes from the run of the column's kind that timed the most steps per arm
     (:func:`timed_steps`; the first in the order given on a tie), whatever ratio it found: ``refused`` if that run
-    refused it (a busy machine, or a paired IQR wider than the scheme's target margin). The header names the
+    refused it (a busy machine, or a paired IQR wider than the scheme's target margin; the latter with the paired
+    [q1, q3] that was too wide, so a reader can tell a cost every round shows from noise). The header names the
     threads of the column's first run; a time measured at other threads says so in its cell (``1.501× (1 thr)``).
     The memory comes from the first run of the kind that measured it (time runs often skip memory,
     ``--no-memory``; peak step memory does not depend on threads). ``—`` where no run measured it. Every ratio is
@@ -814,6 +815,11 @@ def combined_table(results: list[dict]) -> str:
             best = max(runs, key=timed_steps)  # max keeps the first of equals
             if time_refused(best, m, a):
                 t = "refused"
+                r = best["models"][m]["arms"][a]
+                if not best.get("busy") and r.get("time_ratio_paired_q1") is not None:
+                    # the spread that refused it: an IQR wholly above the limit is a cost in every other round,
+                    # one that straddles it is noise -- the reader sees which, the verdict stays withheld
+                    t += f" [{r['time_ratio_paired_q1']:.3f}, {r['time_ratio_paired_q3']:.3f}]"
             else:
                 t = f"{best['models'][m]['arms'][a]['time_ratio']:.3f}×"
                 if best.get("threads") != first.get("threads"):
