@@ -4,7 +4,7 @@ context 64, batch 12, char vocabulary): the same training step -- cross-entropy,
 defaults, then with one default at a time swapped for what nanoGPT's model has (RMSNorm -> LayerNorm without
 bias, SwiGLU -> a 4d GELU MLP, RoPE -> none), in interleaved rounds whose arm order is shuffled every round.
 
-    python scripts/trainer_ablation.py --threads 1 --out results/bench-trainer/ablation-threads1
+    python scripts/trainer_ablation.py --threads 1 --rounds 30 --profiler-check --out results/bench-trainer/ablation-threads1
 
 A diagnostic, not a proposal: each swapped model is the weaker nanoGPT-like model that issue #16 rules out
 ("speed must not come from a weaker model"); the paired difference a swap makes is what that default costs in

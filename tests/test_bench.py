@@ -442,6 +442,7 @@ def test_combined_table_takes_each_time_from_the_most_precise_run(tiny_run, tmp_
     assert main(["bench", "overhead", "--table-from", *map(str, files)]) == 0
     text = capsys.readouterr().out
     assert row("scaled")["gpt (eager, 2 thr)"] == "refused [1.021, 1.046] / 1.500×"
+    assert row("scaled")["resnet (eager, 2 thr)"] == "refused [1.021, 1.046] / 1.500×"
     assert row("scaled")["vit (eager, 2 thr)"] == "refused / 1.500×"  # no spread recorded for this family
     assert row("ancre")["gpt (compiled (inductor), 1 thr)"] == "refused / 3.500×"  # busy: no spread shown
     assert ancre["gpt (compiled (inductor), 1 thr)"] == "1.125× (2 thr) / 3.500×"  # timed at 2 threads, says so

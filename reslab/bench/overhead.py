@@ -784,7 +784,7 @@ def combined_table(results: list[dict]) -> str:
     their rows. A cell's time comes from the run of the column's kind that timed the most steps per arm
     (:func:`timed_steps`; the first in the order given on a tie), whatever ratio it found: ``refused`` if that run
     refused it (a busy machine, or a paired IQR wider than the scheme's target margin; the latter with the paired
-    [q1, q3] that was too wide, so a reader can tell a cost every round shows from noise). The header names the
+    [q1, q3] that was too wide, so a reader can tell a cost most rounds show from noise). The header names the
     threads of the column's first run; a time measured at other threads says so in its cell (``1.501× (1 thr)``).
     The memory comes from the first run of the kind that measured it (time runs often skip memory,
     ``--no-memory``; peak step memory does not depend on threads). ``—`` where no run measured it. Every ratio is
@@ -817,8 +817,8 @@ def combined_table(results: list[dict]) -> str:
                 t = "refused"
                 r = best["models"][m]["arms"][a]
                 if not best.get("busy") and r.get("time_ratio_paired_q1") is not None:
-                    # the spread that refused it: an IQR wholly above the limit is a cost in every other round,
-                    # one that straddles it is noise -- the reader sees which, the verdict stays withheld
+                    # the spread that refused it: q1 above the limit means at least three rounds in four were
+                    # above it, an IQR across the limit is noise -- the reader sees which; the verdict stays withheld
                     t += f" [{r['time_ratio_paired_q1']:.3f}, {r['time_ratio_paired_q3']:.3f}]"
             else:
                 t = f"{best['models'][m]['arms'][a]['time_ratio']:.3f}×"
