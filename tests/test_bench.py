@@ -433,6 +433,9 @@ def test_combined_table_takes_each_time_from_the_most_precise_run(tiny_run, tmp_
     ancre = row("ancre")
     assert ancre["gpt (eager, 2 thr)"] == "1.250× / 2.000×"  # time of the 25-step run, memory of the other
     assert row("scaled")["gpt (eager, 2 thr)"] == "refused / 1.500×"  # the 25-step run refused it: so is the cell
+    assert ancre["gpt (compiled (inductor), 1 thr)"] == "1.125× (2 thr) / 3.500×"  # timed at 2 threads, says so
+    assert ancre["gpt (eager, size wide, 2 thr)"] == "1.062× / —"  # no wide run measured memory
+    assert row("frac")["gpt (compiled (inductor), 1 thr)"] == "2.000× / 2.500×"
     # a refused cell shows the paired spread that was too wide, when the run recorded it (not for a busy run)
     runs[1]["models"]["gpt"]["arms"]["scaled"] |= {"time_ratio_paired_q1": 1.021, "time_ratio_paired_q3": 1.046}
     runs[1]["models"]["resnet"]["arms"]["scaled"] |= {"time_ratio_paired_q1": 1.021, "time_ratio_paired_q3": 1.046}
@@ -445,9 +448,6 @@ def test_combined_table_takes_each_time_from_the_most_precise_run(tiny_run, tmp_
     assert row("scaled")["resnet (eager, 2 thr)"] == "refused [1.021, 1.046] / 1.500×"
     assert row("scaled")["vit (eager, 2 thr)"] == "refused / 1.500×"  # no spread recorded for this family
     assert row("ancre")["gpt (compiled (inductor), 1 thr)"] == "refused / 3.500×"  # busy: no spread shown
-    assert ancre["gpt (compiled (inductor), 1 thr)"] == "1.125× (2 thr) / 3.500×"  # timed at 2 threads, says so
-    assert ancre["gpt (eager, size wide, 2 thr)"] == "1.062× / —"  # no wide run measured memory
-    assert row("frac")["gpt (compiled (inductor), 1 thr)"] == "2.000× / 2.500×"
 
 
 def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():

@@ -813,15 +813,15 @@ def combined_table(results: list[dict]) -> str:
             t = "—"
         else:
             best = max(runs, key=timed_steps)  # max keeps the first of equals
+            arm = best["models"][m]["arms"][a]
             if time_refused(best, m, a):
                 t = "refused"
-                r = best["models"][m]["arms"][a]
-                if not best.get("busy") and r.get("time_ratio_paired_q1") is not None:
+                if not best.get("busy") and arm.get("time_ratio_paired_q1") is not None:
                     # the spread that refused it: q1 above the limit means at least three rounds in four were
                     # above it, an IQR across the limit is noise -- the reader sees which; the verdict stays withheld
-                    t += f" [{r['time_ratio_paired_q1']:.3f}, {r['time_ratio_paired_q3']:.3f}]"
+                    t += f" [{arm['time_ratio_paired_q1']:.3f}, {arm['time_ratio_paired_q3']:.3f}]"
             else:
-                t = f"{best['models'][m]['arms'][a]['time_ratio']:.3f}×"
+                t = f"{arm['time_ratio']:.3f}×"
                 if best.get("threads") != first.get("threads"):
                     t += f" ({best.get('threads', '?')} thr)"
         mem = next((x for x in (r["models"][m]["arms"][a].get("memory_ratio") for r in runs) if x is not None), None)
