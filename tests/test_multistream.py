@@ -221,7 +221,7 @@ def test_mhc_recompute_gives_the_same_values_and_gradients_and_stores_less():
     tight tolerance), far fewer numbers kept for the backward pass, and torch.func.grad (which disables the
     saved-tensor hooks the checkpoint needs) falls back to the plain path instead of raising."""
     fs = branches(K * BR)
-    off = perturb(build("mhc(recompute=false)"))
+    off = perturb(build("mhc(recompute=false, sinkhorn_chunk=0)"))  # stores every intermediate
     on = build("mhc")
     on.load_state_dict(off.state_dict())
     assert on.recompute and not off.recompute
@@ -248,3 +248,52 @@ def test_mhc_recompute_gives_the_same_values_and_gradients_and_stores_less():
     assert kept_on < kept_off / 3, (kept_on, kept_off)
     g_func = torch.func.grad(lambda h: on(h, as_blocks(fs)).pow(2).sum())(x)
     torch.testing.assert_close(g_func, g_on[0], atol=1e-12, rtol=1e-12)
+
+
+def test_sinkhorn_in_checkpointed_chunks_gives_the_same_values_and_gradients_and_stores_less():
+    """sinkhorn(chunk=k) runs the iterations in checkpointed chunks: the same matrices and gradients bit for bit,
+    and autograd keeps each chunk's input instead of every iterate (20 iterations, chunks of 4: 5 inputs)."""
+    logits = torch.randn(7, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(7, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def run(chunk):
+        stored = []
+
+        def pack(t):
+            stored.append(t.numel())
+            return t
+
+        z = logits.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            S = sinkhorn(z, 20, chunk)
+        (g,) = torch.autograd.grad((S * w).sum(), z)
+        return S, g, sum(stored)
+
+    S_all, g_all, kept_all = run(0)
+    S_chunk, g_chunk, kept_chunk = run(4)
+    assert torch.equal(S_chunk, S_all) and torch.equal(g_chunk, g_all)
+    # every iterate: 40 divisions keep their 7x4x4 input and 7x4 divisor; chunked: the exp's input/output and 5 inputs
+    assert kept_all >= 40 * 7 * (16 + 4), kept_all
+    assert kept_chunk <= 8 * 7 * 16, kept_chunk
+    with torch.no_grad():  # nothing to store: the plain loop, same values
+        assert torch.equal(sinkhorn(logits, 20, 4), S_all)
+
+
+def test_mhc_sinkhorn_chunks_change_nothing_but_memory():
+    """mhc's default sinkhorn_chunk=4 against 0 (every iterate kept), through a whole stack with recompute on and
+    off: identical outputs and gradients."""
+    fs = branches(K * BR)
+    x = torch.randn(B, 6, 5, D, dtype=torch.float64)
+    for recompute in ("true", "false"):
+        ref = perturb(build(f"mhc(recompute={recompute}, sinkhorn_chunk=0)"))
+        chunked = build(f"mhc(recompute={recompute})")
+        chunked.load_state_dict(ref.state_dict())
+        assert chunked.sinkhorn_chunk == 4 and ref.sinkhorn_chunk == 0
+        outs = []
+        for conn in (ref, chunked):
+            inp = x.clone().requires_grad_()
+            y = conn(inp, as_blocks(fs))
+            outs.append((y, torch.autograd.grad(y.pow(2).sum(), (inp, *conn.parameters()))))
+        (y0, g0), (y1, g1) = outs
+        assert torch.equal(y0, y1)
+        assert all(torch.equal(a, b) for a, b in zip(g0, g1))
