@@ -30,15 +30,18 @@ saved-tensor hooks the checkpoint is built on. recompute=false stores them, as b
 (at 1 thread both were ~3.7x: there the peak lay elsewhere). Its time
 cost was not measured on a quiet machine.
 
-sinkhorn_chunk (default 4): with recompute alone, the backward pass still re-runs one branch's maps storing every
-Sinkhorn iterate (two n x n matrices and their sums per iteration and position: ~800 numbers per position at n = 4,
-20 iterations, against the stream's n*D = 64 in ResNet-20's first stage), and that transient set the step's peak.
-In eager mode the iterations now run in checkpointed chunks of ``sinkhorn_chunk``: the recomputation keeps each
-chunk's input (16 numbers per position) and backward re-runs one chunk at a time. Same values and gradients (the
-re-run repeats the same operations; tested bit for bit); the price is a third evaluation of the Sinkhorn loop per
-backward. ResNet-20 peak step memory, eager: 194.6 MB -> 133.7 MB (3.76x -> 2.56x residual's). Not under
-torch.compile: AOT autograd inlines the checkpoints into one backward graph and recomputes all iterates together
-(compiled ResNet-20: 4.5x with or without chunks), and not under torch.func transforms (no saved-tensor hooks).
+sinkhorn_chunk (default 0, off; opt in with e.g. 4): with recompute alone, the backward pass still re-runs one
+branch's maps storing every Sinkhorn iterate (two n x n matrices and their sums per iteration and position: ~800
+numbers per position at n = 4, 20 iterations, against the stream's n*D = 64 in ResNet-20's first stage), and that
+transient sets the step's peak where D is small. With sinkhorn_chunk = k the iterations run, in eager mode, in
+checkpointed chunks of k: the recomputation keeps each chunk's input (n*n numbers per position) and backward re-runs
+one chunk at a time. Same values and gradients (the re-run repeats the same operations; tested bit for bit); the
+price is a third evaluation of the Sinkhorn loop per backward. Measured (``reslab bench overhead --model all
+--connections 'mhc,mhc(sinkhorn_chunk=4)'``, results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.75x ->
+2.56x residual's for 1.11x mhc's step time; the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere (memory
+unchanged) and their steps take ~1.05x longer -- hence off by default. Not under torch.compile: AOT autograd inlines
+the checkpoints into one backward graph (compiled ResNet-20: 4.5x residual's with or without chunks), nor under
+torch.func transforms (no saved-tensor hooks).
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
 b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
@@ -96,7 +99,7 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
                   "post": "(L, n) static H_post = 2 sigmoid(b_post)",
                   "res": "(L, n, n) static H_res = SinkhornKnopp(b_res), rows = destination stream"},
     starts_as_residual=False,  # equal up to the rounding of the stored b_pre (~1e-8), tested in test_multistream.py
-    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5, recompute=false, sinkhorn_chunk=0)"),
+    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5, recompute=false)", "mhc(sinkhorn_chunk=4)"),
     options=[
         Option("n", "int", 4, "number of streams", min=2, max=64),
         Option("sinkhorn_iters", "int", 20, "Sinkhorn-Knopp iterations (t_max)", min=1, max=1000),
@@ -104,8 +107,9 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
         Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model", min=1, max=64),
         Option("recompute", "bool", True, "recompute the maps (norm, phi, Sinkhorn) in the backward pass instead of "
                                           "storing their intermediates (same values and gradients, less memory)"),
-        Option("sinkhorn_chunk", "int", 4, "eager: run the Sinkhorn iterations in checkpointed chunks of this many, "
-                                           "so backward keeps one chunk's iterates at a time (0: keep all; same values)",
+        Option("sinkhorn_chunk", "int", 0, "eager: run the Sinkhorn iterations in checkpointed chunks of this many, "
+                                           "so backward keeps one chunk's iterates at a time (0: keep all; same values, "
+                                           "less memory where D is small, more time)",
                min=0, max=1000),
     ],
 )
@@ -113,7 +117,7 @@ class MHC(Connection):
     """mHC: n streams; sigmoid read/write maps and a Sinkhorn-projected doubly stochastic mixing matrix."""
 
     def __init__(self, n_blocks, dim, channel_dim=-1, n=4, sinkhorn_iters=20, reduce="sum", branches=1,
-                 recompute=True, sinkhorn_chunk=4):
+                 recompute=True, sinkhorn_chunk=0):
         super().__init__(n_blocks, dim, channel_dim)
         self.n, self.iters, self.reduce, self.recompute = int(n), int(sinkhorn_iters), reduce, bool(recompute)
         self.sinkhorn_chunk = int(sinkhorn_chunk)
