@@ -37,9 +37,9 @@ transient sets the step's peak where D is small. With sinkhorn_chunk = k the ite
 checkpointed chunks of k: the recomputation keeps each chunk's input (n*n numbers per position) and backward re-runs
 one chunk at a time. Same values and gradients (the re-run repeats the same operations; tested bit for bit); the
 price is a third evaluation of the Sinkhorn loop per backward. Measured (``reslab bench overhead --model all
---connections 'mhc,mhc(sinkhorn_chunk=4)'``, results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.75x ->
-2.56x residual's for 1.11x mhc's step time; the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere (memory
-unchanged) and their steps take ~1.05x longer -- hence off by default. Not under torch.compile: AOT autograd inlines
+--connections 'mhc,mhc(sinkhorn_chunk=4)'``, results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.71x ->
+2.52x residual's for 1.07x mhc's step time (CPU, 2 threads); the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere
+(memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Not under torch.compile: AOT autograd inlines
 the checkpoints into one backward graph (compiled ResNet-20: 4.5x residual's with or without chunks), nor under
 torch.func transforms (no saved-tensor hooks).
 
