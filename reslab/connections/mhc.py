@@ -39,9 +39,10 @@ one chunk at a time. Same values and gradients (the re-run repeats the same oper
 price is a third evaluation of the Sinkhorn loop per backward. Measured (``reslab bench overhead --model all
 --connections 'mhc,mhc(sinkhorn_chunk=4)'``, results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.71x ->
 2.52x residual's for 1.07x mhc's step time (CPU, 2 threads); the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere
-(memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Not under torch.compile: AOT autograd inlines
-the checkpoints into one backward graph (compiled ResNet-20: 4.5x residual's with or without chunks), nor under
-torch.func transforms (no saved-tensor hooks).
+(memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Compiled, the Sinkhorn loop is one
+opaque op whose backward re-runs it (``_sinkhorn_op`` below; checkpoints would be inlined by AOT autograd into one
+backward graph that recomputes every iterate at once), and sinkhorn_chunk sets its chunks. Under torch.func
+transforms (no saved-tensor hooks) the plain loop runs.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
 b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
@@ -88,6 +89,61 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
     for start in range(0, iters, chunk):
         M = checkpoint(_sinkhorn_steps, M, min(chunk, iters - start), use_reentrant=False, preserve_rng_state=False)
     return M
+
+
+# Compiled, Sinkhorn is one opaque op with a hand-written backward. Traced, its backward needs every iterate, and
+# AOT autograd recomputes them all at once in the compiled backward graph (compiled ResNet-20: 4.5x residual's peak
+# step memory, over mHC's n = 4 streams); as an op it keeps only its logits (n*n numbers per position), and its
+# backward re-runs the iterations, ``chunk`` at a time when chunk > 0 (3.56x; chunk 4: 2.16x). Gradients: the same
+# formulas autograd differentiates, so equal to its up to rounding (tested).
+@torch.library.custom_op("reslab::sinkhorn", mutates_args=())
+def _sinkhorn_op(logits: Tensor, iters: int, chunk: int) -> Tensor:
+    return _sinkhorn_steps(torch.exp(logits - logits.amax(-2, keepdim=True)), iters)
+
+
+@_sinkhorn_op.register_fake
+def _sinkhorn_fake(logits, iters, chunk):
+    return torch.empty_like(logits)
+
+
+@torch.library.custom_op("reslab::sinkhorn_backward", mutates_args=())
+def _sinkhorn_backward_op(logits: Tensor, grad: Tensor, iters: int, chunk: int) -> Tensor:
+    M = torch.exp(logits - logits.amax(-2, keepdim=True))
+    chunk = chunk if 0 < chunk < iters else iters
+    starts = list(range(0, iters, chunk))
+    inputs = []  # each chunk's input matrix, from one pass without the iterates
+    for start in starts:
+        inputs.append(M)
+        M = _sinkhorn_steps(M, min(chunk, iters - start))
+    g = grad
+    for start, M in zip(reversed(starts), reversed(inputs)):
+        steps = []  # this chunk's iterates: (output, divisor, axis) of every normalisation
+        for _ in range(min(chunk, iters - start)):
+            for axis in (-2, -1):
+                s = M.sum(axis, keepdim=True)
+                M = M / s
+                steps.append((M, s, axis))
+        for Y, s, axis in reversed(steps):  # Y = X / sum(X): dX = (dY - sum(dY * Y)) / sum(X)
+            g = (g - (g * Y).sum(axis, keepdim=True)) / s
+    return g * inputs[0]  # through exp (the shift is a constant: T_c cancels it)
+
+
+@_sinkhorn_backward_op.register_fake
+def _sinkhorn_backward_fake(logits, grad, iters, chunk):
+    return torch.empty_like(logits)
+
+
+def _sinkhorn_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.iters, ctx.chunk = inputs[1], inputs[2]
+
+
+def _sinkhorn_grad(ctx, grad):
+    (logits,) = ctx.saved_tensors
+    return _sinkhorn_backward_op(logits, grad, ctx.iters, ctx.chunk), None, None
+
+
+_sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup)
 
 
 @register(
@@ -179,7 +235,11 @@ class MHC(Connection):
             pre = torch.sigmoid(a[0] * z[..., :n] + b[:n])
             post = 2 * torch.sigmoid(a[1] * z[..., n:2 * n] + b[n:2 * n])
             chunk = self.sinkhorn_chunk if self._hooks_usable() and not torch.compiler.is_compiling() else 0
-            res = sinkhorn((a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n)), self.iters, chunk)
+            logits = (a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n))
+            if torch.compiler.is_compiling() and torch.is_grad_enabled():  # see _sinkhorn_op
+                res = _sinkhorn_op(logits.contiguous(), self.iters, self.sinkhorn_chunk)
+            else:
+                res = sinkhorn(logits, self.iters, chunk)
         return pre, post, res
 
     def _prepare(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
