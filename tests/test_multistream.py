@@ -319,7 +319,8 @@ def test_compiled_sinkhorn_op_matches_autograd_and_passes_opcheck():
 
 def test_compiled_mhc_gradients_match_eager_for_every_parameter():
     """Through torch.compile (aot_eager: the same graph capture and AOT autograd as inductor, no code generation)
-    mhc's Sinkhorn is the op above, whole or in chunks: the outputs and every parameter's gradient match eager."""
+    mhc's Sinkhorn is traced (the default) or, with sinkhorn_chunk, the op above: the outputs and every parameter's
+    gradient match eager."""
     fs = branches(K * BR)
     x = torch.randn(B, 6, 5, D, dtype=torch.float64)
     for spec in ("mhc", "mhc(sinkhorn_chunk=4)"):

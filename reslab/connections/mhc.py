@@ -39,9 +39,10 @@ one chunk at a time. Same values and gradients (the re-run repeats the same oper
 price is a third evaluation of the Sinkhorn loop per backward. Measured (``reslab bench overhead --model all
 --connections 'mhc,mhc(sinkhorn_chunk=4)'``, results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.71x ->
 2.52x residual's for 1.07x mhc's step time (CPU, 2 threads); the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere
-(memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Compiled, the Sinkhorn loop is one
-opaque op whose backward re-runs it (``_sinkhorn_op`` below; checkpoints would be inlined by AOT autograd into one
-backward graph that recomputes every iterate at once), and sinkhorn_chunk sets its chunks. Under torch.func
+(memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Compiled, sinkhorn_chunk > 0 makes
+the Sinkhorn loop one opaque op whose backward re-runs it in chunks (``_sinkhorn_op`` below; AOT autograd would inline
+checkpoints into its one backward graph, where they did not lower the peak): compiled ResNet-20 4.5x -> 2.2x
+residual's peak step memory, for 2.2x the mhc step's time (the loop leaves inductor's fused kernels). Under torch.func
 transforms (no saved-tensor hooks) the plain loop runs.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
@@ -91,11 +92,13 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
     return M
 
 
-# Compiled, Sinkhorn is one opaque op with a hand-written backward. Traced, its backward needs every iterate, and
-# AOT autograd recomputes them all at once in the compiled backward graph (compiled ResNet-20: 4.5x residual's peak
-# step memory, over mHC's n = 4 streams); as an op it keeps only its logits (n*n numbers per position), and its
-# backward re-runs the iterations, ``chunk`` at a time when chunk > 0 (3.56x; chunk 4: 2.16x). Gradients: the same
-# formulas autograd differentiates, so equal to its up to rounding (tested).
+# Compiled with sinkhorn_chunk > 0, Sinkhorn is one opaque op with a hand-written backward. Traced (the default), its
+# backward needs every iterate, which AOT autograd recomputes inside the one compiled backward graph, where inductor
+# plans their buffers: compiled ResNet-20 peaks at 4.5x residual's step memory (over mHC's n = 4 streams), with or
+# without checkpointed chunks, which AOT inlines. As an op it keeps only its logits (n*n numbers per position) and its
+# backward re-runs the iterations ``chunk`` at a time (2.2x; whole, 3.6x) -- but in eager kernels, which inductor
+# cannot fuse: the compiled ResNet-20 mhc step took 2.2x as long (results/bench-overhead/NOTES.md), hence opt-in.
+# Gradients: the formulas autograd differentiates, so equal to its up to rounding (tested).
 @torch.library.custom_op("reslab::sinkhorn", mutates_args=())
 def _sinkhorn_op(logits: Tensor, iters: int, chunk: int) -> Tensor:
     return _sinkhorn_steps(torch.exp(logits - logits.amax(-2, keepdim=True)), iters)
@@ -163,9 +166,9 @@ _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup)
         Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model", min=1, max=64),
         Option("recompute", "bool", True, "recompute the maps (norm, phi, Sinkhorn) in the backward pass instead of "
                                           "storing their intermediates (same values and gradients, less memory)"),
-        Option("sinkhorn_chunk", "int", 0, "eager: run the Sinkhorn iterations in checkpointed chunks of this many, "
-                                           "so backward keeps one chunk's iterates at a time (0: keep all; same values, "
-                                           "less memory where D is small, more time)",
+        Option("sinkhorn_chunk", "int", 0, "run the Sinkhorn iterations in checkpointed chunks of this many (compiled: "
+                                           "as one op), so backward keeps one chunk's iterates at a time (0: keep all; "
+                                           "same values, less memory where D is small, more time)",
                min=0, max=1000),
     ],
 )
@@ -236,7 +239,7 @@ class MHC(Connection):
             post = 2 * torch.sigmoid(a[1] * z[..., n:2 * n] + b[n:2 * n])
             chunk = self.sinkhorn_chunk if self._hooks_usable() and not torch.compiler.is_compiling() else 0
             logits = (a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n))
-            if torch.compiler.is_compiling() and torch.is_grad_enabled():  # see _sinkhorn_op
+            if self.sinkhorn_chunk and torch.compiler.is_compiling() and torch.is_grad_enabled():  # see _sinkhorn_op
                 res = _sinkhorn_op(logits.contiguous(), self.iters, self.sinkhorn_chunk)
             else:
                 res = sinkhorn(logits, self.iters, chunk)
