@@ -499,3 +499,32 @@ def test_judged_targets_takes_each_target_from_its_most_precise_run(tmp_path):
     md = sb.scoreboard_markdown([], rows)
     assert "| eager, 2 thr | `ancre` | gpt | time | ≤ 1.03× | 1.100× | **miss** | [bench-overhead/steps25]" in md
     assert "| eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md
+
+
+def test_an_errata_file_beside_a_run_drops_the_arms_it_names_from_tables_and_scoreboard(tmp_path):
+    """ERRATA.json next to an overhead.json names arms the run did not measure as it says (hyper/mhc that ran eagerly
+    in a compiled run): load_run drops them from every family and the targets, the scoreboard and --table-from no
+    longer see them, the other arms stay, and the output file itself is untouched."""
+    from reslab.bench import scoreboard as sb
+
+    arm = {"time_ratio": 1.0, "memory_ratio": 1.5, "time_ratio_paired_iqr": 0.0}
+    run = {"device": "cpu", "path": "compiled (inductor)", "threads": 1, "size": "default", "repeats": 3,
+           "steps_per_round": 1, "git": None, "arms": ["residual", "ancre", "mhc"],
+           "models": {"resnet": {"arms": {"residual": arm, "ancre": arm, "mhc": arm}}},
+           "targets": [{"target": "ancre", "arm": "ancre", "model": "resnet", "metric": "memory", "limit": 1.01,
+                        "ratio": 1.5, "status": "miss", "paired_iqr": None},
+                       {"target": "mhc", "arm": "mhc", "model": "resnet", "metric": "memory", "limit": 4.0,
+                        "ratio": 1.5, "status": "pass", "paired_iqr": None}]}
+    d = tmp_path / "bench-overhead" / "compiled"
+    d.mkdir(parents=True)
+    (d / "overhead.json").write_text(json.dumps(run))
+    assert "mhc" in ov.load_run(d / "overhead.json")["arms"]  # no errata yet: read as written
+    (d / "ERRATA.json").write_text(json.dumps([{"arms": ["mhc"], "reason": "ran eagerly"}]))
+    fixed = ov.load_run(d / "overhead.json")
+    assert fixed["arms"] == ["residual", "ancre"] and list(fixed["models"]["resnet"]["arms"]) == ["residual", "ancre"]
+    assert [t["arm"] for t in fixed["targets"]] == ["ancre"] and fixed["errata"][0]["reason"] == "ran eagerly"
+    assert json.loads((d / "overhead.json").read_text()) == run
+    rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
+    assert {(r["target"], r["status"]) for r in rows} == {("ancre", "miss")}
+    table = ov.combined_table([fixed])
+    assert "`ancre`" in table and "`mhc`" not in table

@@ -745,6 +745,31 @@ def markdown(result: dict) -> str:
     return "\n".join(parts)
 
 
+ERRATA_FILE = "ERRATA.json"
+
+
+def load_run(path: str | Path) -> dict:
+    """An ``overhead.json`` as the tables and the scoreboard read it: with the corrections of an ``ERRATA.json``
+    beside it applied. Each erratum (``{"arms": [...], "reason": "..."}``) names arms that the run did not measure as
+    it says (e.g. ran eagerly in a compiled run); they are dropped from every family and from the targets, and the
+    errata are kept under ``errata``. The bench's own output files stay as it wrote them."""
+    path = Path(path)
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); rerun `reslab bench overhead` or delete it") from None
+    fix = path.parent / ERRATA_FILE
+    if fix.exists():
+        errata = json.loads(fix.read_text())
+        wrong = {a for e in errata for a in e["arms"]}
+        for m in run["models"].values():
+            m["arms"] = {a: v for a, v in m["arms"].items() if a not in wrong}
+        run["arms"] = [a for a in run["arms"] if a not in wrong]
+        run["targets"] = [t for t in run["targets"] if t["arm"] not in wrong]
+        run["errata"] = errata
+    return run
+
+
 def run_kind(run: dict, threads: bool = True) -> str:
     """What kind of measurement a run is: device (when not the CPU), path (eager / fused / compiled), threads, size
     (when not the default) and clock (when not wall). Ratios of different kinds are different claims (a ratio
@@ -842,7 +867,7 @@ def combined_table(results: list[dict]) -> str:
 
 def _cmd(args) -> int:
     if args.table_from:
-        print(combined_table([json.loads(Path(f).read_text()) for f in args.table_from]))
+        print(combined_table([load_run(f) for f in args.table_from]))
         return 0
     set_threads(args.threads)  # the memory probe process inherits it through OMP_NUM_THREADS
     models = list(MODELS) if args.model in ("both", "all") else [args.model]

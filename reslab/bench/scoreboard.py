@@ -74,13 +74,12 @@ def load_summaries(results: str | Path) -> list[dict]:
 def load_overhead_runs(results: str | Path) -> list[dict]:
     """Every committed ``reslab bench overhead`` run: ``bench-overhead/overhead.json`` and the
     ``overhead.json`` of each folder below it (each with its folder, relative to ``results``, under ``_dir``)."""
+    from .overhead import load_run
+
     root = Path(results) / OVERHEAD_DIR
     runs = []
     for path in sorted(root.rglob("overhead.json")):
-        try:
-            r = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); rerun `reslab bench overhead` or delete it") from None
+        r = load_run(path)  # with its ERRATA.json applied, if any
         r["_dir"] = path.parent.relative_to(Path(results)).as_posix()
         runs.append(r)
     return runs
