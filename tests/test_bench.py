@@ -528,3 +528,6 @@ def test_an_errata_file_beside_a_run_drops_the_arms_it_names_from_tables_and_sco
     assert {(r["target"], r["status"]) for r in rows} == {("ancre", "miss")}
     table = ov.combined_table([fixed])
     assert "`ancre`" in table and "`mhc`" not in table
+    (d / "ERRATA.json").write_text(json.dumps({"arms": "mhc"}))  # not a list of errata: a clear error
+    with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
+        ov.load_run(d / "overhead.json")

@@ -760,8 +760,12 @@ def load_run(path: str | Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({e}); rerun `reslab bench overhead` or delete it") from None
     fix = path.parent / ERRATA_FILE
     if fix.exists():
-        errata = json.loads(fix.read_text())
-        wrong = {a for e in errata for a in e["arms"]}
+        try:
+            errata = json.loads(fix.read_text())
+            wrong = {a for e in errata for a in e["arms"]}
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise ValueError(f"{fix} is not a list of {{\"arms\": [...], \"reason\": ...}} errata ({e!r}); "
+                             "fix or delete it") from None
         for m in run["models"].values():
             m["arms"] = {a: v for a, v in m["arms"].items() if a not in wrong}
         run["arms"] = [a for a in run["arms"] if a not in wrong]

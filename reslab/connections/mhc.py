@@ -42,7 +42,8 @@ price is a third evaluation of the Sinkhorn loop per backward. Measured (``resla
 (memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Compiled, sinkhorn_chunk > 0 makes
 the Sinkhorn loop one opaque op whose backward re-runs it in chunks (``_sinkhorn_op`` below; AOT autograd would inline
 checkpoints into its one backward graph, where they did not lower the peak): compiled ResNet-20 4.5x -> 2.2x
-residual's peak step memory, for 2.2x the mhc step's time (the loop leaves inductor's fused kernels). Under torch.func
+residual's peak step memory, for 2.0x the mhc step's time (the loop leaves inductor's fused kernels). That op has
+no double backward or forward-mode AD: with sinkhorn_chunk > 0, compile for first-order training only. Under torch.func
 transforms (no saved-tensor hooks) the plain loop runs.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
@@ -96,9 +97,10 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
 # backward needs every iterate, which AOT autograd recomputes inside the one compiled backward graph, where inductor
 # plans their buffers: compiled ResNet-20 peaks at 4.5x residual's step memory (over mHC's n = 4 streams), with or
 # without checkpointed chunks, which AOT inlines. As an op it keeps only its logits (n*n numbers per position) and its
-# backward re-runs the iterations ``chunk`` at a time (2.2x; whole, 3.6x) -- but in eager kernels, which inductor
-# cannot fuse: the compiled ResNet-20 mhc step took 2.2x as long (results/bench-overhead/NOTES.md), hence opt-in.
-# Gradients: the formulas autograd differentiates, so equal to its up to rounding (tested).
+# backward re-runs the iterations ``chunk`` at a time (2.2x; the whole loop as one op, at 61cdc8d: 3.6x) -- but in
+# eager kernels, which inductor cannot fuse: the compiled ResNet-20 mhc step took 2.0x as long with chunks of 4
+# (results/bench-overhead/mhc-compiled/), hence opt-in. Gradients: the formulas autograd differentiates, so equal to
+# its up to rounding (tested).
 @torch.library.custom_op("reslab::sinkhorn", mutates_args=())
 def _sinkhorn_op(logits: Tensor, iters: int, chunk: int) -> Tensor:
     return _sinkhorn_steps(torch.exp(logits - logits.amax(-2, keepdim=True)), iters)
@@ -239,7 +241,8 @@ class MHC(Connection):
             post = 2 * torch.sigmoid(a[1] * z[..., n:2 * n] + b[n:2 * n])
             chunk = self.sinkhorn_chunk if self._hooks_usable() and not torch.compiler.is_compiling() else 0
             logits = (a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n))
-            if self.sinkhorn_chunk and torch.compiler.is_compiling() and torch.is_grad_enabled():  # see _sinkhorn_op
+            if 0 < self.sinkhorn_chunk < self.iters and torch.compiler.is_compiling() and torch.is_grad_enabled():
+                # see _sinkhorn_op; a chunk as long as the loop is no chunking, as in eager
                 res = _sinkhorn_op(logits.contiguous(), self.iters, self.sinkhorn_chunk)
             else:
                 res = sinkhorn(logits, self.iters, chunk)
