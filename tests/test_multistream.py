@@ -216,6 +216,19 @@ def test_value_residual_gpt_trains_with_a_multistream_connection():
     assert all(p.grad is not None for n, p in model.named_parameters() if "v_mix" in n)
 
 
+def counting_saved(fn):
+    """(fn(), how many numbers autograd saved for the backward pass while fn ran)."""
+    stored = []
+
+    def pack(t):
+        stored.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(stored)
+
+
 def test_mhc_recompute_gives_the_same_values_and_gradients_and_stores_less():
     """recompute (the default) checkpoints the maps: the same outputs and gradients as storing them (float64,
     tight tolerance), far fewer numbers kept for the backward pass, and torch.func.grad (which disables the
@@ -228,17 +241,10 @@ def test_mhc_recompute_gives_the_same_values_and_gradients_and_stores_less():
     x = torch.randn(B, 6, 5, D, dtype=torch.float64)
 
     def run(conn):
-        stored = []
-
-        def pack(t):
-            stored.append(t.numel())
-            return t
-
         inp = x.clone().requires_grad_()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = conn(inp, as_blocks(fs))
+        y, kept = counting_saved(lambda: conn(inp, as_blocks(fs)))
         grads = torch.autograd.grad(y.pow(2).sum(), (inp, *conn.parameters()))
-        return y, grads, sum(stored)
+        return y, grads, kept
 
     y_on, g_on, kept_on = run(on)
     y_off, g_off, kept_off = run(off)
@@ -257,17 +263,10 @@ def test_sinkhorn_in_checkpointed_chunks_gives_the_same_values_and_gradients_and
     w = torch.randn(7, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
     def run(chunk):
-        stored = []
-
-        def pack(t):
-            stored.append(t.numel())
-            return t
-
         z = logits.clone().requires_grad_()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            S = sinkhorn(z, 20, chunk)
+        S, kept = counting_saved(lambda: sinkhorn(z, 20, chunk))
         (g,) = torch.autograd.grad((S * w).sum(), z)
-        return S, g, sum(stored)
+        return S, g, kept
 
     S_all, g_all, kept_all = run(0)
     S_chunk, g_chunk, kept_chunk = run(4)

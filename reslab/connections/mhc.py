@@ -72,6 +72,11 @@ from .base import Connection, stream_precision
 from .registry import Option, register
 
 
+def _sinkhorn_start(logits: Tensor) -> Tensor:
+    """exp(logits) with a per-column shift, which the first column normalisation cancels (no overflow)."""
+    return torch.exp(logits - logits.amax(-2, keepdim=True).detach())
+
+
 def _sinkhorn_steps(M: Tensor, iters: int) -> Tensor:
     for _ in range(iters):
         M = M / M.sum(-2, keepdim=True)
@@ -85,7 +90,7 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
     chunk > 0 (with grad mode on): the iterations run in checkpointed chunks of ``chunk``, so autograd keeps each
     chunk's input matrix instead of every iteration's; backward recomputes one chunk at a time. Same values and
     gradients (the recomputation repeats the same operations)."""
-    M = torch.exp(logits - logits.amax(-2, keepdim=True).detach())  # per-column shift: T_c cancels it
+    M = _sinkhorn_start(logits)
     if not (0 < chunk < iters and torch.is_grad_enabled()):
         return _sinkhorn_steps(M, iters)
     for start in range(0, iters, chunk):
@@ -103,7 +108,7 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
 # its up to rounding (tested).
 @torch.library.custom_op("reslab::sinkhorn", mutates_args=())
 def _sinkhorn_op(logits: Tensor, iters: int, chunk: int) -> Tensor:
-    return _sinkhorn_steps(torch.exp(logits - logits.amax(-2, keepdim=True)), iters)
+    return _sinkhorn_steps(_sinkhorn_start(logits), iters)
 
 
 @_sinkhorn_op.register_fake
@@ -113,7 +118,7 @@ def _sinkhorn_fake(logits, iters, chunk):
 
 @torch.library.custom_op("reslab::sinkhorn_backward", mutates_args=())
 def _sinkhorn_backward_op(logits: Tensor, grad: Tensor, iters: int, chunk: int) -> Tensor:
-    M = torch.exp(logits - logits.amax(-2, keepdim=True))
+    M = _sinkhorn_start(logits)
     chunk = chunk if 0 < chunk < iters else iters
     starts = list(range(0, iters, chunk))
     inputs = []  # each chunk's input matrix, from one pass without the iterates
@@ -239,12 +244,11 @@ class MHC(Connection):
             a, b = self.a[t].to(wdt), self.b[t].to(wdt)
             pre = torch.sigmoid(a[0] * z[..., :n] + b[:n])
             post = 2 * torch.sigmoid(a[1] * z[..., n:2 * n] + b[n:2 * n])
-            chunk = self.sinkhorn_chunk if self._hooks_usable() and not torch.compiler.is_compiling() else 0
             logits = (a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n))
-            if 0 < self.sinkhorn_chunk < self.iters and torch.compiler.is_compiling() and torch.is_grad_enabled():
-                # see _sinkhorn_op; a chunk as long as the loop is no chunking, as in eager
-                res = _sinkhorn_op(logits.contiguous(), self.iters, self.sinkhorn_chunk)
-            else:
+            chunk = self.sinkhorn_chunk if self._hooks_usable() else 0  # grad on, checkpoints possible
+            if 0 < chunk < self.iters and torch.compiler.is_compiling():
+                res = _sinkhorn_op(logits.contiguous(), self.iters, chunk)  # see _sinkhorn_op
+            else:  # eager chunks, or none (a chunk as long as the loop is none)
                 res = sinkhorn(logits, self.iters, chunk)
         return pre, post, res
 
