@@ -450,6 +450,31 @@ def test_combined_table_takes_each_time_from_the_most_precise_run(tiny_run, tmp_
     assert row("ancre")["gpt (compiled (inductor), 1 thr)"] == "refused / 3.500×"  # busy: no spread shown
 
 
+def test_combined_table_takes_memory_from_the_latest_commit(tiny_run):
+    """Two runs of one kind that both measured memory: the cell's memory is the later commit's (the scoreboard's
+    rule), whichever was given first; without an order (or on a tie) the first given."""
+    out, _ = tiny_run
+    base = json.loads((out / "overhead.json").read_text())
+
+    def run_at(git, memory):
+        r = json.loads(json.dumps(base)) | {"git": git}
+        for m in r["models"].values():
+            m["arms"]["scaled"]["memory_ratio"] = memory
+        return r
+
+    def scaled_gpt(table):
+        header = [c.strip() for c in next(l for l in table.splitlines() if l.startswith("| connection")).split("|")[2:-1]]
+        cells = next(l for l in table.splitlines() if l.startswith("| `scaled`")).split("|")[2:-1]
+        return dict(zip(header, (c.strip() for c in cells)))[header[0]].split(" / ")[1]
+
+    old, new = run_at("aaa", 1.25), run_at("bbb", 1.5)
+    order = {"aaa": 1, "bbb": 2}
+    assert scaled_gpt(ov.combined_table([old, new], lambda r: order[r["git"]])) == "1.500×"
+    assert scaled_gpt(ov.combined_table([new, old], lambda r: order[r["git"]])) == "1.500×"
+    assert scaled_gpt(ov.combined_table([old, new])) == "1.250×"
+    assert scaled_gpt(ov.combined_table([old, new], lambda r: 0)) == "1.250×"
+
+
 def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():
     t = lambda target, status, ratio, kind="eager, 2 thr": {  # noqa: E731
         "target": target, "model": "gpt", "metric": "time", "limit": 1.03, "ratio": ratio, "status": status,
@@ -495,7 +520,7 @@ def test_judged_targets_takes_each_target_from_its_most_precise_run(tmp_path):
     assert got[("eager, 2 thr, size wide", "ancre", "time")] == ("pass", "bench-overhead/wide")
     assert got[("eager, 1 thr, cpu clock", "ancre", "time")] == ("refused", "bench-overhead/old")  # no paired IQR
     assert [r["kind"] for r in rows][0] == "eager, 2 thr"  # eager default first in the headline
-    assert sb._commit_order("no-such-revision", tmp_path) == 0  # git cannot tell: no order, no error
+    assert sb.commit_order("no-such-revision", tmp_path) == 0  # git cannot tell: no order, no error
     md = sb.scoreboard_markdown([], rows)
     assert "| eager, 2 thr | `ancre` | gpt | time | ≤ 1.03× | 1.100× | **miss** | [bench-overhead/steps25]" in md
     assert "| eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md

@@ -65,6 +65,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -803,7 +804,7 @@ def target_status(run: dict, t: dict) -> str | None:
     return t.get("status")
 
 
-def combined_table(results: list[dict]) -> str:
+def combined_table(results: list[dict], commit_order: Callable[[dict], int] | None = None) -> str:
     """One markdown table over several runs (eager, fused, compiled, 1/2 threads, sizes): a row per scheme, a
     column per (family, kind of run) with the time ratio and the memory ratio to ``residual``. For the
     README's overhead table.
@@ -815,9 +816,11 @@ def combined_table(results: list[dict]) -> str:
     refused it (a busy machine, or a paired IQR wider than the scheme's target margin; the latter with the paired
     [q1, q3] that was too wide, so a reader can tell a cost most rounds show from noise). The header names the
     threads of the column's first run; a time measured at other threads says so in its cell (``1.501× (1 thr)``).
-    The memory comes from the first run of the kind that measured it (time runs often skip memory,
-    ``--no-memory``; peak step memory does not depend on threads). ``—`` where no run measured it. Every ratio is
-    to the ``residual`` of the run that measured it (every run has its own)."""
+    The memory comes from the run of the kind that measured it at the latest commit (``commit_order``: a run's
+    rank in git history, later higher; the first in the order given on a tie or without it), the scoreboard's
+    rule (:func:`reslab.bench.scoreboard.judged_targets`): peak step memory is exact and does not depend on
+    threads, so the later run measures the code as it is now (time runs often skip it, ``--no-memory``). ``—``
+    where no run measured it. Every ratio is to the ``residual`` of the run that measured it (every run has its own)."""
     def label(r: dict) -> str:
         return run_kind(r, threads=False)
 
@@ -853,7 +856,9 @@ def combined_table(results: list[dict]) -> str:
                 t = f"{arm['time_ratio']:.3f}×"
                 if best.get("threads") != first.get("threads"):
                     t += f" ({best.get('threads', '?')} thr)"
-        mem = next((x for x in (r["models"][m]["arms"][a].get("memory_ratio") for r in runs) if x is not None), None)
+        measured = [r for r in runs if r["models"][m]["arms"][a].get("memory_ratio") is not None]
+        mem = (max(measured, key=commit_order or (lambda r: 0))["models"][m]["arms"][a]["memory_ratio"]
+               if measured else None)  # max keeps the first of equals
         return f"{t} / {'—' if mem is None else f'{mem:.3f}×'}"
 
     head = ("| connection | " + " | ".join(f"{m} ({kind}, {r.get('threads', '?')} thr)" for m, kind, r in cols)
@@ -871,7 +876,10 @@ def combined_table(results: list[dict]) -> str:
 
 def _cmd(args) -> int:
     if args.table_from:
-        print(combined_table([load_run(f) for f in args.table_from]))
+        from .scoreboard import commit_order
+
+        root = Path.cwd()  # git history of the checkout the command runs in; 0 (order given) outside one
+        print(combined_table([load_run(f) for f in args.table_from], lambda r: commit_order(r.get("git"), root)))
         return 0
     set_threads(args.threads)  # the memory probe process inherits it through OMP_NUM_THREADS
     models = list(MODELS) if args.model in ("both", "all") else [args.model]

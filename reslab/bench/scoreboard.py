@@ -92,7 +92,7 @@ def _kind_order(run: dict) -> tuple:
             -(run.get("threads") or 0), run.get("size", "default") != "default", run.get("device", "cpu"))
 
 
-def _commit_order(rev: str | None, root: Path) -> int:
+def commit_order(rev: str | None, root: Path) -> int:
     """How many commits lead to ``rev`` (later commits count more); 0 when git cannot tell."""
     import subprocess
 
@@ -117,7 +117,7 @@ def judged_targets(runs: list[dict], root: str | Path = ".") -> list[dict]:
     from .overhead import run_kind, target_status, timed_steps
 
     best: dict[tuple, tuple] = {}
-    order = {r["_dir"]: _commit_order(r.get("git"), Path(root)) for r in runs}
+    order = {r["_dir"]: commit_order(r.get("git"), Path(root)) for r in runs}
     for r in runs:
         for t in r.get("targets", []):
             status = target_status(r, t)
