@@ -2,6 +2,7 @@
 (init behaviour, doubly stochastic mixing); the GPT's value-residual option."""
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import perturb
 import torch.nn.functional as F
@@ -216,17 +217,18 @@ def test_value_residual_gpt_trains_with_a_multistream_connection():
     assert all(p.grad is not None for n, p in model.named_parameters() if "v_mix" in n)
 
 
-def counting_saved(fn):
-    """(fn(), how many numbers autograd saved for the backward pass while fn ran)."""
-    stored = []
+def counting_saved(fn, distinct=False):
+    """(fn(), how many numbers autograd saved for the backward pass while fn ran; distinct: a tensor saved by several
+    ops counted once, as it is stored once)."""
+    stored = {}
 
     def pack(t):
-        stored.append(t.numel())
+        stored[(t.data_ptr(), t.numel()) if distinct else len(stored)] = t.numel()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    return out, sum(stored)
+    return out, sum(stored.values())
 
 
 def test_mhc_recompute_gives_the_same_values_and_gradients_and_stores_less():
@@ -298,6 +300,54 @@ def test_mhc_sinkhorn_chunks_change_nothing_but_memory():
         assert all(torch.equal(a, b) for a, b in zip(g0, g1))
 
 
+def test_sinkhorn_scalings_equal_the_matrix_form_and_keep_vectors():
+    """sinkhorn_scalings carries the iterations as diag(r) K diag(c): the matrix form's values and gradients up to
+    rounding (float64) for 1, 2 and 20 iterations, and autograd keeps n-vectors per iteration, not n x n matrices."""
+    from reslab.connections.mhc import sinkhorn_scalings
+
+    gen = torch.Generator().manual_seed(4)
+    logits = 3 * torch.randn(7, 4, 4, dtype=torch.float64, generator=gen)
+    w = torch.randn(7, 4, 4, dtype=torch.float64, generator=gen)
+    for iters in (1, 2, 20):
+        outs = []
+        for fn in (sinkhorn, sinkhorn_scalings):
+            z = logits.clone().requires_grad_()
+            S, kept = counting_saved(lambda: fn(z, iters), distinct=True)
+            outs.append((S, torch.autograd.grad((S * w).sum(), z)[0], kept))
+        (S_m, g_m, kept_m), (S_s, g_s, kept_s) = outs
+        torch.testing.assert_close(S_s, S_m, atol=1e-13, rtol=1e-13)
+        torch.testing.assert_close(g_s, g_m, atol=1e-12, rtol=1e-12)
+    # 20 iterations: the matrix form keeps every iterate (40 x (7x4x4 + 7x4)); the scalings form K (and exp's input)
+    # once, and per iteration two 7x4 scalings and their reciprocals' inputs/outputs
+    assert kept_m >= 40 * 7 * (16 + 4), kept_m
+    assert kept_s <= 3 * 7 * 16 + 40 * 2 * 7 * 4, kept_s
+    assert kept_s < kept_m / 3, (kept_s, kept_m)
+
+
+def test_mhc_sinkhorn_form_changes_only_rounding_and_rejects_chunks():
+    """mhc(sinkhorn_form=scalings) against the default matrix form through a whole stack, recompute on and off: the
+    same outputs and gradients up to float64 rounding; sinkhorn_chunk with the scalings form is a clear error."""
+    fs = branches(K * BR)
+    x = torch.randn(B, 6, 5, D, dtype=torch.float64)
+    for recompute in ("true", "false"):
+        ref = perturb(build(f"mhc(recompute={recompute})"))
+        scal = build(f"mhc(recompute={recompute}, sinkhorn_form=scalings)")
+        scal.load_state_dict(ref.state_dict())
+        assert ref.sinkhorn_form == "matrix" and scal.sinkhorn_form == "scalings"
+        outs = []
+        for conn in (ref, scal):
+            inp = x.clone().requires_grad_()
+            y = conn(inp, as_blocks(fs))
+            outs.append((y, torch.autograd.grad(y.pow(2).sum(), (inp, *conn.parameters()))))
+        (y0, g0), (y1, g1) = outs
+        torch.testing.assert_close(y1, y0, atol=1e-12, rtol=1e-12)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(scal.coefficients()["res"], ref.coefficients()["res"], atol=1e-13, rtol=1e-13)
+    with pytest.raises(ValueError, match="sinkhorn_chunk=4 applies to sinkhorn_form=matrix only"):
+        build("mhc(sinkhorn_form=scalings, sinkhorn_chunk=4)")
+
+
 def test_compiled_sinkhorn_op_matches_autograd_and_passes_opcheck():
     """The op that carries Sinkhorn through torch.compile: its forward is sinkhorn(), its hand-written backward
     (re-running the iterations whole or in chunks) equals autograd's gradient of the plain loop, and
@@ -318,11 +368,11 @@ def test_compiled_sinkhorn_op_matches_autograd_and_passes_opcheck():
 
 def test_compiled_mhc_gradients_match_eager_for_every_parameter():
     """Through torch.compile (aot_eager: the same graph capture and AOT autograd as inductor, no code generation)
-    mhc's Sinkhorn is traced (the default) or, with sinkhorn_chunk, the op above: the outputs and every parameter's
-    gradient match eager."""
+    mhc's Sinkhorn is traced (the default; also in the scalings form) or, with sinkhorn_chunk, the op above: the
+    outputs and every parameter's gradient match eager."""
     fs = branches(K * BR)
     x = torch.randn(B, 6, 5, D, dtype=torch.float64)
-    for spec in ("mhc", "mhc(sinkhorn_chunk=4)"):
+    for spec in ("mhc", "mhc(sinkhorn_chunk=4)", "mhc(sinkhorn_form=scalings)"):
         torch._dynamo.reset()
         conn = perturb(build(spec))
         run = torch.compile(lambda h: conn(h, as_blocks(fs)), fullgraph=True, backend="aot_eager")

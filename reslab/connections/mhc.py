@@ -46,6 +46,17 @@ residual's peak step memory, for 2.0x the mhc step's time (the loop leaves induc
 no double backward or forward-mode AD: with sinkhorn_chunk > 0, compile for first-order training only. Under torch.func
 transforms (no saved-tensor hooks) the plain loop runs.
 
+sinkhorn_form (default matrix; opt in with scalings): every Sinkhorn iterate is diag(r) K diag(c) with K = exp(logits),
+so the iterations can carry the scalings instead of the matrix (normalising columns sets c = 1 / (K^T r), rows
+r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_scalings`). The same divisions grouped otherwise:
+equal to the matrix form up to rounding (2e-16 in float64, tested). Autograd keeps two n-vectors per iteration instead
+of two n x n matrices and their sums, so neither recompute's transient nor sinkhorn_chunk is needed for memory, and
+the loop is faster. At ResNet-20's first stage (``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20
+iterations, forward + backward, 1 thread): compiled 54 ms against the matrix form's 114 ms, eager 168 against 276 ms;
+peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against +162 MB, eager +31 against +110 MB. Whole-step figures:
+results/bench-overhead/NOTES.md (twentieth session). Not the default yet: the committed runs' ``mhc`` is the matrix form, and a new default would
+relabel them and change the leaderboards' mhc arms in the last bits.
+
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
 b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
 H_pre = 1/2 on stream t mod n and 1/(2(n-1)) on the others: the read weights sum to 1, so every stream
@@ -96,6 +107,21 @@ def sinkhorn(logits: Tensor, iters: int, chunk: int = 0) -> Tensor:
     for start in range(0, iters, chunk):
         M = checkpoint(_sinkhorn_steps, M, min(chunk, iters - start), use_reentrant=False, preserve_rng_state=False)
     return M
+
+
+def sinkhorn_scalings(logits: Tensor, iters: int) -> Tensor:
+    """The iterations of :func:`sinkhorn`, carried as the scalings of K = exp(logits): every iterate is
+    diag(r) K diag(c), so normalising columns sets c = 1 / (K^T r) and rows r = 1 / (K c); the matrix is formed
+    once, at the end. Equal to sinkhorn() up to rounding (the same divisions, grouped otherwise; tested in float64).
+    Autograd keeps two n-vectors per iteration instead of two n x n matrices and their sums (module docstring:
+    sinkhorn_form)."""
+    K = _sinkhorn_start(logits)
+    c = K.sum(-2).reciprocal()  # the first column normalisation (r = 1)
+    r = (K * c.unsqueeze(-2)).sum(-1).reciprocal()
+    for _ in range(iters - 1):
+        c = (K * r.unsqueeze(-1)).sum(-2).reciprocal()
+        r = (K * c.unsqueeze(-2)).sum(-1).reciprocal()
+    return r.unsqueeze(-1) * K * c.unsqueeze(-2)
 
 
 # Compiled with sinkhorn_chunk > 0, Sinkhorn is one opaque op with a hand-written backward. Traced (the default), its
@@ -165,7 +191,8 @@ _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup)
                   "post": "(L, n) static H_post = 2 sigmoid(b_post)",
                   "res": "(L, n, n) static H_res = SinkhornKnopp(b_res), rows = destination stream"},
     starts_as_residual=False,  # equal up to the rounding of the stored b_pre (~1e-8), tested in test_multistream.py
-    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5, recompute=false)", "mhc(sinkhorn_chunk=4)"),
+    per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5, recompute=false)",
+                               "mhc(sinkhorn_chunk=4)", "mhc(sinkhorn_form=scalings)"),
     options=[
         Option("n", "int", 4, "number of streams", min=2, max=64),
         Option("sinkhorn_iters", "int", 20, "Sinkhorn-Knopp iterations (t_max)", min=1, max=1000),
@@ -173,20 +200,29 @@ _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup)
         Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model", min=1, max=64),
         Option("recompute", "bool", True, "recompute the maps (norm, phi, Sinkhorn) in the backward pass instead of "
                                           "storing their intermediates (same values and gradients, less memory)"),
-        Option("sinkhorn_chunk", "int", 0, "run the Sinkhorn iterations in checkpointed chunks of this many (compiled: "
-                                           "as one op), so backward keeps one chunk's iterates at a time (0: keep all; "
-                                           "same values, less memory where D is small, more time)",
-               min=0, max=1000),
+        Option("sinkhorn_form", "choice", "matrix", "how the Sinkhorn iterations are carried: as the scaled matrix (the "
+                                                    "paper's and DeepSeek's literal form), or as the row and column "
+                                                    "scalings of exp(logits) (n numbers per iteration instead of n*n: "
+                                                    "less memory and time; equal up to rounding)",
+               choices=("matrix", "scalings")),
+        Option("sinkhorn_chunk", "int", 0, "sinkhorn_form=matrix only: run the Sinkhorn iterations in checkpointed "
+                                           "chunks of this many (compiled: as one op), so backward keeps one chunk's "
+                                           "iterates at a time (0: keep all; same values, less memory where D is "
+                                           "small, more time)", min=0, max=1000),
     ],
 )
 class MHC(Connection):
     """mHC: n streams; sigmoid read/write maps and a Sinkhorn-projected doubly stochastic mixing matrix."""
 
     def __init__(self, n_blocks, dim, channel_dim=-1, n=4, sinkhorn_iters=20, reduce="sum", branches=1,
-                 recompute=True, sinkhorn_chunk=0):
+                 recompute=True, sinkhorn_form="matrix", sinkhorn_chunk=0):
         super().__init__(n_blocks, dim, channel_dim)
         self.n, self.iters, self.reduce, self.recompute = int(n), int(sinkhorn_iters), reduce, bool(recompute)
-        self.sinkhorn_chunk = int(sinkhorn_chunk)
+        self.sinkhorn_form, self.sinkhorn_chunk = sinkhorn_form, int(sinkhorn_chunk)
+        if self.sinkhorn_chunk and sinkhorn_form != "matrix":
+            raise ValueError(f"mhc: sinkhorn_chunk={self.sinkhorn_chunk} applies to sinkhorn_form=matrix only (the "
+                             f"scalings form keeps n numbers per iteration, not n*n, so it has nothing to chunk); "
+                             f"drop one of the two options")
         self.branches = self.branches_per_block = int(branches)
         L, n = n_blocks * self.branches, self.n
         self.layers = L
@@ -206,7 +242,7 @@ class MHC(Connection):
     def coefficients(self) -> dict[str, Tensor]:
         n, b = self.n, self.b.detach()
         return {"pre": torch.sigmoid(b[:, :n]), "post": 2 * torch.sigmoid(b[:, n:2 * n]),
-                "res": sinkhorn(b[:, 2 * n:].unflatten(-1, (n, n)), self.iters)}
+                "res": self._sinkhorn(b[:, 2 * n:].unflatten(-1, (n, n)))}
 
     def maps(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         """H_pre (*P, n), H_post (*P, n), H_res (*P, n, n) of branch t for streams H (n, *P, D), in float32
@@ -245,12 +281,16 @@ class MHC(Connection):
             pre = torch.sigmoid(a[0] * z[..., :n] + b[:n])
             post = 2 * torch.sigmoid(a[1] * z[..., n:2 * n] + b[n:2 * n])
             logits = (a[2] * z[..., 2 * n:] + b[2 * n:]).unflatten(-1, (n, n))
-            chunk = self.sinkhorn_chunk if self._hooks_usable() else 0  # grad on, checkpoints possible
-            if 0 < chunk < self.iters and torch.compiler.is_compiling():
-                res = _sinkhorn_op(logits.contiguous(), self.iters, chunk)  # see _sinkhorn_op
-            else:  # eager chunks, or none (a chunk as long as the loop is none)
-                res = sinkhorn(logits, self.iters, chunk)
+            res = self._sinkhorn(logits)
         return pre, post, res
+
+    def _sinkhorn(self, logits: Tensor) -> Tensor:
+        if self.sinkhorn_form == "scalings":
+            return sinkhorn_scalings(logits, self.iters)
+        chunk = self.sinkhorn_chunk if self._hooks_usable() else 0  # grad on, checkpoints possible
+        if 0 < chunk < self.iters and torch.compiler.is_compiling():
+            return _sinkhorn_op(logits.contiguous(), self.iters, chunk)  # see _sinkhorn_op
+        return sinkhorn(logits, self.iters, chunk)  # eager chunks, or none (a chunk as long as the loop is none)
 
     def _prepare(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         pre, post, res = (m.to(H.dtype) for m in self.maps(H, t))
