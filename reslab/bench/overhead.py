@@ -818,9 +818,9 @@ def combined_table(results: list[dict], commit_order: Callable[[dict], int] | No
     threads of the column's first run; a time measured at other threads says so in its cell (``1.501× (1 thr)``).
     The memory comes from the run of the kind that measured it at the latest commit (``commit_order``: a run's
     rank in git history, later higher; the first in the order given on a tie or without it), the scoreboard's
-    rule (:func:`reslab.bench.scoreboard.judged_targets`): peak step memory is exact and does not depend on
-    threads, so the later run measures the code as it is now (time runs often skip it, ``--no-memory``). ``—``
-    where no run measured it. Every ratio is to the ``residual`` of the run that measured it (every run has its own)."""
+    rule (:func:`reslab.bench.scoreboard.judged_targets`): peak step memory does not depend on threads and varies
+    little between runs (the RSS peak: ~2 % seen), so the later run, which measures the code as it is now, wins
+    (time runs often skip it, ``--no-memory``). ``—`` where no run measured it. Every ratio is to the ``residual`` of the run that measured it (every run has its own)."""
     def label(r: dict) -> str:
         return run_kind(r, threads=False)
 

@@ -109,7 +109,7 @@ def commit_order(rev: str | None, root: Path) -> int:
 def judged_targets(runs: list[dict], root: str | Path = ".") -> list[dict]:
     """One row per (kind of run, model, target, metric) over every committed run, from the most precise run that
     measured it: the one that timed the most steps per arm (``repeats * steps_per_round``: its time ratio is the
-    least noisy; memory is exact, so every run ties there), then the later commit (a later run measures the code as
+    least noisy; memory, the RSS peak, varies little between runs, so every run ties there), then the later commit (a later run measures the code as
     it is now). Which run wins never depends on the ratio or the status it found, so a refused long run is not
     replaced by a short one that happened to be judged. Statuses are read by the current rule
     (:func:`reslab.bench.overhead.target_status`: a time ratio without its paired IQR, from a run older than the
