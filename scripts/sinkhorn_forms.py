@@ -61,6 +61,7 @@ def main(form: str, path: str, positions: int = 32768) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("matrix", "scalings") or sys.argv[2] not in ("eager", "compiled"):
+    if (len(sys.argv) not in (3, 4) or sys.argv[1] not in ("matrix", "scalings")
+            or sys.argv[2] not in ("eager", "compiled")):
         sys.exit("usage: python scripts/sinkhorn_forms.py matrix|scalings eager|compiled [POSITIONS]")
     main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))

@@ -820,7 +820,8 @@ def combined_table(results: list[dict], commit_order: Callable[[dict], int] | No
     rank in git history, later higher; the first in the order given on a tie or without it), the scoreboard's
     rule (:func:`reslab.bench.scoreboard.judged_targets`): peak step memory does not depend on threads and varies
     little between runs (the RSS peak: ~2 % seen), so the later run, which measures the code as it is now, wins
-    (time runs often skip it, ``--no-memory``). ``—`` where no run measured it. Every ratio is to the ``residual`` of the run that measured it (every run has its own)."""
+    (time runs often skip it, ``--no-memory``). ``—`` where no run measured it. Every ratio is to the ``residual``
+    of the run that measured it (every run has its own)."""
     def label(r: dict) -> str:
         return run_kind(r, threads=False)
 

@@ -53,9 +53,10 @@ equal to the matrix form up to rounding (2e-16 in float64, tested). Autograd kee
 of two n x n matrices and their sums, so neither recompute's transient nor sinkhorn_chunk is needed for memory, and
 the loop is faster. At ResNet-20's first stage (``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20
 iterations, forward + backward, 1 thread): compiled 54 ms against the matrix form's 114 ms, eager 168 against 276 ms;
-peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against +162 MB, eager +31 against +110 MB. Whole-step figures:
-results/bench-overhead/NOTES.md (twentieth session). Not the default yet: the committed runs' ``mhc`` is the matrix form, and a new default would
-relabel them and change the leaderboards' mhc arms in the last bits.
+peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against +162 MB, eager +31 against +110 MB. Whole steps
+(results/bench-overhead/mhc-scalings*/): compiled ResNet-20 4.44x -> 2.33x residual's peak step memory at 0.72x mhc's
+step time. Not the default yet: the committed runs' ``mhc`` is the matrix form, and a new default would relabel them
+and change the leaderboards' mhc arms in the last bits.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
 b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
@@ -241,8 +242,9 @@ class MHC(Connection):
 
     def coefficients(self) -> dict[str, Tensor]:
         n, b = self.n, self.b.detach()
-        return {"pre": torch.sigmoid(b[:, :n]), "post": 2 * torch.sigmoid(b[:, n:2 * n]),
-                "res": self._sinkhorn(b[:, 2 * n:].unflatten(-1, (n, n)))}
+        with torch.no_grad():  # a report: no checkpointed chunks
+            res = self._sinkhorn(b[:, 2 * n:].unflatten(-1, (n, n)))
+        return {"pre": torch.sigmoid(b[:, :n]), "post": 2 * torch.sigmoid(b[:, n:2 * n]), "res": res}
 
     def maps(self, H: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
         """H_pre (*P, n), H_post (*P, n), H_res (*P, n, n) of branch t for streams H (n, *P, D), in float32
