@@ -473,6 +473,9 @@ def test_combined_table_takes_memory_from_the_latest_commit(tiny_run):
     assert scaled_gpt(ov.combined_table([new, old], lambda r: order[r["git"]])) == "1.500×"
     assert scaled_gpt(ov.combined_table([old, new])) == "1.250×"
     assert scaled_gpt(ov.combined_table([old, new], lambda r: 0)) == "1.250×"
+    asked = []  # the order may cost a git call: asked once per run, not once per cell
+    ov.combined_table([old, new], lambda r: asked.append(r["git"]) or order[r["git"]])
+    assert sorted(asked) == ["aaa", "bbb"]
 
 
 def test_overhead_line_counts_refused_targets_apart_from_met_and_missed():

@@ -346,6 +346,12 @@ def test_mhc_sinkhorn_form_changes_only_rounding_and_rejects_chunks():
         torch.testing.assert_close(scal.coefficients()["res"], ref.coefficients()["res"], atol=1e-13, rtol=1e-13)
     with pytest.raises(ValueError, match="sinkhorn_chunk=4 applies to sinkhorn_form=matrix only"):
         build("mhc(sinkhorn_form=scalings, sinkhorn_chunk=4)")
+    from reslab.connections.mhc import MHC
+
+    # constructed directly, not from a spec string, a misspelt form is still refused (the registered options check
+    # the constructor's arguments), not run as the matrix form
+    with pytest.raises(ValueError, match="option 'sinkhorn_form': 'scaling' is not one of scalings, matrix"):
+        MHC(2, 8, sinkhorn_form="scaling")
 
 
 def test_compiled_sinkhorn_op_matches_autograd_and_passes_opcheck():

@@ -819,12 +819,14 @@ def combined_table(results: list[dict], commit_order: Callable[[dict], int] | No
     The memory comes from the run of the kind that measured it at the latest commit (``commit_order``: a run's
     rank in git history, later higher; the first in the order given on a tie or without it), the scoreboard's
     rule (:func:`reslab.bench.scoreboard.judged_targets`): peak step memory does not depend on threads and varies
-    little between runs (the RSS peak: ~2 % seen), so the later run, which measures the code as it is now, wins
+    little between runs (the RSS peak: ~2.5 % seen), so the later run, which measures the code as it is now, wins
     (time runs often skip it, ``--no-memory``). ``—`` where no run measured it. Every ratio is to the ``residual``
     of the run that measured it (every run has its own)."""
     def label(r: dict) -> str:
         return run_kind(r, threads=False)
 
+    # one rank per run (commit_order may ask git), not one per cell; keyed by identity, since runs are dicts
+    rank = {id(r): (commit_order(r) if commit_order else 0) for r in results}
     cols: list[tuple[str, str, dict]] = []  # (family, kind of run, the kind's first run)
     for r in results:
         for m in r["models"]:
@@ -858,7 +860,7 @@ def combined_table(results: list[dict], commit_order: Callable[[dict], int] | No
                 if best.get("threads") != first.get("threads"):
                     t += f" ({best.get('threads', '?')} thr)"
         measured = [r for r in runs if r["models"][m]["arms"][a].get("memory_ratio") is not None]
-        mem = (max(measured, key=commit_order or (lambda r: 0))["models"][m]["arms"][a]["memory_ratio"]
+        mem = (max(measured, key=lambda r: rank[id(r)])["models"][m]["arms"][a]["memory_ratio"]
                if measured else None)  # max keeps the first of equals
         return f"{t} / {'—' if mem is None else f'{mem:.3f}×'}"
 

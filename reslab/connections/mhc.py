@@ -49,10 +49,10 @@ transforms (no saved-tensor hooks) the plain loop runs.
 sinkhorn_form (default matrix; opt in with scalings): every Sinkhorn iterate is diag(r) K diag(c) with K = exp(logits),
 so the iterations can carry the scalings instead of the matrix (normalising columns sets c = 1 / (K^T r), rows
 r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_scalings`). The same divisions grouped otherwise:
-equal to the matrix form up to rounding (2e-16 in float64, tested). Autograd keeps two n-vectors per iteration instead
-of two n x n matrices and their sums, so neither recompute's transient nor sinkhorn_chunk is needed for memory, and
-the loop is faster. At ResNet-20's first stage (``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20
-iterations, forward + backward, 1 thread): compiled 54 ms against the matrix form's 114 ms, eager 168 against 276 ms;
+equal to the matrix form up to rounding (2e-16 measured in float64; tested to 1e-13). Autograd keeps two n-vectors per
+iteration instead of two n x n matrices and their sums, so recompute's backward transient stays small and
+sinkhorn_chunk is not needed; the loop itself is faster too. At ResNet-20's first stage
+(``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20 iterations, forward + backward, 1 thread): compiled 54 ms against the matrix form's 114 ms, eager 168 against 276 ms;
 peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against +162 MB, eager +31 against +110 MB. Whole steps
 (results/bench-overhead/mhc-scalings*/): compiled ResNet-20 4.44x -> 2.33x residual's peak step memory at 0.72x mhc's
 step time. Not the default yet: the committed runs' ``mhc`` is the matrix form, and a new default would relabel them
