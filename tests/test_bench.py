@@ -559,3 +559,45 @@ def test_an_errata_file_beside_a_run_drops_the_arms_it_names_from_tables_and_sco
     (d / "ERRATA.json").write_text(json.dumps({"arms": "mhc"}))  # not a list of errata: a clear error
     with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
         ov.load_run(d / "overhead.json")
+
+
+def test_a_rename_erratum_relabels_arms_whose_default_changed_and_judges_their_targets_again(tmp_path):
+    """A run made when mhc's Sinkhorn form defaulted to the matrix: ERRATA.json renames its `mhc` to
+    `mhc(sinkhorn_form=matrix)` and its `mhc(sinkhorn_form=scalings)` to `mhc` at once (a swap). The tables and the
+    scoreboard then see the measured code under today's names: the memory target (mhc <= 4x) is judged on the arm
+    now called mhc, the matrix form has none, other arms and their rows stay, and the output file is untouched."""
+    from reslab.bench import scoreboard as sb
+
+    def arm(memory):
+        return {"time_ratio": 1.0, "memory_ratio": memory, "time_ratio_paired_q1": 0.99, "time_ratio_paired_q3": 1.01}
+
+    run = {"device": "cpu", "path": "eager", "threads": 2, "size": "default", "repeats": 3, "steps_per_round": 1,
+           "git": None, "arms": ["residual", "ancre", "mhc", "mhc(sinkhorn_form=scalings)"],
+           "models": {"resnet": {"arms": {"residual": arm(1.0), "ancre": arm(1.2), "mhc": arm(4.4),
+                                          "mhc(sinkhorn_form=scalings)": arm(2.3)}}},
+           "targets": [{"target": "ancre", "arm": "ancre", "model": "resnet", "metric": "memory", "limit": 1.01,
+                        "ratio": 1.2, "status": "miss", "paired_iqr": None},
+                       {"target": "mhc", "arm": "mhc", "model": "resnet", "metric": "memory", "limit": 4.0,
+                        "ratio": 4.4, "status": "miss", "paired_iqr": None}]}
+    d = tmp_path / "bench-overhead" / "mhc-forms"
+    d.mkdir(parents=True)
+    (d / "overhead.json").write_text(json.dumps(run))
+    (d / "ERRATA.json").write_text(json.dumps([{"rename": {"mhc": "mhc(sinkhorn_form=matrix)",
+                                                           "mhc(sinkhorn_form=scalings)": "mhc"},
+                                                "reason": "the default form changed"}]))
+    fixed = ov.load_run(d / "overhead.json")
+    assert fixed["arms"] == ["residual", "ancre", "mhc(sinkhorn_form=matrix)", "mhc"]
+    arms = fixed["models"]["resnet"]["arms"]
+    assert arms["mhc"]["memory_ratio"] == 2.3 and arms["mhc(sinkhorn_form=matrix)"]["memory_ratio"] == 4.4
+    assert {(t["arm"], t["ratio"], t["status"]) for t in fixed["targets"]} == {("ancre", 1.2, "miss"),
+                                                                              ("mhc", 2.3, "pass")}
+    assert json.loads((d / "overhead.json").read_text()) == run
+    rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
+    assert {(r["target"], r["ratio"], r["status"]) for r in rows} == {("ancre", 1.2, "miss"), ("mhc", 2.3, "pass")}
+    table = ov.combined_table([fixed])
+    assert "| `mhc(sinkhorn_form=matrix)` | 1.000× / 4.400× |" in table and "| `mhc` | 1.000× / 2.300× |" in table
+    # a rename that would merge two arms, or an erratum with neither arms nor rename, is a clear error
+    for bad in ([{"rename": {"mhc": "ancre"}, "reason": "x"}], [{"reason": "x"}]):
+        (d / "ERRATA.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
+            ov.load_run(d / "overhead.json")

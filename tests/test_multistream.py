@@ -281,13 +281,13 @@ def test_sinkhorn_in_checkpointed_chunks_gives_the_same_values_and_gradients_and
 
 
 def test_mhc_sinkhorn_chunks_change_nothing_but_memory():
-    """mhc(sinkhorn_chunk=4) against the default 0 (every iterate kept), through a whole stack with recompute on
-    and off: identical outputs and gradients."""
+    """mhc(sinkhorn_form=matrix, sinkhorn_chunk=4) against chunk 0 (every iterate kept), through a whole stack with
+    recompute on and off: identical outputs and gradients."""
     fs = branches(K * BR)
     x = torch.randn(B, 6, 5, D, dtype=torch.float64)
     for recompute in ("true", "false"):
-        ref = perturb(build(f"mhc(recompute={recompute})"))
-        chunked = build(f"mhc(recompute={recompute}, sinkhorn_chunk=4)")
+        ref = perturb(build(f"mhc(recompute={recompute}, sinkhorn_form=matrix)"))
+        chunked = build(f"mhc(recompute={recompute}, sinkhorn_form=matrix, sinkhorn_chunk=4)")
         chunked.load_state_dict(ref.state_dict())
         assert chunked.sinkhorn_chunk == 4 and ref.sinkhorn_chunk == 0
         outs = []
@@ -325,13 +325,14 @@ def test_sinkhorn_scalings_equal_the_matrix_form_and_keep_vectors():
 
 
 def test_mhc_sinkhorn_form_changes_only_rounding_and_rejects_chunks():
-    """mhc(sinkhorn_form=scalings) against the default matrix form through a whole stack, recompute on and off: the
-    same outputs and gradients up to float64 rounding; sinkhorn_chunk with the scalings form is a clear error."""
+    """mhc (the scalings form, the default) against mhc(sinkhorn_form=matrix) through a whole stack, recompute on and
+    off: the same outputs and gradients up to float64 rounding; sinkhorn_chunk with the scalings form is a clear
+    error that says how to ask for the matrix form."""
     fs = branches(K * BR)
     x = torch.randn(B, 6, 5, D, dtype=torch.float64)
     for recompute in ("true", "false"):
-        ref = perturb(build(f"mhc(recompute={recompute})"))
-        scal = build(f"mhc(recompute={recompute}, sinkhorn_form=scalings)")
+        ref = perturb(build(f"mhc(recompute={recompute}, sinkhorn_form=matrix)"))
+        scal = build(f"mhc(recompute={recompute})")
         scal.load_state_dict(ref.state_dict())
         assert ref.sinkhorn_form == "matrix" and scal.sinkhorn_form == "scalings"
         outs = []
@@ -344,8 +345,10 @@ def test_mhc_sinkhorn_form_changes_only_rounding_and_rejects_chunks():
         for a, b in zip(g1, g0):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
         torch.testing.assert_close(scal.coefficients()["res"], ref.coefficients()["res"], atol=1e-13, rtol=1e-13)
-    with pytest.raises(ValueError, match="sinkhorn_chunk=4 applies to sinkhorn_form=matrix only"):
-        build("mhc(sinkhorn_form=scalings, sinkhorn_chunk=4)")
+    for spec in ("mhc(sinkhorn_chunk=4)", "mhc(sinkhorn_form=scalings, sinkhorn_chunk=4)"):
+        with pytest.raises(ValueError, match=r"sinkhorn_chunk=4 applies to sinkhorn_form=matrix only .* write "
+                                             r"mhc\(sinkhorn_form=matrix, sinkhorn_chunk=4\)"):
+            build(spec)
     from reslab.connections.mhc import MHC
 
     # constructed directly, not from a spec string, a misspelt form is still refused (the registered options check
@@ -374,11 +377,11 @@ def test_compiled_sinkhorn_op_matches_autograd_and_passes_opcheck():
 
 def test_compiled_mhc_gradients_match_eager_for_every_parameter():
     """Through torch.compile (aot_eager: the same graph capture and AOT autograd as inductor, no code generation)
-    mhc's Sinkhorn is traced (the default; also in the scalings form) or, with sinkhorn_chunk, the op above: the
+    mhc's Sinkhorn is traced (the default scalings form, and the matrix form) or, with sinkhorn_chunk, the op above: the
     outputs and every parameter's gradient match eager."""
     fs = branches(K * BR)
     x = torch.randn(B, 6, 5, D, dtype=torch.float64)
-    for spec in ("mhc", "mhc(sinkhorn_chunk=4)", "mhc(sinkhorn_form=scalings)"):
+    for spec in ("mhc", "mhc(sinkhorn_form=matrix)", "mhc(sinkhorn_form=matrix, sinkhorn_chunk=4)"):
         torch._dynamo.reset()
         conn = perturb(build(spec))
         run = torch.compile(lambda h: conn(h, as_blocks(fs)), fullgraph=True, backend="aot_eager")

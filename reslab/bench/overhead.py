@@ -576,7 +576,9 @@ def evaluate_targets(models: dict[str, dict], busy: str | None = None) -> list[d
             r = res["arms"].get(arm)
             ratio = None if r is None else r["time_ratio" if metric == "time" else "memory_ratio"]
             noise = iqr = why = None
-            if r is not None and metric == "time":
+            if r is not None and metric == "time" and r.get("time_ratio_paired_q3") is None:
+                why = "no paired IQR recorded (a run older than the refusal rule): rerun"  # cf. target_status
+            elif r is not None and metric == "time":
                 iqr = r["time_ratio_paired_q3"] - r["time_ratio_paired_q1"]
                 noise = iqr / 2
                 why = refusal(iqr, limit, busy)
@@ -751,28 +753,60 @@ ERRATA_FILE = "ERRATA.json"
 
 def load_run(path: str | Path) -> dict:
     """An ``overhead.json`` as the tables and the scoreboard read it: with the corrections of an ``ERRATA.json``
-    beside it applied. Each erratum (``{"arms": [...], "reason": "..."}``) names arms that the run did not measure as
-    it says (e.g. ran eagerly in a compiled run); they are dropped from every family and from the targets, and the
-    errata are kept under ``errata``. The bench's own output files stay as it wrote them."""
+    beside it applied, in order. Two kinds of erratum, each with a ``reason``:
+
+    - ``{"arms": [...]}``: arms that the run did not measure as it says (e.g. ran eagerly in a compiled run); they
+      are dropped from every family and from the targets.
+    - ``{"rename": {"old": "new", ...}}``: arms whose name now means other code, because a default changed after
+      the run (mhc's Sinkhorn form: the run's ``mhc`` is now ``mhc(sinkhorn_form=matrix)``). All names are
+      renamed at once (so two arms may swap), and the targets are judged again for the renamed arms by the
+      current :data:`TARGETS`: a renamed arm keeps a target only if its new name carries one.
+
+    The errata are kept under ``errata``. The bench's own output files stay as it wrote them."""
     path = Path(path)
     try:
         run = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); rerun `reslab bench overhead` or delete it") from None
     fix = path.parent / ERRATA_FILE
-    if fix.exists():
-        try:
-            errata = json.loads(fix.read_text())
-            wrong = {a for e in errata for a in e["arms"]}
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise ValueError(f"{fix} is not a list of {{\"arms\": [...], \"reason\": ...}} errata ({e!r}); "
-                             "fix or delete it") from None
-        for m in run["models"].values():
-            m["arms"] = {a: v for a, v in m["arms"].items() if a not in wrong}
-        run["arms"] = [a for a in run["arms"] if a not in wrong]
-        run["targets"] = [t for t in run["targets"] if t["arm"] not in wrong]
-        run["errata"] = errata
+    if not fix.exists():
+        return run
+    try:
+        errata = json.loads(fix.read_text())
+        for e in errata:
+            if not isinstance(e["reason"], str) or len(e.keys() & {"arms", "rename"}) != 1:
+                raise TypeError("each erratum has a reason and exactly one of arms, rename")
+            if "arms" in e:
+                _drop_arms(run, set(e["arms"]))
+            else:
+                _rename_arms(run, dict(e["rename"]))
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as e:
+        raise ValueError(f"{fix} is not a list of {{\"arms\": [...], \"reason\": ...}} or {{\"rename\": {{old: "
+                         f"new}}, \"reason\": ...}} errata ({e!r}); fix or delete it") from None
+    run["errata"] = errata
     return run
+
+
+def _drop_arms(run: dict, wrong: set[str]) -> None:
+    for m in run["models"].values():
+        m["arms"] = {a: v for a, v in m["arms"].items() if a not in wrong}
+    run["arms"] = [a for a in run["arms"] if a not in wrong]
+    run["targets"] = [t for t in run["targets"] if t["arm"] not in wrong]
+
+
+def _rename_arms(run: dict, renames: dict[str, str]) -> None:
+    new_names = set(renames.values())
+    for m in run["models"].values():
+        m["arms"] = {renames.get(a, a): v for a, v in m["arms"].items()}
+    run["arms"] = [renames.get(a, a) for a in run["arms"]]
+    if len(set(run["arms"])) != len(run["arms"]):
+        raise ValueError(f"renaming {renames} makes two arms one")
+    # the rows of renamed arms go (their targets were judged for the old names); the new names are judged again
+    touched = renames.keys() | new_names
+    kept = [t for t in run["targets"] if t["arm"] not in touched]
+    judged = [t for t in evaluate_targets(run["models"], run.get("busy"))
+              if t["arm"] in new_names and t["ratio"] is not None]
+    run["targets"] = kept + judged
 
 
 def run_kind(run: dict, threads: bool = True) -> str:

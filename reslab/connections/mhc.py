@@ -26,37 +26,44 @@ run the default), so it is on by default; the price is one more evaluation of th
 or cannot run: with grad mode off, and under torch.func.grad/vjp/jacrev, which disable the
 saved-tensor hooks the checkpoint is built on. recompute=false stores them, as before. Measured with
 ``reslab bench overhead --model resnet`` (ResNet-20, batch 32, CPU, peak step memory / residual's
-52.3 MB, one run at torch's 2 threads): 3.72x (194.6 MB) with recompute, 10.47x (547.6 MB) with recompute=false
-(at 1 thread both were ~3.7x: there the peak lay elsewhere). Its time
-cost was not measured on a quiet machine.
+52.3 MB, one run at torch's 2 threads, matrix form): 3.72x (194.6 MB) with recompute, 10.47x (547.6 MB) with
+recompute=false (at 1 thread both were ~3.7x: there the peak lay elsewhere). Its time cost was not measured on a
+quiet machine.
 
-sinkhorn_chunk (default 0, off; opt in with e.g. 4): with recompute alone, the backward pass still re-runs one
-branch's maps storing every Sinkhorn iterate (two n x n matrices and their sums per iteration and position: ~800
-numbers per position at n = 4, 20 iterations, against the stream's n*D = 64 in ResNet-20's first stage), and that
-transient sets the step's peak where D is small. With sinkhorn_chunk = k the iterations run, in eager mode, in
-checkpointed chunks of k: the recomputation keeps each chunk's input (n*n numbers per position) and backward re-runs
-one chunk at a time. Same values and gradients (the re-run repeats the same operations; tested bit for bit); the
-price is a third evaluation of the Sinkhorn loop per backward. Measured (``reslab bench overhead --model all
---connections 'mhc,mhc(sinkhorn_chunk=4)'``, results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.71x ->
-2.52x residual's for 1.07x mhc's step time (CPU, 2 threads); the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere
-(memory unchanged) and their mhc steps take 1.09x longer -- hence off by default. Compiled, sinkhorn_chunk > 0 makes
-the Sinkhorn loop one opaque op whose backward re-runs it in chunks (``_sinkhorn_op`` below; AOT autograd would inline
-checkpoints into its one backward graph, where they did not lower the peak): compiled ResNet-20 4.5x -> 2.2x
-residual's peak step memory, for 2.0x the mhc step's time (the loop leaves inductor's fused kernels). That op has
-no double backward or forward-mode AD: with sinkhorn_chunk > 0, compile for first-order training only. Under torch.func
-transforms (no saved-tensor hooks) the plain loop runs.
+sinkhorn_chunk (sinkhorn_form=matrix only; default 0, off; opt in with e.g. 4): with recompute alone and the matrix
+form, the backward pass still re-runs one branch's maps storing every Sinkhorn iterate (two n x n matrices and their
+sums per iteration and position: ~800 numbers per position at n = 4, 20 iterations, against the stream's n*D = 64 in
+ResNet-20's first stage), and that transient sets the step's peak where D is small. With sinkhorn_chunk = k the
+iterations run, in eager mode, in checkpointed chunks of k: the recomputation keeps each chunk's input (n*n numbers
+per position) and backward re-runs one chunk at a time. Same values and gradients (the re-run repeats the same
+operations; tested bit for bit); the price is a third evaluation of the Sinkhorn loop per backward. Measured (``reslab
+bench overhead --model all --connections 'mhc,mhc(sinkhorn_chunk=4)'`` when the matrix form was the default,
+results/bench-overhead/mhc-chunks/): ResNet-20 peak step memory 3.71x -> 2.52x residual's for 1.07x mhc's step time
+(CPU, 2 threads); the GPT (D = 256) and ViT (D = 192) peaks lie elsewhere (memory unchanged) and their mhc steps take
+1.09x longer -- hence off by default. Compiled, sinkhorn_chunk > 0 makes the Sinkhorn loop one opaque op whose
+backward re-runs it in chunks (``_sinkhorn_op`` below; AOT autograd would inline checkpoints into its one backward
+graph, where they did not lower the peak): compiled ResNet-20 4.5x -> 2.2x residual's peak step memory, for 2.0x the
+mhc step's time (the loop leaves inductor's fused kernels). That op has no double backward or forward-mode AD: with
+sinkhorn_chunk > 0, compile for first-order training only. Under torch.func transforms (no saved-tensor hooks) the
+plain loop runs.
 
-sinkhorn_form (default matrix; opt in with scalings): every Sinkhorn iterate is diag(r) K diag(c) with K = exp(logits),
-so the iterations can carry the scalings instead of the matrix (normalising columns sets c = 1 / (K^T r), rows
-r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_scalings`). The same divisions grouped otherwise:
-equal to the matrix form up to rounding (2e-16 measured in float64; tested to 1e-13). Autograd keeps two n-vectors per
-iteration instead of two n x n matrices and their sums, so recompute's backward transient stays small and
-sinkhorn_chunk is not needed; the loop itself is faster too. At ResNet-20's first stage
-(``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20 iterations, forward + backward, 1 thread): compiled 54 ms against the matrix form's 114 ms, eager 168 against 276 ms;
-peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against +162 MB, eager +31 against +110 MB. Whole steps
-(results/bench-overhead/mhc-scalings*/): compiled ResNet-20 4.44x -> 2.33x residual's peak step memory at 0.72x mhc's
-step time. Not the default yet: the committed runs' ``mhc`` is the matrix form, and a new default would relabel them
-and change the leaderboards' mhc arms in the last bits.
+sinkhorn_form (default scalings; matrix is the papers' literal loop): every Sinkhorn iterate is diag(r) K diag(c)
+with K = exp(logits), so the iterations can carry the scalings instead of the matrix (normalising columns sets
+c = 1 / (K^T r), rows r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_scalings`). The same
+divisions grouped otherwise: equal to the matrix form up to rounding (2e-16 measured in float64; tested to 1e-13).
+Autograd keeps two n-vectors per iteration instead of two n x n matrices and their sums, so recompute's backward
+transient stays small and sinkhorn_chunk is not needed; the loop itself is faster too. At ResNet-20's first stage
+(``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20 iterations, forward + backward, 1 thread): compiled 54 ms
+against the matrix form's 114 ms, eager 168 against 276 ms; peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against
++162 MB, eager +31 against +110 MB. Whole steps (results/bench-overhead/mhc-scalings*/, measured when the matrix form
+was the default): compiled ResNet-20 4.44x -> 2.33x residual's peak step memory at 0.72x the matrix form's step time,
+0.94x (GPT) and 0.93x (ViT) compiled; hence the default since 2026-12-03 (runs before it measured the matrix form as
+``mhc``: their ERRATA.json renames it, :func:`reslab.bench.overhead.load_run`).
+Where the two differ (``python scripts/sinkhorn_forms.py stability``: 100,000 random 4 x 4 logit maps per scale,
+float32 against the float64 matrix form): at logit std <= 20 both are within 6e-7 (the init's logits are 0 and 1);
+at std 30-60, where exp() leaves float32's range, the matrix form is off by up to 0.8-1.0 or non-finite in 0-1.3 %
+of maps, the scalings form non-finite in 0.002-4.5 % (a scaling, 1 / a sum below float32's smallest normal,
+overflows) and off by 1.6e-3 to 0.71 elsewhere: past std ~25 neither form is usable in float32.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
 b_res = I (logit 1 on the diagonal, diagonal-heavy like hyper_connections' eye), b_pre so that
@@ -193,7 +200,7 @@ _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup)
                   "res": "(L, n, n) static H_res = SinkhornKnopp(b_res), rows = destination stream"},
     starts_as_residual=False,  # equal up to the rounding of the stored b_pre (~1e-8), tested in test_multistream.py
     per_branch=True, variants=("mhc(reduce=mean)", "mhc(n=2, sinkhorn_iters=5, recompute=false)",
-                               "mhc(sinkhorn_chunk=4)", "mhc(sinkhorn_form=scalings)"),
+                               "mhc(sinkhorn_form=matrix)", "mhc(sinkhorn_form=matrix, sinkhorn_chunk=4)"),
     options=[
         Option("n", "int", 4, "number of streams", min=2, max=64),
         Option("sinkhorn_iters", "int", 20, "Sinkhorn-Knopp iterations (t_max)", min=1, max=1000),
@@ -201,10 +208,10 @@ _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup)
         Option("branches", "int", 1, "branches per block; reslab.connection() fills it from the model", min=1, max=64),
         Option("recompute", "bool", True, "recompute the maps (norm, phi, Sinkhorn) in the backward pass instead of "
                                           "storing their intermediates (same values and gradients, less memory)"),
-        Option("sinkhorn_form", "choice", "matrix", "how the Sinkhorn iterations are carried: as the scaled matrix (the "
-                                                    "paper's and DeepSeek's literal form), or as the row and column "
-                                                    "scalings of exp(logits) (n numbers per iteration instead of n*n: "
-                                                    "less memory and time; equal up to rounding)",
+        Option("sinkhorn_form", "choice", "scalings", "how the Sinkhorn iterations are carried: as the row and column "
+                                                      "scalings of exp(logits) (n numbers per iteration instead of "
+                                                      "n*n: less memory and time), or as the scaled matrix (the "
+                                                      "paper's and DeepSeek's literal loop); equal up to rounding",
                choices=("matrix", "scalings")),
         Option("sinkhorn_chunk", "int", 0, "sinkhorn_form=matrix only: run the Sinkhorn iterations in checkpointed "
                                            "chunks of this many (compiled: as one op), so backward keeps one chunk's "
@@ -216,14 +223,15 @@ class MHC(Connection):
     """mHC: n streams; sigmoid read/write maps and a Sinkhorn-projected doubly stochastic mixing matrix."""
 
     def __init__(self, n_blocks, dim, channel_dim=-1, n=4, sinkhorn_iters=20, reduce="sum", branches=1,
-                 recompute=True, sinkhorn_form="matrix", sinkhorn_chunk=0):
+                 recompute=True, sinkhorn_form="scalings", sinkhorn_chunk=0):
         super().__init__(n_blocks, dim, channel_dim)
         self.n, self.iters, self.reduce, self.recompute = int(n), int(sinkhorn_iters), reduce, bool(recompute)
         self.sinkhorn_form, self.sinkhorn_chunk = sinkhorn_form, int(sinkhorn_chunk)
         if self.sinkhorn_chunk and sinkhorn_form != "matrix":
             raise ValueError(f"mhc: sinkhorn_chunk={self.sinkhorn_chunk} applies to sinkhorn_form=matrix only (the "
-                             f"scalings form keeps n numbers per iteration, not n*n, so it has nothing to chunk); "
-                             f"drop one of the two options")
+                             f"default scalings form keeps n numbers per iteration, not n*n: nothing to chunk); "
+                             f"write mhc(sinkhorn_form=matrix, sinkhorn_chunk={self.sinkhorn_chunk}) or drop "
+                             f"sinkhorn_chunk")
         self.branches = self.branches_per_block = int(branches)
         L, n = n_blocks * self.branches, self.n
         self.layers = L
