@@ -529,75 +529,140 @@ def test_judged_targets_takes_each_target_from_its_most_precise_run(tmp_path):
     assert "| eager, 2 thr | `denseformer` | gpt | time | ≤ 1.03× | — | refused |" in md
 
 
+def _errata_run(tmp_path, run, errata=None, name="compiled"):
+    d = tmp_path / "bench-overhead" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "overhead.json").write_text(json.dumps(run))
+    if errata is not None:
+        (d / "ERRATA.json").write_text(json.dumps(errata))
+    return d / "overhead.json"
+
+
 def test_an_errata_file_beside_a_run_drops_the_arms_it_names_from_tables_and_scoreboard(tmp_path):
     """ERRATA.json next to an overhead.json names arms the run did not measure as it says (hyper/mhc that ran eagerly
     in a compiled run): load_run drops them from every family and the targets, the scoreboard and --table-from no
-    longer see them, the other arms stay, and the output file itself is untouched."""
+    longer see them, the other arms stay, and the output file itself is untouched. An erratum about another run
+    (another git revision: a new run written into the folder) is skipped; malformed errata are a clear error."""
     from reslab.bench import scoreboard as sb
 
     arm = {"time_ratio": 1.0, "memory_ratio": 1.5, "time_ratio_paired_iqr": 0.0}
     run = {"device": "cpu", "path": "compiled (inductor)", "threads": 1, "size": "default", "repeats": 3,
-           "steps_per_round": 1, "git": None, "arms": ["residual", "ancre", "mhc"],
+           "steps_per_round": 1, "git": "abc1234", "arms": ["residual", "ancre", "mhc"],
            "models": {"resnet": {"arms": {"residual": arm, "ancre": arm, "mhc": arm}}},
            "targets": [{"target": "ancre", "arm": "ancre", "model": "resnet", "metric": "memory", "limit": 1.01,
                         "ratio": 1.5, "status": "miss", "paired_iqr": None},
                        {"target": "mhc", "arm": "mhc", "model": "resnet", "metric": "memory", "limit": 4.0,
                         "ratio": 1.5, "status": "pass", "paired_iqr": None}]}
-    d = tmp_path / "bench-overhead" / "compiled"
-    d.mkdir(parents=True)
-    (d / "overhead.json").write_text(json.dumps(run))
-    assert "mhc" in ov.load_run(d / "overhead.json")["arms"]  # no errata yet: read as written
-    (d / "ERRATA.json").write_text(json.dumps([{"arms": ["mhc"], "reason": "ran eagerly"}]))
-    fixed = ov.load_run(d / "overhead.json")
+    path = _errata_run(tmp_path, run)
+    assert "mhc" in ov.load_run(path)["arms"]  # no errata yet: read as written
+    _errata_run(tmp_path, run, [{"arms": ["mhc"], "git": "abc1234", "reason": "ran eagerly"}])
+    fixed = ov.load_run(path)
     assert fixed["arms"] == ["residual", "ancre"] and list(fixed["models"]["resnet"]["arms"]) == ["residual", "ancre"]
     assert [t["arm"] for t in fixed["targets"]] == ["ancre"] and fixed["errata"][0]["reason"] == "ran eagerly"
-    assert json.loads((d / "overhead.json").read_text()) == run
+    assert json.loads(path.read_text()) == run
     rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
     assert {(r["target"], r["status"]) for r in rows} == {("ancre", "miss")}
     table = ov.combined_table([fixed])
     assert "`ancre`" in table and "`mhc`" not in table
-    (d / "ERRATA.json").write_text(json.dumps({"arms": "mhc"}))  # not a list of errata: a clear error
-    with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
-        ov.load_run(d / "overhead.json")
+    # a later run written into the same folder is not the run the erratum is about: read as written
+    later = ov.load_run(_errata_run(tmp_path, run | {"git": "def5678"}))
+    assert "mhc" in later["arms"] and "errata" not in later
+    _errata_run(tmp_path, run)
+    for bad in ({"arms": "mhc"},  # not a list of errata
+                [{"arms": ["mhc"], "reason": "no revision"}],
+                [{"reason": "neither arms nor rename", "git": "abc1234"}],
+                [{"arms": ["mhc"], "rename": {"mhc": "hyper"}, "git": "abc1234", "reason": "both"}]):
+        (path.parent / "ERRATA.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
+            ov.load_run(path)
+    (path.parent / "ERRATA.json").write_text("[{")
+    with pytest.raises(ValueError, match="ERRATA.json is not valid JSON"):
+        ov.load_run(path)
+
+
+def _mhc_forms_run(**extra):
+    def arm(memory, q1=0.99, q3=1.01):
+        return {"time_ratio": 1.0, "memory_ratio": memory, "time_ratio_paired_q1": q1, "time_ratio_paired_q3": q3}
+
+    return {"device": "cpu", "path": "eager", "threads": 2, "size": "default", "repeats": 3, "steps_per_round": 1,
+            "git": "abc1234", "arms": ["residual", "ancre", "mhc", "mhc(sinkhorn_form=scalings)"],
+            "models": {"resnet": {"arms": {"residual": arm(1.0), "ancre": arm(1.2), "mhc": arm(4.4),
+                                           "mhc(sinkhorn_form=scalings)": arm(2.3)}},
+                       # the GPT ran without the scalings arm: a rename must not invent one there
+                       "gpt": {"arms": {"residual": arm(1.0), "ancre": arm(1.0), "mhc": arm(1.5)}}},
+            "targets": [{"target": "ancre", "arm": "ancre", "model": m, "metric": "memory", "limit": 1.01,
+                         "ratio": r, "status": "miss" if r > 1.01 else "pass", "paired_iqr": None}
+                        for m, r in (("resnet", 1.2), ("gpt", 1.0))]
+                       + [{"target": "mhc", "arm": "mhc", "model": m, "metric": "memory", "limit": 4.0, "ratio": r,
+                           "status": "miss" if r > 4 else "pass", "paired_iqr": None}
+                          for m, r in (("resnet", 4.4), ("gpt", 1.5))]} | extra
+
+
+SWAP = {"mhc": "mhc(sinkhorn_form=matrix)", "mhc(sinkhorn_form=scalings)": "mhc"}
 
 
 def test_a_rename_erratum_relabels_arms_whose_default_changed_and_judges_their_targets_again(tmp_path):
     """A run made when mhc's Sinkhorn form defaulted to the matrix: ERRATA.json renames its `mhc` to
-    `mhc(sinkhorn_form=matrix)` and its `mhc(sinkhorn_form=scalings)` to `mhc` at once (a swap). The tables and the
+    `mhc(sinkhorn_form=matrix)` and its `mhc(sinkhorn_form=scalings)` to `mhc` at once. The tables and the
     scoreboard then see the measured code under today's names: the memory target (mhc <= 4x) is judged on the arm
-    now called mhc, the matrix form has none, other arms and their rows stay, and the output file is untouched."""
+    now called mhc in each family that measured it, the matrix form has none, other arms and their rows stay, and
+    the output file is untouched."""
     from reslab.bench import scoreboard as sb
 
-    def arm(memory):
-        return {"time_ratio": 1.0, "memory_ratio": memory, "time_ratio_paired_q1": 0.99, "time_ratio_paired_q3": 1.01}
-
-    run = {"device": "cpu", "path": "eager", "threads": 2, "size": "default", "repeats": 3, "steps_per_round": 1,
-           "git": None, "arms": ["residual", "ancre", "mhc", "mhc(sinkhorn_form=scalings)"],
-           "models": {"resnet": {"arms": {"residual": arm(1.0), "ancre": arm(1.2), "mhc": arm(4.4),
-                                          "mhc(sinkhorn_form=scalings)": arm(2.3)}}},
-           "targets": [{"target": "ancre", "arm": "ancre", "model": "resnet", "metric": "memory", "limit": 1.01,
-                        "ratio": 1.2, "status": "miss", "paired_iqr": None},
-                       {"target": "mhc", "arm": "mhc", "model": "resnet", "metric": "memory", "limit": 4.0,
-                        "ratio": 4.4, "status": "miss", "paired_iqr": None}]}
-    d = tmp_path / "bench-overhead" / "mhc-forms"
-    d.mkdir(parents=True)
-    (d / "overhead.json").write_text(json.dumps(run))
-    (d / "ERRATA.json").write_text(json.dumps([{"rename": {"mhc": "mhc(sinkhorn_form=matrix)",
-                                                           "mhc(sinkhorn_form=scalings)": "mhc"},
-                                                "reason": "the default form changed"}]))
-    fixed = ov.load_run(d / "overhead.json")
+    run = _mhc_forms_run()
+    path = _errata_run(tmp_path, run, [{"rename": SWAP, "git": "abc1234", "reason": "the default form changed"}],
+                       name="mhc-forms")
+    fixed = ov.load_run(path)
     assert fixed["arms"] == ["residual", "ancre", "mhc(sinkhorn_form=matrix)", "mhc"]
     arms = fixed["models"]["resnet"]["arms"]
     assert arms["mhc"]["memory_ratio"] == 2.3 and arms["mhc(sinkhorn_form=matrix)"]["memory_ratio"] == 4.4
-    assert {(t["arm"], t["ratio"], t["status"]) for t in fixed["targets"]} == {("ancre", 1.2, "miss"),
-                                                                              ("mhc", 2.3, "pass")}
-    assert json.loads((d / "overhead.json").read_text()) == run
+    assert set(fixed["models"]["gpt"]["arms"]) == {"residual", "ancre", "mhc(sinkhorn_form=matrix)"}
+    assert {(t["arm"], t["model"], t["ratio"], t["status"]) for t in fixed["targets"]} == {
+        ("ancre", "resnet", 1.2, "miss"), ("ancre", "gpt", 1.0, "pass"), ("mhc", "resnet", 2.3, "pass")}
+    assert json.loads(path.read_text()) == run
     rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
-    assert {(r["target"], r["ratio"], r["status"]) for r in rows} == {("ancre", 1.2, "miss"), ("mhc", 2.3, "pass")}
+    assert {(r["target"], r["model"], r["ratio"], r["status"]) for r in rows} == {
+        ("ancre", "resnet", 1.2, "miss"), ("ancre", "gpt", 1.0, "pass"), ("mhc", "resnet", 2.3, "pass")}
     table = ov.combined_table([fixed])
-    assert "| `mhc(sinkhorn_form=matrix)` | 1.000× / 4.400× |" in table and "| `mhc` | 1.000× / 2.300× |" in table
-    # a rename that would merge two arms, or an erratum with neither arms nor rename, is a clear error
-    for bad in ([{"rename": {"mhc": "ancre"}, "reason": "x"}], [{"reason": "x"}]):
-        (d / "ERRATA.json").write_text(json.dumps(bad))
-        with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
-            ov.load_run(d / "overhead.json")
+    assert "| `mhc(sinkhorn_form=matrix)` | 1.000× / 4.400× | 1.000× / 1.500× |" in table  # resnet, then gpt
+    assert "| `mhc` | 1.000× / 2.300× | — / — |" in table
+
+
+def test_rename_errata_swap_at_once_compose_with_drops_and_rejudge_time_targets(tmp_path):
+    """Renames apply at once (a true swap a <-> b keeps both measurements, each under the other's name); a drop
+    before a rename composes; a renamed arm's time target is judged again by the current rule (a busy run refuses
+    it, a run without paired quartiles refuses it); an erratum naming an arm the run no longer has, a rename that
+    merges two arms, or a non-canonical new name is a clear error, not a silent no-op."""
+    ancre_mem = {"time_ratio": 1.0, "memory_ratio": 1.2, "time_ratio_paired_q1": 0.99, "time_ratio_paired_q3": 1.01}
+    dense_mem = ancre_mem | {"memory_ratio": 1.7}
+    run = {"device": "cpu", "path": "eager", "threads": 2, "size": "default", "repeats": 3, "steps_per_round": 1,
+           "git": "abc1234", "arms": ["residual", "ancre", "denseformer", "mhc"],
+           "models": {"gpt": {"arms": {"residual": ancre_mem, "ancre": ancre_mem, "denseformer": dense_mem,
+                                       "mhc": ancre_mem}}},
+           "targets": []}
+    swap = {"ancre": "denseformer", "denseformer": "ancre"}
+    fixed = ov.load_run(_errata_run(tmp_path, run, [{"arms": ["mhc"], "git": "abc1234", "reason": "x"},
+                                                   {"rename": swap, "git": "abc1234", "reason": "y"}]))
+    arms = fixed["models"]["gpt"]["arms"]
+    assert arms["ancre"]["memory_ratio"] == 1.7 and arms["denseformer"]["memory_ratio"] == 1.2
+    assert fixed["arms"] == ["residual", "denseformer", "ancre"] and len(fixed["errata"]) == 2
+    rows = {(t["arm"], t["metric"]): t for t in fixed["targets"]}
+    assert rows[("ancre", "memory")]["ratio"] == 1.7 and rows[("ancre", "memory")]["status"] == "miss"
+    assert rows[("ancre", "time")]["status"] == "pass" and rows[("denseformer", "time")]["status"] == "pass"
+    busy = ov.load_run(_errata_run(tmp_path, run | {"busy": "load 1.9"}, [{"rename": swap, "git": "abc1234",
+                                                                            "reason": "y"}], name="busy"))
+    assert {t["status"] for t in busy["targets"] if t["metric"] == "time"} == {"refused"}
+    old = {a: {"time_ratio": 1.0, "memory_ratio": 1.0} for a in run["arms"]}  # no paired quartiles recorded
+    aged = ov.load_run(_errata_run(tmp_path, run | {"models": {"gpt": {"arms": old}}},
+                                   [{"rename": swap, "git": "abc1234", "reason": "y"}], name="aged"))
+    time_rows = [t for t in aged["targets"] if t["metric"] == "time"]
+    assert time_rows and all(t["status"] == "refused" and "no paired IQR" in t["refused"] for t in time_rows)
+    for errata, message in (
+            ([{"rename": {"mhc": "ancre"}, "git": "abc1234", "reason": "x"}], "makes two arms of the run one"),
+            ([{"rename": {"hyper": "x"}, "git": "abc1234", "reason": "x"}], r"\['hyper'\] not among the arms"),
+            ([{"rename": swap, "git": "abc1234", "reason": "x"}, {"arms": ["ancre", "mhc(n=2)"], "git": "abc1234",
+                                                                  "reason": "y"}], r"\['mhc\(n=2\)'\] not among"),
+            ([{"rename": {"mhc": "mhc(sinkhorn_chunk=0, sinkhorn_form=matrix)"}, "git": "abc1234", "reason": "x"}],
+             "not canonical; write 'mhc\\(sinkhorn_form=matrix\\)'")):
+        with pytest.raises(ValueError, match=message):
+            ov.load_run(_errata_run(tmp_path, run, errata, name="bad"))

@@ -108,7 +108,8 @@ def test_frac_paper_write_differs_from_the_reference_reading():
     assert not torch.allclose(ys[0], ys[1])
 
 
-def test_mhc_matches_deepseek_v4_hyper_connection():
+@pytest.mark.parametrize("spec", ["mhc", "mhc(sinkhorn_form=matrix)"])  # the default scalings form and the paper's loop
+def test_mhc_matches_deepseek_v4_hyper_connection(spec):
     ds = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
     from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config
     n, L = 4, K * BR
@@ -122,7 +123,7 @@ def test_mhc_matches_deepseek_v4_hyper_connection():
             hc.base.copy_(torch.randn(hc.base.shape, generator=g))
             hc.scale.copy_(torch.rand(3, generator=g) + 0.5)
         refs.append(hc)
-    conn = reslab.connection("mhc", n_blocks=K, dim=D, branches_per_block=BR)
+    conn = reslab.connection(spec, n_blocks=K, dim=D, branches_per_block=BR)
     # their comb[j, k] (x_k <- sum_j comb[j, k] x_j) is our H_res[k, j]: transpose the res block
     perm = list(range(2 * n)) + [2 * n + j * n + i for i in range(n) for j in range(n)]
     with torch.no_grad():

@@ -753,16 +753,20 @@ ERRATA_FILE = "ERRATA.json"
 
 def load_run(path: str | Path) -> dict:
     """An ``overhead.json`` as the tables and the scoreboard read it: with the corrections of an ``ERRATA.json``
-    beside it applied, in order. Two kinds of erratum, each with a ``reason``:
+    beside it applied, in order. Each erratum names the run it corrects by its ``git`` revision (an erratum whose
+    revision is not the run's is about an earlier run in that folder and is skipped: a new run written there is
+    read as written) and gives a ``reason``; it is one of two kinds:
 
     - ``{"arms": [...]}``: arms that the run did not measure as it says (e.g. ran eagerly in a compiled run); they
       are dropped from every family and from the targets.
     - ``{"rename": {"old": "new", ...}}``: arms whose name now means other code, because a default changed after
       the run (mhc's Sinkhorn form: the run's ``mhc`` is now ``mhc(sinkhorn_form=matrix)``). All names are
-      renamed at once (so two arms may swap), and the targets are judged again for the renamed arms by the
-      current :data:`TARGETS`: a renamed arm keeps a target only if its new name carries one.
+      renamed at once (so two arms may swap); new names must be canonical specs (as runs name arms). The targets
+      are judged again for the renamed arms by the current :data:`TARGETS`: a renamed arm keeps a target only if
+      its new name carries one.
 
-    The errata are kept under ``errata``. The bench's own output files stay as it wrote them."""
+    Every arm an erratum names must be in the run as the errata before it left it. The applied errata are kept
+    under ``errata``. The bench's own output files stay as it wrote them."""
     path = Path(path)
     try:
         run = json.loads(path.read_text())
@@ -771,20 +775,40 @@ def load_run(path: str | Path) -> dict:
     fix = path.parent / ERRATA_FILE
     if not fix.exists():
         return run
+    errata = _read_errata(fix)
+    applied = [e for e in errata if e["git"] == run.get("git")]
+    for e in applied:
+        named = set(e["arms"]) if "arms" in e else set(e["rename"])
+        if named - set(run["arms"]):
+            raise ValueError(f"{fix}: {sorted(named - set(run['arms']))} not among the arms of {path} "
+                             f"({', '.join(run['arms'])}) as the errata before it leave them; fix the erratum")
+        if "arms" in e:
+            _drop_arms(run, named)
+        else:
+            _rename_arms(run, e["rename"], fix)
+    if applied:
+        run["errata"] = applied
+    return run
+
+
+def _read_errata(fix: Path) -> list[dict]:
+    """The errata of an ERRATA.json, checked for shape (one clear error naming the file if not)."""
+    shape = ('a list of {"git": revision, "reason": ..., and "arms": [...] or "rename": {old: new}} errata; fix or '
+             'delete it')
     try:
         errata = json.loads(fix.read_text())
-        for e in errata:
-            if not isinstance(e["reason"], str) or len(e.keys() & {"arms", "rename"}) != 1:
-                raise TypeError("each erratum has a reason and exactly one of arms, rename")
-            if "arms" in e:
-                _drop_arms(run, set(e["arms"]))
-            else:
-                _rename_arms(run, dict(e["rename"]))
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as e:
-        raise ValueError(f"{fix} is not a list of {{\"arms\": [...], \"reason\": ...}} or {{\"rename\": {{old: "
-                         f"new}}, \"reason\": ...}} errata ({e!r}); fix or delete it") from None
-    run["errata"] = errata
-    return run
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{fix} is not valid JSON ({e}): it should be {shape}") from None
+    ok = isinstance(errata, list) and all(
+        isinstance(e, dict) and isinstance(e.get("reason"), str) and isinstance(e.get("git"), str)
+        and len(e.keys() & {"arms", "rename"}) == 1
+        and (isinstance(e.get("arms"), list) and all(isinstance(a, str) for a in e["arms"])
+             or isinstance(e.get("rename"), dict) and all(isinstance(a, str) and isinstance(b, str)
+                                                          for a, b in e["rename"].items()))
+        for e in errata)
+    if not ok:
+        raise ValueError(f"{fix} is not {shape}")
+    return errata
 
 
 def _drop_arms(run: dict, wrong: set[str]) -> None:
@@ -794,16 +818,19 @@ def _drop_arms(run: dict, wrong: set[str]) -> None:
     run["targets"] = [t for t in run["targets"] if t["arm"] not in wrong]
 
 
-def _rename_arms(run: dict, renames: dict[str, str]) -> None:
-    new_names = set(renames.values())
+def _rename_arms(run: dict, renames: dict[str, str], fix: Path) -> None:
+    for new in renames.values():
+        if canonical_spec(new) != new:  # runs name arms canonically; another spelling would never meet a new run's
+            raise ValueError(f"{fix}: rename target {new!r} is not canonical; write {canonical_spec(new)!r}")
+    arms = [renames.get(a, a) for a in run["arms"]]
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"{fix}: renaming {renames} makes two arms of the run one; fix the erratum")
+    run["arms"] = arms
     for m in run["models"].values():
         m["arms"] = {renames.get(a, a): v for a, v in m["arms"].items()}
-    run["arms"] = [renames.get(a, a) for a in run["arms"]]
-    if len(set(run["arms"])) != len(run["arms"]):
-        raise ValueError(f"renaming {renames} makes two arms one")
     # the rows of renamed arms go (their targets were judged for the old names); the new names are judged again
-    touched = renames.keys() | new_names
-    kept = [t for t in run["targets"] if t["arm"] not in touched]
+    new_names = set(renames.values())
+    kept = [t for t in run["targets"] if t["arm"] not in renames.keys() | new_names]
     judged = [t for t in evaluate_targets(run["models"], run.get("busy"))
               if t["arm"] in new_names and t["ratio"] is not None]
     run["targets"] = kept + judged

@@ -13,22 +13,20 @@ Sinkhorn-Knopp: M = exp(logits), then ``sinkhorn_iters`` times normalise columns
 (norm, phi, sigmoid, Sinkhorn) run in float32 with autocast off, float64 when the stream is float64.
 Per branch: n*D*(n^2 + 2n) (phi) + n^2 + 2n (b) + 3 (a) parameters. Memory: n times the residual stream.
 
-recompute (default on): the maps are computed per position, and storing their intermediates for the
-backward pass (the normalised n*D-wide v, and per Sinkhorn iteration the n x n matrices and their sums,
-~2 n^2 + 2n numbers: ~800 per position at n = 4 and 20 iterations) costs more than the n streams themselves where D is
-small, as in a ResNet's 16-64 channels (issue #16: peak step memory 10.5x residual's on CPU for
-ResNet-20). As the mHC paper does, the maps run under a non-reentrant
-torch.utils.checkpoint and are recomputed in the backward pass; autograd keeps only H, which the
-mixing stores anyway, and the maps' outputs. Values and gradients are unchanged (tested), double
-backward, forward-mode AD and torch.compile(fullgraph) work with it (the registry's contract tests
-run the default), so it is on by default; the price is one more evaluation of the maps per backward
-(one (n*D) x (n^2+2n) matmul and the Sinkhorn loop per position). It is skipped where it cannot help
-or cannot run: with grad mode off, and under torch.func.grad/vjp/jacrev, which disable the
-saved-tensor hooks the checkpoint is built on. recompute=false stores them, as before. Measured with
-``reslab bench overhead --model resnet`` (ResNet-20, batch 32, CPU, peak step memory / residual's
-52.3 MB, one run at torch's 2 threads, matrix form): 3.72x (194.6 MB) with recompute, 10.47x (547.6 MB) with
-recompute=false (at 1 thread both were ~3.7x: there the peak lay elsewhere). Its time cost was not measured on a
-quiet machine.
+recompute (default on): the maps are computed per position, and storing their intermediates for the backward pass (the
+normalised n*D-wide v, and, in the matrix form, per Sinkhorn iteration the n x n matrices and their sums, ~2 n^2 + 2n
+numbers: ~800 per position at n = 4 and 20 iterations) costs more than the n streams themselves where D is small, as
+in a ResNet's 16-64 channels (issue #16: peak step memory 10.5x residual's on CPU for ResNet-20). As the mHC paper
+does, the maps run under a non-reentrant torch.utils.checkpoint and are recomputed in the backward pass; autograd
+keeps only H, which the mixing stores anyway, and the maps' outputs. Values and gradients are unchanged (tested),
+double backward, forward-mode AD and torch.compile(fullgraph) work with it (the registry's contract tests run the
+default), so it is on by default; the price is one more evaluation of the maps per backward (one (n*D) x (n^2+2n)
+matmul and the Sinkhorn loop per position). It is skipped where it cannot help or cannot run: with grad mode off, and
+under torch.func.grad/vjp/jacrev, which disable the saved-tensor hooks the checkpoint is built on. recompute=false
+stores them, as before. Measured with ``reslab bench overhead --model resnet`` (ResNet-20, batch 32, CPU, peak step
+memory / residual's 52.3 MB, one run at torch's 2 threads, matrix form): 3.72x (194.6 MB) with recompute, 10.47x
+(547.6 MB) with recompute=false (at 1 thread both were ~3.7x: there the peak lay elsewhere). Its time cost was not
+measured on a quiet machine.
 
 sinkhorn_chunk (sinkhorn_form=matrix only; default 0, off; opt in with e.g. 4): with recompute alone and the matrix
 form, the backward pass still re-runs one branch's maps storing every Sinkhorn iterate (two n x n matrices and their
@@ -60,7 +58,8 @@ was the default): compiled ResNet-20 4.44x -> 2.33x residual's peak step memory 
 0.94x (GPT) and 0.93x (ViT) compiled; hence the default since 2026-12-03 (runs before it measured the matrix form as
 ``mhc``: their ERRATA.json renames it, :func:`reslab.bench.overhead.load_run`).
 Where the two differ (``python scripts/sinkhorn_forms.py stability``: 100,000 random 4 x 4 logit maps per scale,
-float32 against the float64 matrix form): at logit std <= 20 both are within 6e-7 (the init's logits are 0 and 1);
+float32 against the float64 matrix form; results/bench-overhead/sinkhorn-stability.txt): at logit std <= 20 both
+are within 6.1e-7 (the init's logits are 0 and 1);
 at std 30-60, where exp() leaves float32's range, the matrix form is off by up to 0.8-1.0 or non-finite in 0-1.3 %
 of maps, the scalings form non-finite in 0.002-4.5 % (a scaling, 1 / a sum below float32's smallest normal,
 overflows) and off by 1.6e-3 to 0.71 elsewhere: past std ~25 neither form is usable in float32.

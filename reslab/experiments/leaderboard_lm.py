@@ -308,7 +308,7 @@ EXPERIMENT = Experiment(
                       train=_train(steps=6, batch=4, d=16, heads=2, block=16, eval_every=3, eval_batches=1,
                                    max_chars=20_000)),
         # 14 schemes x 2 depths x (3-4 tuning + 4 seeds) = ~210 runs of 300 steps of 8 x 32 tokens on one thread
-        # (measured: a 6-layer mhc step is ~5x a residual one, so the deeper depth is 4), in two parts of 2 seeds
+        # (measured: a 6-layer mhc step, matrix form, was ~5x a residual one, so the deeper depth is 4), in two parts of 2 seeds
         # (part 1 also trains the tuning runs). The grid has 1e-3 below the previous run's choices
         # (3e-3, 1e-2) and grows one point past a winning edge; 16 evaluation batches (4,096 tokens) per evaluation.
         "cpu": dict(seeds=4, parts=2, layers=[2, 4], tune={"lr": [1e-3, 3e-3, 1e-2], "extend": 1},
