@@ -85,8 +85,7 @@ EXPERIMENT = Experiment(
         # 14 schemes x 2 depths x (3 tuning, + 1 past a winning edge, + 4 seeds) ~ 210 runs, validation on the whole
         # 2000-image split (125 batches, in order): ~45 min on one thread, in two parts of two seeds each (a 4-layer
         # ViT step at batch 16 is ~80 ms for residual, ~420 ms for mhc in its matrix form, before 2026-12-03). The
-        # 2-point grid of 2026-11-29 had 13 of 14
-        # schemes at its top.
+        # 2-point grid of 2026-11-29 had 13 of 14 schemes at its top.
         "cpu": dict(seeds=4, depths=[2, 4], tune={"lr": [1e-3, 3e-3, 1e-2], "extend": 1}, model="vit", parts=2,
                     train=_train(steps=300, batch=16, eval_every=100, eval_batches=-(-2000 // 16),
                                  model_args={"patch_size": 7, "d_model": 48, "n_head": 4},
