@@ -121,13 +121,19 @@ def sinkhorn_scalings(logits: Tensor, iters: int) -> Tensor:
     diag(r) K diag(c), so normalising columns sets c = 1 / (K^T r) and rows r = 1 / (K c); the matrix is formed
     once, at the end. Equal to sinkhorn() up to rounding (the same divisions, grouped otherwise; tested in float64).
     Autograd keeps two n-vectors per iteration instead of two n x n matrices and their sums (module docstring:
-    sinkhorn_form)."""
+    sinkhorn_form).
+
+    The products K^T r and K c are batched matrix-vector products (``matmul``), not a broadcast product summed: one
+    op instead of two and no n x n temporary per half-iteration. On CPU that is bit for bit the broadcast form's
+    values and gradients in float32 and float64, eager and compiled (the 4-term sums run in the same order), and
+    0.66-0.81x its forward + backward time at ResNet-20's first stage (32,768 positions, 1-2 threads; NOTES,
+    twenty-first session)."""
     K = _sinkhorn_start(logits)
     c = K.sum(-2).reciprocal()  # the first column normalisation (r = 1)
-    r = (K * c.unsqueeze(-2)).sum(-1).reciprocal()
+    r = torch.matmul(K, c.unsqueeze(-1)).squeeze(-1).reciprocal()
     for _ in range(iters - 1):
-        c = (K * r.unsqueeze(-1)).sum(-2).reciprocal()
-        r = (K * c.unsqueeze(-2)).sum(-1).reciprocal()
+        c = torch.matmul(r.unsqueeze(-2), K).squeeze(-2).reciprocal()  # 1 / (K^T r)
+        r = torch.matmul(K, c.unsqueeze(-1)).squeeze(-1).reciprocal()  # 1 / (K c)
     return r.unsqueeze(-1) * K * c.unsqueeze(-2)
 
 
