@@ -45,18 +45,19 @@ mhc step's time (the loop leaves inductor's fused kernels). That op has no doubl
 sinkhorn_chunk > 0, compile for first-order training only. Under torch.func transforms (no saved-tensor hooks) the
 plain loop runs.
 
-sinkhorn_form (default scalings; matrix is the papers' literal loop): every Sinkhorn iterate is diag(r) K diag(c)
-with K = exp(logits), so the iterations can carry the scalings instead of the matrix (normalising columns sets
-c = 1 / (K^T r), rows r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_scalings`). The same
-divisions grouped otherwise: equal to the matrix form up to rounding (2e-16 measured in float64; tested to 1e-13).
-Autograd keeps two n-vectors per iteration instead of two n x n matrices and their sums, so recompute's backward
-transient stays small and sinkhorn_chunk is not needed; the loop itself is faster too. At ResNet-20's first stage
+sinkhorn_form (default scalings; matrix is the papers' literal loop): every Sinkhorn iterate is diag(r) K diag(c) with
+K = exp(logits), so the iterations can carry the scalings instead of the matrix (normalising columns sets c = 1 / (K^T
+r), rows r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_scalings`). The same divisions grouped
+otherwise: equal to the matrix form up to rounding (2e-16 measured in float64; tested to 1e-13). Autograd keeps two
+n-vectors per iteration instead of two n x n matrices and their sums, so recompute's backward transient stays small
+and sinkhorn_chunk is not needed; the loop itself is faster too. At ResNet-20's first stage
 (``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20 iterations, forward + backward, 1 thread): compiled 54 ms
 against the matrix form's 114 ms, eager 168 against 276 ms; peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against
-+162 MB, eager +31 against +110 MB. Whole steps (results/bench-overhead/mhc-scalings*/, measured when the matrix form
-was the default): compiled ResNet-20 4.44x -> 2.33x residual's peak step memory at 0.72x the matrix form's step time,
-0.94x (GPT) and 0.93x (ViT) compiled; hence the default since 2026-12-03 (runs before it measured the matrix form as
-``mhc``: their ERRATA.json renames it, :func:`reslab.bench.overhead.load_run`).
++162 MB, eager +31 against +110 MB. Whole steps (results/bench-overhead/mhc-forms*/, both forms in one run, 2
+threads): compiled ResNet-20 4.38x -> 2.26x residual's peak step memory at 0.74x the matrix form's step time, 0.93x
+(GPT) and 0.91x (ViT) compiled; eager 3.72x -> 2.57x at 0.71x (GPT 1.00x, ViT 0.96x); hence the default since
+2026-12-03 (runs before it measured the matrix form as ``mhc``: their ERRATA.json renames it,
+:func:`reslab.bench.overhead.load_run`).
 Where the two differ (``python scripts/sinkhorn_forms.py stability``: 100,000 random 4 x 4 logit maps per scale,
 float32 against the float64 matrix form; results/bench-overhead/sinkhorn-stability.txt): at logit std <= 20 both
 are within 6.1e-7 (the init's logits are 0 and 1);
