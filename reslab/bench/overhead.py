@@ -779,8 +779,8 @@ def load_run(path: str | Path) -> dict:
     applied = [e for e in errata if e["git"] == run.get("git")]
     for e in applied:
         named = set(e["arms"]) if "arms" in e else set(e["rename"])
-        if named - set(run["arms"]):
-            raise ValueError(f"{fix}: {sorted(named - set(run['arms']))} not among the arms of {path} "
+        if absent := named - set(run["arms"]):
+            raise ValueError(f"{fix}: {sorted(absent)} not among the arms of {path} "
                              f"({', '.join(run['arms'])}) as the errata before it leave them; fix the erratum")
         if "arms" in e:
             _drop_arms(run, named)

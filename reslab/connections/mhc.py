@@ -51,18 +51,17 @@ r), rows r = 1 / (K c)) and form the matrix once at the end (:func:`sinkhorn_sca
 otherwise: equal to the matrix form up to rounding (2e-16 measured in float64; tested to 1e-13). Autograd keeps two
 n-vectors per iteration instead of two n x n matrices and their sums, so recompute's backward transient stays small
 and sinkhorn_chunk is not needed; the loop itself is faster too. At ResNet-20's first stage
-(``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20 iterations, forward + backward, 1 thread): compiled 54 ms
-against the matrix form's 114 ms, eager 168 against 276 ms; peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +45 against
-+162 MB, eager +31 against +110 MB. Whole steps (results/bench-overhead/mhc-forms*/, both forms in one run, 2
-threads): compiled ResNet-20 4.38x -> 2.26x residual's peak step memory at 0.74x the matrix form's step time, 0.93x
-(GPT) and 0.91x (ViT) compiled; eager 3.72x -> 2.57x at 0.71x (GPT 1.00x, ViT 0.96x); hence the default since
-2026-12-03 (runs before it measured the matrix form as ``mhc``: their ERRATA.json renames it,
-:func:`reslab.bench.overhead.load_run`).
-Where the two differ (``python scripts/sinkhorn_forms.py stability``: 100,000 random 4 x 4 logit maps per scale,
-float32 against the float64 matrix form; results/bench-overhead/sinkhorn-stability.txt): at logit std <= 20 both
-are within 6.1e-7 (the init's logits are 0 and 1);
-at std 30-60, where exp() leaves float32's range, the matrix form is off by up to 0.8-1.0 or non-finite in 0-1.3 %
-of maps, the scalings form non-finite in 0.002-4.5 % (a scaling, 1 / a sum below float32's smallest normal,
+(``scripts/sinkhorn_forms.py``: 32,768 positions, n = 4, 20 iterations, forward + backward, 1 thread; with the
+matrix-vector products of :func:`sinkhorn_scalings`): compiled 41 ms against the matrix form's 114 ms, eager 139
+against 276 ms; peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +47 against +162 MB, eager +31 against +110 MB. Whole
+steps (results/bench-overhead/mhc-forms*/, both forms in one run, 2 threads): compiled ResNet-20 4.38x -> 2.26x
+residual's peak step memory at 0.74x the matrix form's step time, 0.93x (GPT) and 0.91x (ViT) compiled; eager 3.72x ->
+2.57x at 0.71x (GPT 1.00x, ViT 0.96x); hence the default since 2026-12-03 (runs before it measured the matrix form as
+``mhc``: their ERRATA.json renames it, :func:`reslab.bench.overhead.load_run`). Where the two differ (``python
+scripts/sinkhorn_forms.py stability``: 100,000 random 4 x 4 logit maps per scale, float32 against the float64 matrix
+form; results/bench-overhead/sinkhorn-stability.txt): at logit std <= 20 both are within 6.1e-7 (the init's logits are
+0 and 1); at std 30-60, where exp() leaves float32's range, the matrix form is off by up to 0.8-1.0 or non-finite in
+0-1.3 % of maps, the scalings form non-finite in 0.002-4.5 % (a scaling, 1 / a sum below float32's smallest normal,
 overflows) and off by 1.6e-3 to 0.71 elsewhere: past std ~25 neither form is usable in float32.
 
 Init (the paper leaves b open): phi = 0, a = 0.01 (its gating-factor init), b_post = 0 (H_post = 1),
