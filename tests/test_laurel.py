@@ -147,6 +147,30 @@ def test_matches_formula_nchw(variant):
     torch.testing.assert_close(conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=1))
 
 
+@pytest.mark.parametrize("variant", ["lr", "rw+lr", "lr+pa"])
+@pytest.mark.parametrize("rank", [2, 3, 4, 6])  # D = 6: 2 and 3 apply A then B, 3 (D = 2r), 4 and 6 apply W = A B
+@pytest.mark.parametrize("cd", [-1, 1])
+def test_lowrank_map_either_way_matches_formula_and_gradients(variant, rank, cd):
+    # the module forms W = A B when D <= 2r (cheaper than two thin maps); values and every parameter's and the
+    # input's gradient must equal the two-map formula's, either way
+    n = 3
+    conn = reslab.connection(spec(variant), n, D, channel_dim=cd, rank=rank, k=2).double()
+    randomise(conn)
+    shape = (2, 5, D) if cd == -1 else (2, D, 3, 3)
+    blocks = token_blocks(n, dtype=torch.float64) if cd == -1 else conv_blocks(n, dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y, y_ref = conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=cd)
+    torch.testing.assert_close(y, y_ref)
+    params = [x] + list(conn.parameters())
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, params, g, allow_unused=True)
+    grads_ref = torch.autograd.grad(y_ref, params, g, allow_unused=True)
+    for a, b in zip(grads, grads_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("rw_param", RW_PARAMS)
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("cd", [-1, 1])

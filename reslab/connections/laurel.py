@@ -196,11 +196,20 @@ class Laurel(Connection):
         A and B are cast to the stream's dtype (a float64 analysis stream, a bf16 autocast stream)."""
         A, B = A.to(h.dtype), B.to(h.dtype)
         cd = self.channel_dim % h.ndim
+        # When D <= 2r the two thin maps cost at least as much as one dense D x D map (2Dr >= D^2 multiply-adds
+        # per position, forward and again twice backward), so the product W = A B is formed once and applied
+        # once: the same function (equal up to rounding), the same gradients for A and B through W, one
+        # activation-sized intermediate fewer. This is the case the paper's ResNet ranks (16-32) hit on
+        # ResNet-20's 16- and 32-channel stages: there it halves the map's arithmetic
+        # (results/bench-overhead/NOTES.md, 2026-12-03).
+        dense = A.shape[0] <= 2 * A.shape[1]
         if cd == h.ndim - 1:
-            return (h @ A) @ B
+            return h @ (A @ B) if dense else (h @ A) @ B
         # channels inside (NCHW): on an (N, C, H*W) view, einsum runs each map as one (r x C) @ (C x N*H*W)
         # product -- half the time of movedim + matmul, which copies h and runs N small products
         hv = h.reshape(math.prod(h.shape[:cd]), h.shape[cd], -1)
+        if dense:
+            return torch.einsum("cd,ncp->ndp", A @ B, hv).reshape(h.shape)
         z = torch.einsum("cr,ncp->nrp", A, hv)
         return torch.einsum("rc,nrp->ncp", B, z).reshape(h.shape)
 
