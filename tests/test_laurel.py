@@ -124,6 +124,19 @@ def test_equals_residual_at_init_nchw(s):
     torch.testing.assert_close(conn(x, blocks), reslab.connection("residual", n, D, channel_dim=1)(x, blocks))
 
 
+@pytest.mark.parametrize("s", [spec("lr"), spec("rw+lr"), spec("rw+lr", rw_per_channel=True), spec("rw+lr+pa")])
+@pytest.mark.parametrize("cd", [-1, 1])
+def test_equals_residual_at_init_with_a_dense_map(s, cd):
+    # rank 4 >= D/2: the map is applied as W = A B (and, for LR, as x (I + W) beta), which at init (B = 0,
+    # beta = 1) must add exactly nothing: bit for bit laurel(rw)'s alpha f + beta x, which sums f the same way
+    n = 3
+    conn = reslab.connection(s, n, D, channel_dim=cd, rank=4)
+    x, blocks = (torch.randn(2, 5, D), token_blocks(n)) if cd == -1 else (torch.randn(2, D, 3, 3), conv_blocks(n))
+    rw = reslab.connection(spec("rw", rw_per_channel=True) if "per_channel" in s else "laurel(rw)", n, D, channel_dim=cd)
+    torch.testing.assert_close(conn(x, blocks), rw(x, blocks), rtol=0, atol=0)
+    torch.testing.assert_close(conn(x, blocks), reslab.connection("residual", n, D, channel_dim=cd)(x, blocks))
+
+
 # ---------------------------------------------------------------- hand-written formulas
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("unit", ["block", "branch"])
@@ -147,19 +160,21 @@ def test_matches_formula_nchw(variant):
     torch.testing.assert_close(conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=1))
 
 
-@pytest.mark.parametrize("variant", ["lr", "rw+lr", "lr+pa"])
-@pytest.mark.parametrize("rank", [2, 3, 4, 6])  # D = 6: 2 and 3 apply A then B, 3 (D = 2r), 4 and 6 apply W = A B
+@pytest.mark.parametrize("variant,opts", [("lr", {}), ("rw+lr", {}), ("rw+lr", {"rw_per_channel": True}),
+                                          ("rw+lr", {"rw_param": "free"}), ("lr+pa", {}), ("rw+lr+pa", {})])
+@pytest.mark.parametrize("rank", [2, 3, 4, 6])  # D = 6: rank 2 applies A then B; 3 (D = 2r), 4 and 6 form W = A B
 @pytest.mark.parametrize("cd", [-1, 1])
-def test_lowrank_map_either_way_matches_formula_and_gradients(variant, rank, cd):
-    # the module forms W = A B when D <= 2r (cheaper than two thin maps); values and every parameter's and the
-    # input's gradient must equal the two-map formula's, either way
+def test_lowrank_map_either_way_matches_formula_and_gradients(variant, opts, rank, cd):
+    # the module forms W = A B when D <= 2r (cheaper than two thin maps) and, for LR without PA, folds the skip and
+    # beta into it: x (I + W) diag(beta). Values and every parameter's and the input's gradient must equal the
+    # two-map formula's, either way
     n = 3
-    conn = reslab.connection(spec(variant), n, D, channel_dim=cd, rank=rank, k=2).double()
+    conn = reslab.connection(spec(variant, **opts), n, D, channel_dim=cd, rank=rank, k=2).double()
     randomise(conn)
     shape = (2, 5, D) if cd == -1 else (2, D, 3, 3)
     blocks = token_blocks(n, dtype=torch.float64) if cd == -1 else conv_blocks(n, dtype=torch.float64)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    y, y_ref = conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=cd)
+    y, y_ref = conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=cd, rw_param=opts.get("rw_param", "softmax2"))
     torch.testing.assert_close(y, y_ref)
     params = [x] + list(conn.parameters())
     g = torch.randn_like(y)

@@ -191,30 +191,51 @@ class Laurel(Connection):
             out["lr_norm"] = torch.linalg.matrix_norm(self.lr_A.detach() @ self.lr_B.detach())
         return out
 
-    def _lowrank(self, h: Tensor, A: Tensor, B: Tensor) -> Tensor:
-        """(h A) B along the channel axis: down- then up-projection, for (B, T, D) and (B, C, H, W) alike.
-        A and B are cast to the stream's dtype (a float64 analysis stream, a bf16 autocast stream)."""
-        A, B = A.to(h.dtype), B.to(h.dtype)
+    @staticmethod
+    def _dense(A: Tensor) -> bool:
+        """Whether the map A B (A: D x r) is applied as one dense D x D matrix W = A B: when D <= 2r, two thin
+        maps cost at least as much as one dense map (2Dr >= D^2 multiply-adds per position, forward and again
+        twice backward), and the dense map keeps one activation-sized intermediate fewer. The function is the same
+        (equal up to rounding), and A and B get their gradients through W. The paper's ResNet ranks (16-32) hit
+        this on ResNet-20's 16- and 32-channel stages (results/bench-overhead/NOTES.md, 2026-12-03)."""
+        return A.shape[-2] <= 2 * A.shape[-1]
+
+    def _channel_map(self, h: Tensor, M: Tensor) -> Tensor:
+        """h M along the channel axis (M: D_in x D_out), for (B, T, D) and (B, C, H, W) alike."""
         cd = self.channel_dim % h.ndim
-        # When D <= 2r the two thin maps cost at least as much as one dense D x D map (2Dr >= D^2 multiply-adds
-        # per position, forward and again twice backward), so the product W = A B is formed once and applied
-        # once: the same function (equal up to rounding), the same gradients for A and B through W, one
-        # activation-sized intermediate fewer. This is the case the paper's ResNet ranks (16-32) hit on
-        # ResNet-20's 16- and 32-channel stages: there it halves the map's arithmetic
-        # (results/bench-overhead/NOTES.md, 2026-12-03).
-        dense = A.shape[0] <= 2 * A.shape[1]
         if cd == h.ndim - 1:
-            return h @ (A @ B) if dense else (h @ A) @ B
-        # channels inside (NCHW): on an (N, C, H*W) view, einsum runs each map as one (r x C) @ (C x N*H*W)
+            return h @ M
+        # channels inside (NCHW): on an (N, C, H*W) view, einsum runs the map as one (D x C) @ (C x N*H*W)
         # product -- half the time of movedim + matmul, which copies h and runs N small products
         hv = h.reshape(math.prod(h.shape[:cd]), h.shape[cd], -1)
-        if dense:
-            return torch.einsum("cd,ncp->ndp", A @ B, hv).reshape(h.shape)
-        z = torch.einsum("cr,ncp->nrp", A, hv)
-        return torch.einsum("rc,nrp->ncp", B, z).reshape(h.shape)
+        return torch.einsum("cd,ncp->ndp", M, hv).reshape(h.shape[:cd] + M.shape[-1:] + h.shape[cd + 1:])
+
+    def _lowrank(self, h: Tensor, A: Tensor, B: Tensor) -> Tensor:
+        """(h A) B along the channel axis: down- then up-projection, or h (A B) when that is cheaper
+        (:meth:`_dense`). A and B are cast to the stream's dtype (a float64 analysis stream, a bf16 autocast one)."""
+        A, B = A.to(h.dtype), B.to(h.dtype)
+        if self._dense(A):
+            return self._channel_map(h, A @ B)
+        return self._channel_map(self._channel_map(h, A), B)
+
+    def _skip_with_lowrank(self, x: Tensor, t: int, b: Tensor | None) -> Tensor:
+        """b (x + lr(x)) for LR without PA (b = None: no RW). With a dense map (:meth:`_dense`) the identity and
+        beta are folded into it, x (I + A B) diag(b), so one product replaces the product, the sum and the
+        scaling, and beta's gradient is a D x D reduction instead of one over the whole activation."""
+        A, B = self.lr_A[t].to(x.dtype), self.lr_B[t].to(x.dtype)
+        if not self._dense(A):
+            g = x + self._channel_map(self._channel_map(x, A), B)
+            return g if b is None else self._scale(b, g)
+        M = torch.eye(A.shape[0], dtype=x.dtype, device=x.device) + A @ B
+        return self._channel_map(x, M if b is None else M * b)  # b: () or (D,), the output channels
 
     def _combine(self, t: int, fx: Tensor, x: Tensor, prev: tuple[Tensor, ...], ab) -> Tensor:
         """Instance t: alpha f + beta g, with g = x [+ lr(x)] [+ sum_j gamma_j h_j(x_{t-j})]."""
+        a = b = None
+        if self.rw:
+            a, b = ab[0][t].to(x.dtype), ab[1][t].to(x.dtype)
+        if self.lr and not self.pa:
+            return (fx if a is None else self._scale(a, fx)) + self._skip_with_lowrank(x, t, b)
         g = x
         if self.pa:
             gamma = self.pa_gamma[t].to(x.dtype)
@@ -222,14 +243,13 @@ class Laurel(Connection):
                 if self.pa_map == "lowrank":
                     h = self._lowrank(h, self.pa_A[t, j], self.pa_B[t, j])
                 g = g + gamma[j] * h
-        elif self.lr:
-            g = x + self._lowrank(x, self.lr_A[t], self.lr_B[t])
         if not self.rw:
             return fx + g
-        a, b = ab[0][t].to(x.dtype), ab[1][t].to(x.dtype)
-        if a.ndim == 1:  # per-channel
-            a, b = self.channel_view(a, x.ndim), self.channel_view(b, x.ndim)
-        return a * fx + b * g
+        return self._scale(a, fx) + self._scale(b, g)
+
+    def _scale(self, w: Tensor, h: Tensor) -> Tensor:
+        """w h for a scalar or a per-channel (D,) weight."""
+        return w * h if w.ndim == 0 else self.channel_view(w, h.ndim) * h
 
     # -- the steps. state = (x: the current instance's input, h: the running stream inside a block
     #    (unit=block), fx: the block's f(x) so far, prev: earlier instance inputs newest first, ab) --------
