@@ -33,6 +33,7 @@ from reslab.runtime import tune_malloc
 
 SWAPS = {"layernorm": "RMSNorm -> LayerNorm (no bias)", "gelu": "SwiGLU -> GELU MLP (4d, 2 matrices)",
          "no-rope": "RoPE -> none"}
+FUSED_PROXY = "reslab, RMSNorm + RoPE compiled alone"
 VOCAB = 65  # Shakespeare's characters, as the bench's corpus
 
 
@@ -68,6 +69,20 @@ def reslab_model(cfg: dict, swaps: tuple[str, ...]) -> GPT:
     return model
 
 
+def fused_proxy_model(cfg: dict) -> GPT:
+    """reslab's default GPT with each RMSNorm's forward and the rotary call compiled on their own (inductor fuses
+    each into a kernel or two, forward and backward) and everything else eager: a stand-in for hand-written fused
+    RMSNorm/RoPE kernels, to ask how much of the eager gap such kernels could close. Same model and numbers up to
+    rounding; dynamo's per-call guard and autograd overhead is counted against it, as a Python-called custom
+    kernel's would be (smaller, but not zero)."""
+    model = reslab_model(cfg, ())
+    for mod in model.modules():
+        if isinstance(mod, nn.RMSNorm):
+            mod.forward = torch.compile(mod.forward, dynamic=False)
+    model.rotary.qk = torch.compile(model.rotary.qk, dynamic=False)
+    return model
+
+
 def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """One training step, identical for every arm: only the model differs."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
@@ -89,7 +104,7 @@ def quartiles(v: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def run(rounds: int, steps: int, warmup: int, seed: int) -> dict:
+def run(rounds: int, steps: int, warmup: int, seed: int, fused_proxy: bool = False) -> dict:
     cfg = PRESETS["nanogpt-cpu"]
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, VOCAB, (cfg["batch_size"], cfg["block_size"]), generator=gen)
@@ -100,6 +115,8 @@ def run(rounds: int, steps: int, warmup: int, seed: int) -> dict:
     for s in SWAPS:
         arms[f"reslab, {s}"] = reslab_model(cfg, (s,))
     arms["reslab, all three"] = reslab_model(cfg, tuple(SWAPS))
+    if fused_proxy:
+        arms[FUSED_PROXY] = fused_proxy_model(cfg)
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in arms.items()}
     steps_of = {k: step_fn(m, x, y) for k, m in arms.items()}
     order, rng = list(steps_of), random.Random(seed)
@@ -166,6 +183,10 @@ def markdown(res: dict) -> str:
         lines.append(f"| {k} | {a['params']:,} | {q[1]:.2f} [{q[0]:.2f}, {q[2]:.2f}] | "
                      f"{s[1]:.3f}× [{s[0]:.3f}, {s[2]:.3f}] | {cost} |")
     lines += ["", "Swaps: " + "; ".join(f"`{k}` {v}" for k, v in SWAPS.items()) + "."]
+    if FUSED_PROXY in res["arms"]:
+        lines += ["", f"*{FUSED_PROXY}* (`--fused-proxy`): reslab's default model, each RMSNorm and the rotary call "
+                      "compiled on their own, the rest eager — a stand-in for fused RMSNorm/RoPE kernels; its "
+                      "*default's cost* is what that fusion saves (negative: it is slower)."]
     if res.get("profiler"):
         p = res["profiler"]
         lines += ["", f"Profiler check (reslab's default step): {p['plain_step_ms']:.2f} ms plain, "
@@ -182,6 +203,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profiler-check", action="store_true")
+    ap.add_argument("--fused-proxy", action="store_true",
+                    help="add an arm with RMSNorm and RoPE compiled alone (a stand-in for fused kernels)")
     ap.add_argument("--max-load", type=float, default=MAX_LOAD)
     ap.add_argument("--out", type=Path, default=None, help="folder for ablation.md / ablation.json")
     args = ap.parse_args()
@@ -195,7 +218,7 @@ def main() -> int:
     res = {"command": "python " + " ".join(sys.argv), "threads": args.threads, "rounds": args.rounds,
            "steps": args.steps, "warmup": args.warmup, "torch": torch.__version__, "load_before": before}
     res["machine"] = machine_info()
-    res |= run(args.rounds, args.steps, args.warmup, args.seed)
+    res |= run(args.rounds, args.steps, args.warmup, args.seed, args.fused_proxy)
     if args.profiler_check:
         res["profiler"] = profiler_check(20)
     res["load_after"] = load_average()
