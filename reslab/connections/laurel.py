@@ -28,6 +28,8 @@ Choices the paper leaves open (every default equals the plain residual stream at
   parameters are built in __init__, so the branch count comes from reslab.connection()'s
   branches_per_block (set by the model) or from laurel(unit=branch, branches=N).
   branches is ignored under unit=block, so one spec can switch placement for an ablation.
+- Evaluation, not a choice of model: where D <= 2r the rank-r map is applied as one dense W = A B (cheaper than
+  two thin maps there), and LR without PA as x (I + W) diag(beta); equal up to rounding (see _dense).
 Per-instance parameters live in stacked tensors (rw_w: (n, 2[, D]), lr_A: (n, D, r), pa_A: (n, k, D, r)...).
 """
 from __future__ import annotations
@@ -252,20 +254,26 @@ class Laurel(Connection):
         return w * h if w.ndim == 0 else self.channel_view(w, h.ndim) * h
 
     # -- the steps. state = (x: the current instance's input, h: the running stream inside a block
-    #    (unit=block), fx: the block's f(x) so far, prev: earlier instance inputs newest first, ab) --------
+    #    (unit=block; kept as the pair (input, output) of the last branch until a next branch reads it, so a
+    #    block's last branch pays no add that nothing uses), fx: the block's f(x) so far, prev: earlier instance
+    #    inputs newest first, ab) -------------------------------------------------------------------------------
     def start(self, x0):
         return x0, x0, None, (), (self.alpha_beta() if self.rw else None)
 
     def branch_input(self, state, k, b):
-        return state[0] if self.unit == "branch" else state[1]
+        if self.unit == "branch":
+            return state[0]
+        h = state[1]
+        return h[0] + h[1] if isinstance(h, tuple) else h
 
     def branch_output(self, state, k, b, x, out):
         x0, h, fx, prev, ab = state
         if self.unit == "branch":
             new = self._combine(k * self.branches + b, out, x0, prev, ab)
             return new, new, None, ((x0,) + prev)[: self.k - 1], ab
-        # unit=block: f(x) = composite(x) - x, kept exact as the sum of the branch outputs
-        return x0, h + out, (out if fx is None else fx + out), prev, ab
+        # unit=block: f(x) = composite(x) - x, kept exact as the sum of the branch outputs; the running stream is
+        # x + out (x: what this branch read), formed by branch_input only if a next branch of the block reads it
+        return x0, (x, out), (out if fx is None else fx + out), prev, ab
 
     def end_block(self, state, k):
         if self.unit == "branch":
