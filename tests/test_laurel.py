@@ -128,7 +128,8 @@ def test_equals_residual_at_init_nchw(s):
 @pytest.mark.parametrize("cd", [-1, 1])
 def test_equals_residual_at_init_with_a_dense_map(s, cd):
     # rank 4 >= D/2: the map is applied as W = A B (and, for LR, as x (I + W) beta), which at init (B = 0,
-    # beta = 1) must add exactly nothing: bit for bit laurel(rw)'s alpha f + beta x, which sums f the same way
+    # beta = 1) must add exactly nothing in float32 on CPU: bit for bit laurel(rw)'s alpha f + beta x, which sums f the
+    # same way
     n = 3
     conn = reslab.connection(s, n, D, channel_dim=cd, rank=4)
     x, blocks = (torch.randn(2, 5, D), token_blocks(n)) if cd == -1 else (torch.randn(2, D, 3, 3), conv_blocks(n))
@@ -160,8 +161,12 @@ def test_matches_formula_nchw(variant):
     torch.testing.assert_close(conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=1))
 
 
-@pytest.mark.parametrize("variant,opts", [("lr", {}), ("rw+lr", {}), ("rw+lr", {"rw_per_channel": True}),
-                                          ("rw+lr", {"rw_param": "free"}), ("lr+pa", {}), ("rw+lr+pa", {})])
+LOWRANK_CASES = [("lr", {}), ("rw+lr", {}), ("rw+lr", {"rw_per_channel": True}), ("rw+lr", {"rw_param": "free"}),
+                 ("rw+lr", {"rw_param": "sigmoid"}), ("rw+lr", {"rw_param": "single", "rw_per_channel": True}),
+                 ("rw+lr", {"unit": "branch"}), ("lr+pa", {}), ("rw+lr+pa", {})]
+
+
+@pytest.mark.parametrize("variant,opts", LOWRANK_CASES)
 @pytest.mark.parametrize("rank", [2, 3, 4, 6])  # D = 6: rank 2 applies A then B; 3 (D = 2r), 4 and 6 form W = A B
 @pytest.mark.parametrize("cd", [-1, 1])
 def test_lowrank_map_either_way_matches_formula_and_gradients(variant, opts, rank, cd):
@@ -169,12 +174,15 @@ def test_lowrank_map_either_way_matches_formula_and_gradients(variant, opts, ran
     # beta into it: x (I + W) diag(beta). Values and every parameter's and the input's gradient must equal the
     # two-map formula's, either way
     n = 3
-    conn = reslab.connection(spec(variant, **opts), n, D, channel_dim=cd, rank=rank, k=2).double()
+    blocks = token_blocks(n, dtype=torch.float64) if cd == -1 else conv_blocks(n, dtype=torch.float64)
+    extra = {"branches": len(blocks[0])} if opts.get("unit") == "branch" else {}
+    conn = reslab.connection(spec(variant, **opts, **extra), n, D, channel_dim=cd, rank=rank, k=2).double()
     randomise(conn)
     shape = (2, 5, D) if cd == -1 else (2, D, 3, 3)
-    blocks = token_blocks(n, dtype=torch.float64) if cd == -1 else conv_blocks(n, dtype=torch.float64)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    y, y_ref = conn(x, blocks), reference(variant, conn, x, blocks, k=2, cd=cd, rw_param=opts.get("rw_param", "softmax2"))
+    y = conn(x, blocks)
+    y_ref = reference(variant, conn, x, blocks, k=2, cd=cd, rw_param=opts.get("rw_param", "softmax2"),
+                      unit=opts.get("unit", "block"))
     torch.testing.assert_close(y, y_ref)
     params = [x] + list(conn.parameters())
     g = torch.randn_like(y)
@@ -184,6 +192,36 @@ def test_lowrank_map_either_way_matches_formula_and_gradients(variant, opts, ran
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("rank,precision,want", [
+    (2, "highest", "two maps"), (4, "highest", "folded"), (4, "high", "dense"), (4, "medium", "dense")])
+def test_which_evaluation_of_the_lowrank_map_runs(rank, precision, want, monkeypatch):
+    # D = 6: rank 2 keeps the two thin maps; rank 4 (D <= 2r) forms W = A B, and folds the skip and beta into it
+    # only where float32 products keep float32 precision (a TF32/bf16 product would round the stream itself)
+    calls = {"lowrank": 0, "map": 0}
+    real_lowrank, real_map = Laurel._lowrank, Laurel._channel_map
+
+    def count(key, real):
+        def wrapped(self, *args):
+            calls[key] += 1
+            return real(self, *args)
+        return wrapped
+
+    monkeypatch.setattr(Laurel, "_lowrank", count("lowrank", real_lowrank))
+    monkeypatch.setattr(Laurel, "_channel_map", count("map", real_map))
+    n, before = 3, torch.get_float32_matmul_precision()
+    conn = reslab.connection("laurel(rw, lr)", n, D, rank=rank)
+    randomise(conn)
+    x, blocks = torch.randn(2, 5, D), token_blocks(n)
+    try:
+        torch.set_float32_matmul_precision(precision)
+        y = conn(x, blocks)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    per_instance = {"two maps": (1, 2), "dense": (1, 1), "folded": (0, 1)}[want]
+    assert (calls["lowrank"], calls["map"]) == (n * per_instance[0], n * per_instance[1])
+    torch.testing.assert_close(y, reference("rw+lr", conn, x, blocks))
 
 
 @pytest.mark.parametrize("rw_param", RW_PARAMS)

@@ -39,13 +39,19 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Connection
+from .base import Connection, stream_precision
 from .registry import Option, register
 
 PAPER = "Menghani, Kumar, Kumar, ICML 2025, LAuReL (arXiv:2411.07501)"
 PARAMS = ("per instance (n_blocks, or n_blocks*branches with unit=branch): RW 2 (2D per-channel; single 1, "
           "D per-channel), LR 2rD, PA k (identity) or 2rkD+k (lowrank), RW+LR 2+2rD, LR+PA 2rkD+k, "
           "RW+LR+PA 2+2rkD+k")
+
+
+@torch.compiler.assume_constant_result  # a setting, not data: read when torch.compile traces, like a config
+def _float32_products_exact() -> bool:
+    """Whether float32 matrix products run at float32 precision (no TF32 / bf16 reductions)."""
+    return torch.get_float32_matmul_precision() == "highest"
 
 
 def _resolve_pa_map(lr: bool, pa: bool, pa_map: str) -> str:
@@ -196,19 +202,28 @@ class Laurel(Connection):
     @staticmethod
     def _dense(A: Tensor) -> bool:
         """Whether the map A B (A: D x r) is applied as one dense D x D matrix W = A B: when D <= 2r, two thin
-        maps cost at least as much as one dense map (2Dr >= D^2 multiply-adds per position, forward and again
-        twice backward), and the dense map keeps one activation-sized intermediate fewer. The function is the same
-        (equal up to rounding), and A and B get their gradients through W. The paper's ResNet ranks (16-32) hit
-        this on ResNet-20's 16- and 32-channel stages (results/bench-overhead/NOTES.md, 2026-12-03)."""
+        maps cost at least as much as one dense map per position (2Dr >= D^2 multiply-adds, forward and again
+        twice backward; forming W adds D^2 r once per step, not per position), and the r-channel intermediate
+        x A is not kept. The function is the same (equal up to rounding), and A and B get their gradients
+        through W. The paper's ResNet ranks (16-32) hit this on ResNet-20's 16- and 32-channel stages
+        (results/bench-overhead/NOTES.md, 2026-12-03)."""
         return A.shape[-2] <= 2 * A.shape[-1]
+
+    @staticmethod
+    def _can_fold_skip(x: Tensor) -> bool:
+        """Whether the skip x itself may go through a matrix product (:meth:`_scaled_skip`'s fold): only where
+        float32 products keep float32's precision. Under TF32 or bf16 matmul reductions
+        (``torch.set_float32_matmul_precision("high"/"medium")``) the product would round the stream itself,
+        which ``x + ...`` never does."""
+        return x.dtype == torch.float64 or _float32_products_exact()
 
     def _channel_map(self, h: Tensor, M: Tensor) -> Tensor:
         """h M along the channel axis (M: D_in x D_out), for (B, T, D) and (B, C, H, W) alike."""
         cd = self.channel_dim % h.ndim
         if cd == h.ndim - 1:
             return h @ M
-        # channels inside (NCHW): on an (N, C, H*W) view, einsum runs the map as one (D x C) @ (C x N*H*W)
-        # product -- half the time of movedim + matmul, which copies h and runs N small products
+        # channels inside (NCHW): on an (N, C, H*W) view, einsum applies M^T to every sample's (C x H*W) slab as
+        # one batched product -- half the time of movedim + matmul, which copies h and runs N small products
         hv = h.reshape(math.prod(h.shape[:cd]), h.shape[cd], -1)
         return torch.einsum("cd,ncp->ndp", M, hv).reshape(h.shape[:cd] + M.shape[-1:] + h.shape[cd + 1:])
 
@@ -220,16 +235,23 @@ class Laurel(Connection):
             return self._channel_map(h, A @ B)
         return self._channel_map(self._channel_map(h, A), B)
 
-    def _skip_with_lowrank(self, x: Tensor, t: int, b: Tensor | None) -> Tensor:
+    def _scaled_skip(self, x: Tensor, t: int, b: Tensor | None) -> Tensor:
         """b (x + lr(x)) for LR without PA (b = None: no RW). With a dense map (:meth:`_dense`) the identity and
         beta are folded into it, x (I + A B) diag(b), so one product replaces the product, the sum and the
-        scaling, and beta's gradient is a D x D reduction instead of one over the whole activation."""
-        A, B = self.lr_A[t].to(x.dtype), self.lr_B[t].to(x.dtype)
-        if not self._dense(A):
-            g = x + self._channel_map(self._channel_map(x, A), B)
+        scaling, and beta's gradient is a D x D reduction instead of one over the whole activation. The product
+        runs with autocast off (``stream_precision``), as the stream's own arithmetic must: under bf16 autocast
+        it would otherwise round the stream to bf16; where even float32 products would round it
+        (:meth:`_can_fold_skip`), the skip stays an add."""
+        A, B = self.lr_A[t], self.lr_B[t]
+        if not (self._dense(A) and self._can_fold_skip(x)):
+            g = x + self._lowrank(x, A, B)
             return g if b is None else self._scale(b, g)
-        M = torch.eye(A.shape[0], dtype=x.dtype, device=x.device) + A @ B
-        return self._channel_map(x, M if b is None else M * b)  # b: () or (D,), the output channels
+        with stream_precision(x):
+            A, B = A.to(x.dtype), B.to(x.dtype)
+            M = torch.eye(A.shape[0], dtype=x.dtype, device=x.device) + A @ B
+            if b is not None:
+                M = M * b.to(x.dtype)  # b: () or (D,), scaling the output channels (M's columns)
+            return self._channel_map(x, M)
 
     def _combine(self, t: int, fx: Tensor, x: Tensor, prev: tuple[Tensor, ...], ab) -> Tensor:
         """Instance t: alpha f + beta g, with g = x [+ lr(x)] [+ sum_j gamma_j h_j(x_{t-j})]."""
@@ -237,7 +259,7 @@ class Laurel(Connection):
         if self.rw:
             a, b = ab[0][t].to(x.dtype), ab[1][t].to(x.dtype)
         if self.lr and not self.pa:
-            return (fx if a is None else self._scale(a, fx)) + self._skip_with_lowrank(x, t, b)
+            return (fx if a is None else self._scale(a, fx)) + self._scaled_skip(x, t, b)
         g = x
         if self.pa:
             gamma = self.pa_gamma[t].to(x.dtype)
