@@ -193,8 +193,7 @@ class Connection(nn.Module):
         s = self.branch_scale(k, b)
         if s is None:
             return out
-        s = torch.as_tensor(s).to(out.dtype)
-        return self.channel_view(s, out.ndim) * out if s.ndim == 1 else s * out
+        return self.scale_channels(torch.as_tensor(s).to(out.dtype), out)
 
     def check_blocks(self, blocks: Sequence[Block]) -> None:
         if len(blocks) != self.n_blocks:
@@ -218,6 +217,10 @@ class Connection(nn.Module):
 
     def _branches_spec(self, n: int) -> str:
         return f"{self.name}(branches={n})"
+
+    def scale_channels(self, w: Tensor, h: Tensor) -> Tensor:
+        """w h for a scalar weight or a per-channel (D,) one, the latter broadcast along ``channel_dim``."""
+        return w * h if w.ndim == 0 else self.channel_view(w, h.ndim) * h
 
     def channel_view(self, p: Tensor, ndim: int) -> Tensor:
         """Reshape a per-channel vector (D,) so it broadcasts along ``channel_dim`` of an ndim tensor."""

@@ -245,12 +245,12 @@ class Laurel(Connection):
         A, B = self.lr_A[t], self.lr_B[t]
         if not (self._dense(A) and self._can_fold_skip(x)):
             g = x + self._lowrank(x, A, B)
-            return g if b is None else self._scale(b, g)
+            return g if b is None else self.scale_channels(b, g)
         with stream_precision(x):
             A, B = A.to(x.dtype), B.to(x.dtype)
             M = torch.eye(A.shape[0], dtype=x.dtype, device=x.device) + A @ B
             if b is not None:
-                M = M * b.to(x.dtype)  # b: () or (D,), scaling the output channels (M's columns)
+                M = M * b  # b: () or (D,), already in the stream's dtype (_combine), scales M's columns (output channels)
             return self._channel_map(x, M)
 
     def _combine(self, t: int, fx: Tensor, x: Tensor, prev: tuple[Tensor, ...], ab) -> Tensor:
@@ -259,7 +259,7 @@ class Laurel(Connection):
         if self.rw:
             a, b = ab[0][t].to(x.dtype), ab[1][t].to(x.dtype)
         if self.lr and not self.pa:
-            return (fx if a is None else self._scale(a, fx)) + self._scaled_skip(x, t, b)
+            return (fx if a is None else self.scale_channels(a, fx)) + self._scaled_skip(x, t, b)
         g = x
         if self.pa:
             gamma = self.pa_gamma[t].to(x.dtype)
@@ -269,11 +269,7 @@ class Laurel(Connection):
                 g = g + gamma[j] * h
         if not self.rw:
             return fx + g
-        return self._scale(a, fx) + self._scale(b, g)
-
-    def _scale(self, w: Tensor, h: Tensor) -> Tensor:
-        """w h for a scalar or a per-channel (D,) weight."""
-        return w * h if w.ndim == 0 else self.channel_view(w, h.ndim) * h
+        return self.scale_channels(a, fx) + self.scale_channels(b, g)
 
     # -- the steps. state = (x: the current instance's input, h: the running stream inside a block
     #    (unit=block; kept as the pair (input, output) of the last branch until a next branch reads it, so a
