@@ -84,7 +84,7 @@ class LayerScale(Connection):
 
     def branch_output(self, state, k, b, x, out):
         # cast so a float32 γ does not promote a bf16/float64 stream
-        return state + self.channel_view(self.scale[k, b], out.ndim).to(state.dtype) * out
+        return state + self.scale_channels(self.scale[k, b].to(state.dtype), out)
 
     def branch_scale(self, k, b):
         return self.scale.detach()[k, b]
