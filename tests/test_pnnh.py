@@ -20,8 +20,8 @@ from torch import nn
 
 from reslab.analysis import dissipation as D
 from reslab.models import build_model
-from reslab.models.pnnh import (PNNHCNN, PNNHGPT, PNNHMLP, PNNHViT, Coder, PNNHLayer, pnnh_layers_per_stage,
-                                skip_add_report)
+from reslab.analysis.graph import skip_add_report
+from reslab.models.pnnh import PNNHCNN, PNNHGPT, PNNHMLP, PNNHViT, Coder, PNNHLayer, pnnh_layers_per_stage
 
 IMG = {"n_classes": 10, "input_shape": (1, 8, 8)}
 

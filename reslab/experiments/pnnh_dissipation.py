@@ -360,7 +360,7 @@ EXPERIMENT = Experiment(
     notes="DISTS is replaced by a held-out ridge probe R² and the mean pairwise cosine (no pretrained VGG "
           "offline). Theorem 3.2's second moment is read as E[y²]/E[x²] (the numbers match exactly then); the "
           "Cantelli bound form is our reconstruction. The scaled residual's λ = 1/sqrt(max_depth) is used at "
-          "every layer of the one deep net. PNNH = our reconstruction (reslab/models/pnnh.py), fixed coder. "
+          "every layer of the one deep net. PNNH = our reconstruction (reslab/models/pnnh/), fixed coder. "
           "The 'after training' nets are arms of the declarative runner (runner.run_cells: one cell per depth, every kind "
           "an arm, the same seeds and data order; model 'probe', constant lr, no weight decay, clipping 1, "
           "dissipation.fit_config), each run reused when its config and code match.",

@@ -14,7 +14,7 @@ Arms, Fashion-MNIST, same optimiser / schedule / data for all (reslab's trainer)
     pnnh-unshared  PNNHCNN coder=unshared (a learned coder per layer: the sharing ablation)
     pnnh-none      PNNHCNN coder=none    (optional: plain net at the PNNH state's width)
 
-PNNH = our reconstruction (reslab/models/pnnh.py); every PNNH model built is checked on its traced
+PNNH = our reconstruction (reslab/models/pnnh/); every PNNH model built is checked on its traced
 graph (``skip_add_report``): no add of a tensor and a function of it, and every path from the input
 crosses the same number of ReLUs.
 
@@ -118,7 +118,7 @@ def _graph_check(arm: str, depth: int, width: float, settings: dict) -> dict:
     """No-skip-add certificate of one arm's model (built as the trainer builds it, at the width it is trained at),
     on a 2-image batch."""
     from ..models import build_model
-    from ..models.pnnh import skip_add_report
+    from ..analysis.graph import skip_add_report
 
     r = settings["train"]["task_args"].get("resize") or 28
     info = {"n_classes": 10, "input_shape": (1, r, r)}
@@ -481,7 +481,7 @@ EXPERIMENT = Experiment(
     run=run,
     verdict=verdict,
     plots=plots,
-    notes="PNNH is our reconstruction (reslab/models/pnnh.py, docs/pnnh.md). The cpu preset is scaled down to fit "
+    notes="PNNH is our reconstruction (reslab/models/pnnh/, docs/pnnh.md). The cpu preset is scaled down to fit "
           "two parts of under an hour on one thread: Fashion-MNIST 10k-image training subset resized to 16x16, the "
           "whole 10,000-image test set, width 0.5 (stages 8/16/32 learner channels), 300 AdamW steps of batch 64 "
           "(~2 epochs), 4 seeds; the paper used CIFAR/ImageNet at full width and schedule. Every (arm, depth) gets its "

@@ -10,8 +10,6 @@ regression. Everything else about the model comes from keyword arguments, checke
 """
 from __future__ import annotations
 
-import difflib
-import inspect
 from dataclasses import fields
 from typing import Callable
 
@@ -20,22 +18,7 @@ from torch import nn
 from .gpt import GPT, GPTConfig
 from .mlp import ResidualMLP
 from .resnet import ResNet
-from .task_info import need, vector_io
-
-
-def _ranked(word: str, valid: list[str]) -> str:
-    """Valid names, the closest to ``word`` first."""
-    return ", ".join(difflib.get_close_matches(word, valid, n=len(valid), cutoff=0.0))
-
-
-def _check_kwargs(model: str, kwargs: dict, valid: list[str]) -> None:
-    for k in kwargs:
-        if k not in valid:
-            raise ValueError(f"model {model!r}: unknown option {k!r}; valid: {_ranked(k, valid)}")
-
-
-def _init_params(cls: type, exclude: set[str]) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in exclude | {"self"}]
+from .task_info import check_options, init_options, need, ranked, vector_io
 
 
 _BUILDERS: dict[str, Callable[[dict, str, dict], nn.Module]] = {}
@@ -56,7 +39,7 @@ def register_model(name: str, builder: Callable[[dict, str, dict], nn.Module] | 
 
 @register_model("gpt")
 def _build_gpt(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
-    _check_kwargs("gpt", kwargs, [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "connection")])
+    check_options("gpt", kwargs, [f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "connection")])
     vocab = need(task_info, "vocab_size", "gpt", "a language-modelling task")
     if "block_size" not in kwargs:
         kwargs["block_size"] = need(task_info, "block_size", "gpt", "or pass block_size=...")
@@ -65,7 +48,7 @@ def _build_gpt(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
 
 @register_model("resnet")
 def _build_resnet(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
-    _check_kwargs("resnet", kwargs, _init_params(ResNet, {"in_channels", "n_classes", "connection"}))
+    check_options("resnet", kwargs, init_options(ResNet, {"in_channels", "n_classes", "connection"}))
     shape = tuple(need(task_info, "input_shape", "resnet", "an image-classification task"))
     if len(shape) not in (2, 3):
         raise ValueError(f"model 'resnet' needs images, input_shape (C, H, W) or (H, W); got {shape}; "
@@ -77,7 +60,7 @@ def _build_resnet(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
 
 @register_model("mlp")
 def _build_mlp(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
-    _check_kwargs("mlp", kwargs, _init_params(ResidualMLP, {"in_dim", "out_dim", "connection"}))
+    check_options("mlp", kwargs, init_options(ResidualMLP, {"in_dim", "out_dim", "connection"}))
     in_dim, out_dim = vector_io(task_info, "mlp", kwargs)
     return ResidualMLP(in_dim=in_dim, out_dim=out_dim, connection=connection, **kwargs)
 
@@ -91,7 +74,7 @@ def build_model(name: str, task_info: dict, connection: str = "residual", **kwar
 
     Unknown model names and unknown keyword options raise ValueError listing the valid ones."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid: {_ranked(name, model_names())}")
+        raise ValueError(f"unknown model {name!r}; valid: {ranked(name, model_names())}")
     return _BUILDERS[name](dict(task_info), connection, dict(kwargs))
 
 

@@ -44,13 +44,12 @@ class FeatureNet(nn.Module):
 
 def build_feature_cnn(task_info: dict, connection: str, kwargs: dict) -> FeatureNet:
     """``build_model("feature_cnn", info, feature_dim=64, width=32)`` on an image-classification task."""
-    from . import _check_kwargs
-    from .task_info import need
+    from .task_info import check_options, need
 
     if connection != "residual":
         raise ValueError(f"model 'feature_cnn' has no residual stream to wire: leave connection at its default "
                          f"(got {connection!r})")
-    _check_kwargs("feature_cnn", kwargs, ["feature_dim", "width"])
+    check_options("feature_cnn", kwargs, ["feature_dim", "width"])
     shape = tuple(need(task_info, "input_shape", "feature_cnn", "an image-classification task"))
     if len(shape) not in (2, 3):
         raise ValueError(f"model 'feature_cnn' needs images, input_shape (C, H, W) or (H, W); got {shape}")

@@ -102,13 +102,12 @@ class ProbeNet(nn.Module):
 
 def build_probe(task_info: dict, connection: str, kwargs: dict) -> ProbeNet:
     """``build_model("probe", info, kind=..., depth=..., width=...)`` on any classification task (inputs flattened)."""
-    from . import _check_kwargs
-    from .task_info import vector_io
+    from .task_info import check_options, vector_io
 
     if connection != "residual":
         raise ValueError(f"model 'probe' is wired by its kind= option ({', '.join(KINDS)}), not by a connection; "
                          f"leave connection at its default (got {connection!r})")
-    _check_kwargs("probe", kwargs, ["kind", "depth", "width", "lam", "coder", "code_width"])
+    check_options("probe", kwargs, ["kind", "depth", "width", "lam", "coder", "code_width"])
     in_dim, out_dim = vector_io(task_info, "probe", kwargs)
     kwargs.pop("flatten_input", None)  # ProbeNet always flattens
     kwargs.setdefault("kind", "residual")

@@ -1,9 +1,29 @@
-"""Reading a task's ``info`` dict when building a model: shared by every builder, so the messages and the
-vector-task sizing rules are the same for every model family."""
+"""What every model builder does: read a task's ``info`` dict and check its keyword options by name. Shared,
+so the messages and the vector-task sizing rules are the same for every model family."""
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from typing import Any
+
+
+def ranked(word: str, valid: list[str]) -> str:
+    """Valid names, the closest to ``word`` first (for "did you mean" errors)."""
+    return ", ".join(difflib.get_close_matches(word, valid, n=len(valid), cutoff=0.0))
+
+
+def init_options(cls: type, exclude: set[str]) -> list[str]:
+    """The keyword options of ``cls.__init__`` a user may pass: its parameters less ``exclude`` (what the
+    builder fills in from the task)."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in exclude | {"self"}]
+
+
+def check_options(model: str, kwargs: dict, valid: list[str]) -> None:
+    """One-line error for an option ``model`` does not have, listing the valid ones closest first."""
+    for k in kwargs:
+        if k not in valid:
+            raise ValueError(f"model {model!r}: unknown option {k!r}; valid: {ranked(k, valid)}")
 
 
 def need(task_info: dict, key: str, model: str, what: str) -> Any:

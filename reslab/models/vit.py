@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..connections import Connection
 from ..connections import connection as build_connection
+from .task_info import check_options, init_options
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -196,15 +197,7 @@ def image_model_from_task(cls: type, name: str, task_info: dict, connection, kwa
     """Build ``cls`` (ViT or DiT) for an image task: image_size/in_channels/n_classes come from
     ``task_info`` (``input_shape`` (C, H, W) or (H, W), ``n_classes``); every other option is a keyword,
     checked by name (a ValueError lists the valid ones, closest first)."""
-    import difflib
-    import inspect
-
-    fixed = {"self", "image_size", "in_channels", "n_classes", "connection"}
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in fixed]
-    for k in kwargs:
-        if k not in valid:
-            ranked = ", ".join(difflib.get_close_matches(k, valid, n=len(valid), cutoff=0.0))
-            raise ValueError(f"model {name!r}: unknown option {k!r}; valid: {ranked}")
+    check_options(name, kwargs, init_options(cls, {"image_size", "in_channels", "n_classes", "connection"}))
     if "input_shape" not in task_info or "n_classes" not in task_info:
         raise ValueError(f"model {name!r} needs an image-classification task (task_info with input_shape and "
                          f"n_classes); the task gives {sorted(task_info) or 'nothing'}")
