@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.bench.overhead import MAX_LOAD, OthersCPU, load_average, machine_info
+from reslab.bench.machine import MAX_LOAD, OthersCPU, load_average, machine_info
 from reslab.bench.trainer import PRESETS, NanoGPT
 from reslab.models.gpt import GPT, AttentionBranch, GPTConfig, MLPBranch
 from reslab.runtime import tune_malloc

@@ -9,7 +9,9 @@ import statistics
 import pytest
 import torch
 
+from reslab.bench import machine
 from reslab.bench import overhead as ov
+from reslab.bench import overhead_runs as runs
 from reslab.bench import scoreboard as sb
 from reslab.cli import main
 from reslab.connections import list_connections
@@ -153,10 +155,10 @@ def test_refusal_rules_by_hand():
     assert ov.refusal(0.02, 1.01) == ("paired IQR 0.020 is wider than the target's margin 0.010: rerun on a quiet "
                                       "machine")
     assert ov.refusal(0.0, 1.05, busy="load average 4.00 > 0.5 before the run").endswith("rerun on a quiet machine")
-    assert ov.busy_reason(0.2, [0.1, None], 0.5) is None
-    assert "load average 0.90" in ov.busy_reason(0.9, [0.1], 0.5)
-    assert "1.20 cores" in ov.busy_reason(0.2, [0.1, 1.2], 0.5)
-    assert ov.busy_reason(9.0, [9.0], None) is None  # no limit asked for
+    assert machine.busy_reason(0.2, [0.1, None], 0.5) is None
+    assert "load average 0.90" in machine.busy_reason(0.9, [0.1], 0.5)
+    assert "1.20 cores" in machine.busy_reason(0.2, [0.1, 1.2], 0.5)
+    assert machine.busy_reason(9.0, [9.0], None) is None  # no limit asked for
     raw = {a: {"wall_times_s": w, "cpu_times_s": w, "units_per_step": 1, "params": 1, "connection_params": 0,
                "peak_step_memory_bytes": None}
            for a, w in {"residual": [1.0, 1.0, 1.0, 1.0], "scaled": [1.0, 1.0, 1.1, 1.2],
@@ -171,7 +173,7 @@ def test_refusal_rules_by_hand():
 
 
 def test_cli_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(ov, "load_average", lambda: 7.5)
+    monkeypatch.setattr(machine, "load_average", lambda: 7.5)
     rc = main(["bench", "overhead", "--model", "gpt", "--size", "tiny", "--out", str(tmp_path)])
     assert rc == 3 and not (tmp_path / "overhead.json").exists()
     assert "load average 7.50 > 0.5" in capsys.readouterr().err
@@ -469,12 +471,12 @@ def test_combined_table_takes_memory_from_the_latest_commit(tiny_run):
 
     old, new = run_at("aaa", 1.25), run_at("bbb", 1.5)
     order = {"aaa": 1, "bbb": 2}
-    assert scaled_gpt(ov.combined_table([old, new], lambda r: order[r["git"]])) == "1.500×"
-    assert scaled_gpt(ov.combined_table([new, old], lambda r: order[r["git"]])) == "1.500×"
-    assert scaled_gpt(ov.combined_table([old, new])) == "1.250×"
-    assert scaled_gpt(ov.combined_table([old, new], lambda r: 0)) == "1.250×"
+    assert scaled_gpt(runs.combined_table([old, new], lambda r: order[r["git"]])) == "1.500×"
+    assert scaled_gpt(runs.combined_table([new, old], lambda r: order[r["git"]])) == "1.500×"
+    assert scaled_gpt(runs.combined_table([old, new])) == "1.250×"
+    assert scaled_gpt(runs.combined_table([old, new], lambda r: 0)) == "1.250×"
     asked = []  # the order may cost a git call: asked once per run, not once per cell
-    ov.combined_table([old, new], lambda r: asked.append(r["git"]) or order[r["git"]])
+    runs.combined_table([old, new], lambda r: asked.append(r["git"]) or order[r["git"]])
     assert sorted(asked) == ["aaa", "bbb"]
 
 
@@ -554,18 +556,18 @@ def test_an_errata_file_beside_a_run_drops_the_arms_it_names_from_tables_and_sco
                        {"target": "mhc", "arm": "mhc", "model": "resnet", "metric": "memory", "limit": 4.0,
                         "ratio": 1.5, "status": "pass", "paired_iqr": None}]}
     path = _errata_run(tmp_path, run)
-    assert "mhc" in ov.load_run(path)["arms"]  # no errata yet: read as written
+    assert "mhc" in runs.load_run(path)["arms"]  # no errata yet: read as written
     _errata_run(tmp_path, run, [{"arms": ["mhc"], "git": "abc1234", "reason": "ran eagerly"}])
-    fixed = ov.load_run(path)
+    fixed = runs.load_run(path)
     assert fixed["arms"] == ["residual", "ancre"] and list(fixed["models"]["resnet"]["arms"]) == ["residual", "ancre"]
     assert [t["arm"] for t in fixed["targets"]] == ["ancre"] and fixed["errata"][0]["reason"] == "ran eagerly"
     assert json.loads(path.read_text()) == run
     rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
     assert {(r["target"], r["status"]) for r in rows} == {("ancre", "miss")}
-    table = ov.combined_table([fixed])
+    table = runs.combined_table([fixed])
     assert "`ancre`" in table and "`mhc`" not in table
     # a later run written into the same folder is not the run the erratum is about: read as written
-    later = ov.load_run(_errata_run(tmp_path, run | {"git": "def5678"}))
+    later = runs.load_run(_errata_run(tmp_path, run | {"git": "def5678"}))
     assert "mhc" in later["arms"] and "errata" not in later
     _errata_run(tmp_path, run)
     for bad in ({"arms": "mhc"},  # not a list of errata
@@ -574,10 +576,10 @@ def test_an_errata_file_beside_a_run_drops_the_arms_it_names_from_tables_and_sco
                 [{"arms": ["mhc"], "rename": {"mhc": "hyper"}, "git": "abc1234", "reason": "both"}]):
         (path.parent / "ERRATA.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="ERRATA.json is not a list of"):
-            ov.load_run(path)
+            runs.load_run(path)
     (path.parent / "ERRATA.json").write_text("[{")
     with pytest.raises(ValueError, match="ERRATA.json is not valid JSON"):
-        ov.load_run(path)
+        runs.load_run(path)
 
 
 def _mhc_forms_run(**extra):
@@ -612,7 +614,7 @@ def test_a_rename_erratum_relabels_arms_whose_default_changed_and_judges_their_t
     run = _mhc_forms_run()
     path = _errata_run(tmp_path, run, [{"rename": SWAP, "git": "abc1234", "reason": "the default form changed"}],
                        name="mhc-forms")
-    fixed = ov.load_run(path)
+    fixed = runs.load_run(path)
     assert fixed["arms"] == ["residual", "ancre", "mhc(sinkhorn_form=matrix)", "mhc"]
     arms = fixed["models"]["resnet"]["arms"]
     assert arms["mhc"]["memory_ratio"] == 2.3 and arms["mhc(sinkhorn_form=matrix)"]["memory_ratio"] == 4.4
@@ -623,7 +625,7 @@ def test_a_rename_erratum_relabels_arms_whose_default_changed_and_judges_their_t
     rows = sb.judged_targets(sb.load_overhead_runs(tmp_path), tmp_path)
     assert {(r["target"], r["model"], r["ratio"], r["status"]) for r in rows} == {
         ("ancre", "resnet", 1.2, "miss"), ("ancre", "gpt", 1.0, "pass"), ("mhc", "resnet", 2.3, "pass")}
-    table = ov.combined_table([fixed])
+    table = runs.combined_table([fixed])
     assert "| `mhc(sinkhorn_form=matrix)` | 1.000× / 4.400× | 1.000× / 1.500× |" in table  # resnet, then gpt
     assert "| `mhc` | 1.000× / 2.300× | — / — |" in table
 
@@ -641,7 +643,7 @@ def test_rename_errata_swap_at_once_compose_with_drops_and_rejudge_time_targets(
                                        "mhc": ancre_mem}}},
            "targets": []}
     swap = {"ancre": "denseformer", "denseformer": "ancre"}
-    fixed = ov.load_run(_errata_run(tmp_path, run, [{"arms": ["mhc"], "git": "abc1234", "reason": "x"},
+    fixed = runs.load_run(_errata_run(tmp_path, run, [{"arms": ["mhc"], "git": "abc1234", "reason": "x"},
                                                    {"rename": swap, "git": "abc1234", "reason": "y"}]))
     arms = fixed["models"]["gpt"]["arms"]
     assert arms["ancre"]["memory_ratio"] == 1.7 and arms["denseformer"]["memory_ratio"] == 1.2
@@ -649,11 +651,11 @@ def test_rename_errata_swap_at_once_compose_with_drops_and_rejudge_time_targets(
     rows = {(t["arm"], t["metric"]): t for t in fixed["targets"]}
     assert rows[("ancre", "memory")]["ratio"] == 1.7 and rows[("ancre", "memory")]["status"] == "miss"
     assert rows[("ancre", "time")]["status"] == "pass" and rows[("denseformer", "time")]["status"] == "pass"
-    busy = ov.load_run(_errata_run(tmp_path, run | {"busy": "load 1.9"}, [{"rename": swap, "git": "abc1234",
+    busy = runs.load_run(_errata_run(tmp_path, run | {"busy": "load 1.9"}, [{"rename": swap, "git": "abc1234",
                                                                             "reason": "y"}], name="busy"))
     assert {t["status"] for t in busy["targets"] if t["metric"] == "time"} == {"refused"}
     old = {a: {"time_ratio": 1.0, "memory_ratio": 1.0} for a in run["arms"]}  # no paired quartiles recorded
-    aged = ov.load_run(_errata_run(tmp_path, run | {"models": {"gpt": {"arms": old}}},
+    aged = runs.load_run(_errata_run(tmp_path, run | {"models": {"gpt": {"arms": old}}},
                                    [{"rename": swap, "git": "abc1234", "reason": "y"}], name="aged"))
     time_rows = [t for t in aged["targets"] if t["metric"] == "time"]
     assert time_rows and all(t["status"] == "refused" and "no paired IQR" in t["refused"] for t in time_rows)
@@ -665,4 +667,4 @@ def test_rename_errata_swap_at_once_compose_with_drops_and_rejudge_time_targets(
             ([{"rename": {"mhc": "mhc(sinkhorn_chunk=0, sinkhorn_form=matrix)"}, "git": "abc1234", "reason": "x"}],
              "not canonical; write 'mhc\\(sinkhorn_form=matrix\\)'")):
         with pytest.raises(ValueError, match=message):
-            ov.load_run(_errata_run(tmp_path, run, errata, name="bad"))
+            runs.load_run(_errata_run(tmp_path, run, errata, name="bad"))

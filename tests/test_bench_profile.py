@@ -92,9 +92,9 @@ def test_profile_bad_input_is_one_line(capsys):
 
 
 def test_profile_refuses_a_busy_machine(monkeypatch, tmp_path, capsys):
-    from reslab.bench import overhead
+    from reslab.bench import machine
 
-    monkeypatch.setattr(overhead, "load_average", lambda: 5.0)
+    monkeypatch.setattr(machine, "load_average", lambda: 5.0)
     assert main(["bench", "profile", "--out", str(tmp_path)]) == 3
     assert "this machine is busy" in capsys.readouterr().err and not (tmp_path / "profile.json").exists()
 

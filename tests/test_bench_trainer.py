@@ -99,9 +99,9 @@ def test_trainer_bench_runs_reslab_both_ways_in_one_run(tmp_path):
 
 
 def test_cli_trainer_refuses_to_start_on_a_busy_machine(monkeypatch, tmp_path, capsys):
-    from reslab.bench import overhead
+    from reslab.bench import machine
 
-    monkeypatch.setattr(overhead, "load_average", lambda: 3.0)
+    monkeypatch.setattr(machine, "load_average", lambda: 3.0)
     assert main(["bench", "trainer", "--preset", "tiny", "--out", str(tmp_path)]) == 3
     assert "load average 3.00 > 0.5" in capsys.readouterr().err and not (tmp_path / "trainer.json").exists()
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .overhead import (MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info, path_label,
-                       set_threads, step_loss, train_step, unique_arms, write_outputs)
+from .machine import bench_command, machine_info, set_threads, write_outputs
+from .overhead import MODELS, SIZES, _compiled, build, compile_choice, path_label, step_loss, train_step, unique_arms
 
 MB = 2 ** 20
 

@@ -74,7 +74,7 @@ def load_summaries(results: str | Path) -> list[dict]:
 def load_overhead_runs(results: str | Path) -> list[dict]:
     """Every committed ``reslab bench overhead`` run: ``bench-overhead/overhead.json`` and the
     ``overhead.json`` of each folder below it (each with its folder, relative to ``results``, under ``_dir``)."""
-    from .overhead import load_run
+    from .overhead_runs import load_run
 
     root = Path(results) / OVERHEAD_DIR
     runs = []
@@ -112,9 +112,9 @@ def judged_targets(runs: list[dict], root: str | Path = ".") -> list[dict]:
     least noisy; memory, the RSS peak, varies little between runs, so every run ties there), then the later commit (a later run measures the code as
     it is now). Which run wins never depends on the ratio or the status it found, so a refused long run is not
     replaced by a short one that happened to be judged. Statuses are read by the current rule
-    (:func:`reslab.bench.overhead.target_status`: a time ratio without its paired IQR, from a run older than the
+    (:func:`reslab.bench.overhead_runs.target_status`: a time ratio without its paired IQR, from a run older than the
     refusal rule, counts as refused). Each row carries ``kind`` and ``run`` (its folder)."""
-    from .overhead import run_kind, target_status, timed_steps
+    from .overhead_runs import run_kind, target_status, timed_steps
 
     best: dict[tuple, tuple] = {}
     order = {r["_dir"]: commit_order(r.get("git"), Path(root)) for r in runs}

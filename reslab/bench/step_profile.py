@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .overhead import (MAX_LOAD, MODELS, SIZES, _compiled, bench_command, build, compile_choice, machine_info,
-                       path_label, refuse_if_busy, set_threads, train_step, unique_arms, write_outputs)
+from .machine import MAX_LOAD, bench_command, machine_info, refuse_if_busy, set_threads, write_outputs
+from .overhead import MODELS, SIZES, _compiled, build, compile_choice, path_label, train_step, unique_arms
 
 MS = 1e3  # the profiler reports microseconds
 CATEGORIES = ("matmul/conv", "compiled kernels", "eager elementwise/reductions", "optimizer", "other")

@@ -417,7 +417,7 @@ def _children_cpu() -> float:
 
 def _run_child(side: str, job: dict, folder: Path, i: int) -> tuple[dict, float | None]:
     """One measured run in its own process; returns its result and other processes' CPU (cores) meanwhile."""
-    from .overhead import _busy_seconds
+    from .machine import busy_seconds
 
     job = job | {"out": str(folder / f"{side}-{i}.json"), "run_dir": str(folder / f"run-{side}-{i}")}
     path = folder / f"{side}-{i}-job.json"
@@ -428,10 +428,10 @@ def _run_child(side: str, job: dict, folder: Path, i: int) -> tuple[dict, float 
     env = os.environ | ({"OMP_NUM_THREADS": str(job["threads"])} if job.get("threads") else {})
     # each run compiles from scratch: a cache that an earlier run (or another side) filled would hide its cost
     env["TORCHINDUCTOR_CACHE_DIR"] = str(folder / f"inductor-{side}-{i}")
-    b0, c0, t0, own0 = _busy_seconds(), _children_cpu(), time.perf_counter(), time.process_time()
+    b0, c0, t0, own0 = busy_seconds(), _children_cpu(), time.perf_counter(), time.process_time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(here.parents[2]))
     wall = time.perf_counter() - t0
-    b1, c1, own1 = _busy_seconds(), _children_cpu(), time.process_time()
+    b1, c1, own1 = busy_seconds(), _children_cpu(), time.process_time()
     if proc.returncode != 0:
         raise RuntimeError(f"the {side} run failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     others = None if b0 is None or b1 is None else round(max(0.0, (b1 - b0) - (c1 - c0) - (own1 - own0)) / wall, 3)
@@ -452,7 +452,7 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
     README CPU command has ``--compile=False``); the compiled pair is what each trainer gives a user who turns
     compilation on. Compilation's one-off cost is left out of the step intervals and reported as ``first_step_s``."""
     from ..train import git_revision
-    from .overhead import MAX_LOAD, busy_reason, cores_text, load_average, machine_info, write_outputs
+    from .machine import MAX_LOAD, busy_reason, cores_text, load_average, machine_info, write_outputs
 
     log = log or (lambda *_: None)
     if preset not in PRESETS:
@@ -555,7 +555,7 @@ def run_trainer_bench(preset: str = "nanogpt-cpu", repeats: int = 2, threads: in
 
 
 def markdown(result: dict) -> str:
-    from .overhead import cores_text
+    from .machine import cores_text
 
     m, c = result["machine"], result["config"]
     others = cores_text(result["others_cpu"])
@@ -626,7 +626,7 @@ def markdown(result: dict) -> str:
 
 
 def _cmd(args) -> int:
-    from .overhead import bench_command, refuse_if_busy
+    from .machine import bench_command, refuse_if_busy
 
     if refuse_if_busy(args.max_load, args.busy_ok, "the speed ratio is then refused"):
         return 3

@@ -57,7 +57,7 @@ against 276 ms; peak (MALLOC_MMAP_THRESHOLD_=65536) compiled +47 against +162 MB
 steps (results/bench-overhead/mhc-forms*/, both forms in one run, 2 threads): compiled ResNet-20 4.38x -> 2.26x
 residual's peak step memory at 0.74x the matrix form's step time, 0.93x (GPT) and 0.91x (ViT) compiled; eager 3.72x ->
 2.57x at 0.71x (GPT 1.00x, ViT 0.96x); hence the default since 2026-12-03 (runs before it measured the matrix form as
-``mhc``: their ERRATA.json renames it, :func:`reslab.bench.overhead.load_run`). Where the two differ (``python
+``mhc``: their ERRATA.json renames it, :func:`reslab.bench.overhead_runs.load_run`). Where the two differ (``python
 scripts/sinkhorn_forms.py stability``: 100,000 random 4 x 4 logit maps per scale, float32 against the float64 matrix
 form; results/bench-overhead/sinkhorn-stability.txt): at logit std <= 20 both are within 6.1e-7 (the init's logits are
 0 and 1); at std 30-60, where exp() leaves float32's range, the matrix form is off by up to 0.8-1.0 or non-finite in
