@@ -4,7 +4,8 @@ Dherin & Munn 2025, "On residual network depth" (arXiv:2510.03470). A *residual 
 
     x_0 = x,   x_k = x_{k-1} + λ g_k(x_{k-1})   (k = 1..n),   f(x) = x_n
 
-is, by a Taylor expansion in λ around 0 (our reconstruction of the theorem, digest §1.3),
+is, by a Taylor expansion in λ around 0 (our reconstruction: the paper's readable parts state the
+theorem's properties, not this formula),
 
     f(x) = x + λ E_1(x) + λ² E_2(x) + λ³ E_3(x) + ...
     E_1 = Σ_k g_k(x)                                   n terms: paths through one module
@@ -277,7 +278,7 @@ def norm_growth(depths: Sequence[int] = (4, 16, 64, 256, 1024), rules: Sequence[
     ``zero_mean``: g(h) = W2 ReLU(W1 h), W1 ~ N(0, 2/d) (He), W2 ~ N(0, 1/d): branch outputs are
     zero-mean and independent across modules, so E‖x_n‖² ≈ (1 + λ²c)^n ‖x‖², bounded at 1/sqrt(n).
     ``coherent``: g(h) = ReLU(W1 h): every branch adds a non-negative vector, the terms of each level
-    add up coherently and ‖x_n‖ ~ (1 + λc)^n: only 1/n stays bounded (digest §1.4).
+    add up coherently and ‖x_n‖ ~ (1 + λc)^n: only 1/n stays bounded.
 
     Both branches are positively homogeneous (g(a h) = a g(h), a > 0), so the tower is too and the
     stream can be renormalised after every module while the log of the norm is accumulated: exact,

@@ -175,7 +175,7 @@ def layer_drop_sensitivity(model: nn.Module, loss_fn: Callable, batches) -> dict
 
 
 def sensitivity_summary(deltas) -> dict[str, float]:
-    """Depth utilisation of a sensitivity profile (digest §4 iii): ``late_share``, the share of total
+    """Depth utilisation of a sensitivity profile (does a net use its late blocks?): ``late_share``, the share of total
     (negative deltas clipped to 0) falling on the last half of the blocks (the middle block of an odd
     K counts half), and ``entropy``, its normalised entropy in [0, 1] (1 = every block matters equally)."""
     s = np.clip(np.asarray(deltas, dtype=float), 0.0, None)

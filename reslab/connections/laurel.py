@@ -24,9 +24,10 @@ Choices the paper leaves open (every default equals the plain residual stream at
   i sees min(k, i+1) of them, so gamma[i, j > i] (and its pair) is never used and stays at its init.
 - unit=block (default; the paper counts one instance per transformer layer): f(x) of a multi-branch
   block is its composite residual computation minus x (h = x; h = h + f_b(h) per branch; f = h - x),
-  the digest's option (a). unit=branch: one instance per branch, PA history over branch inputs; the
-  parameters are built in __init__, so the branch count comes from reslab.connection()'s
-  branches_per_block (set by the model) or from laurel(unit=branch, branches=N).
+  the reading of "one LAuReL per layer" that keeps one instance per block. unit=branch: one instance
+  per branch, PA history over branch inputs; the parameters are built in __init__, so the branch count
+  comes from reslab.connection()'s branches_per_block (set by the model) or from laurel(unit=branch,
+  branches=N).
   branches is ignored under unit=block, so one spec can switch placement for an ablation.
 - Evaluation, not a choice of model: where D <= 2r the rank-r map is applied as one dense W = A B (cheaper than
   two thin maps there), and LR without PA as x (I + W) diag(beta); equal up to rounding (see _dense).

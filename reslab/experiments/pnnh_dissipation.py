@@ -1,6 +1,6 @@
 """pnnh-dissipation: plain nets lose their input with depth; residual nets and PNNH keep it (PNNH paper §3).
 
-Claim (Zhang et al., arXiv:2402.08645; digest /work/shared/papers/pnnh.md §1, §4, §6 P1-P3): in a plain
+Claim (Zhang et al., arXiv:2402.08645, §3 and Theorems 3.2-3.3): in a plain
 network the input is progressively compromised by the non-linear layers until it degenerates to
 noise (the paper: DISTS reaches the noise level after ~5 plain VGG layers); Theorem 3.2 gives the
 pre-activation statistics under He init, (E[y]/E[x], E[y^2]/E[x^2]) = (0, 2) for a plain layer and

@@ -1,6 +1,6 @@
 """pnnh-vision: deep plain CNNs with an internal path (PNNH) match ResNets without any skip-add.
 
-Claim (Zhang et al., arXiv:2402.08645; digest /work/shared/papers/pnnh.md §3, §6 P4-P6): plain
+Claim (Zhang et al., arXiv:2402.08645, abstract and experiments): plain
 (VGG-style) networks degrade as they get deeper; PNNH networks -- plain, no residual connections, a
 learner plus a weight-shared coder -- are on par with ResNets, with up to 2x better parameter
 efficiency and up to "0.3x" higher training throughput (the paper's wording; its meaning is unclear).
@@ -24,14 +24,14 @@ same depth; the runs share the machine, so read it as a rough ratio).
 
 Verdict (code: :func:`verdict`), seed means, accuracy in points:
   A  plain degrades with depth: the deepest plain is significantly below the shallowest plain and below the
-     ResNet at the deepest depth (Welch p < 0.05 each; digest P4);
+     ResNet at the deepest depth (Welch p < 0.05 each);
   B  the PNNH variant fixed in advance (``PNNH_VARIANT``, pnnh-shared) is non-inferior to the ResNet within
      ``MATCH`` (1) point (95% CI over seeds) at every depth >= 20
      (``match_from_depth``; the quick preset uses 14), and every PNNH model passed the no-skip-add
      graph check.
 Reproduced = A and B; partial = one; not reproduced = neither. Parameter efficiency (the paper's 2x:
 PNNH-shared reaching the ResNet's accuracy with <= ``PARAM_RATIO`` (0.5) x its parameters: 2x fewer; until
-2026-12-01 the digest's looser 0.6x, P5)
+2026-12-01 a looser 0.6x)
 and the throughput ratio are reported with their own yes/no, outside the verdict.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """rex-capacity: the residual scale λ controls capacity (Dherin & Munn 2025).
 
-Claim (arXiv:2510.03470; digest /work/shared/papers/rex.md §1.6, §3): λ acts as capacity control.
+Claim (arXiv:2510.03470, its capacity-control discussion and CIFAR-10 experiments): λ acts as capacity control.
 In the expansion f = x + λE_1 + λ²E_2 + ... a larger λ gives the higher-order (longer-path) terms more
 weight, a "bigger" effective ensemble, and better accuracy up to where training stops being stable
 (the paper: 1/sqrt(n) beats 1/n). Geometric complexity (GC, the mean squared Frobenius norm of the
@@ -248,7 +248,7 @@ EXPERIMENT = Experiment(
     verdict=verdict,
     notes="cpu preset scaled down: ResNet-38 at width 0.5 (8/16/32 channels), 14x14 images, a 20k-image training "
           "subset, 800 steps of batch 64, 9 seeds (three parts), 5 λ from 1/n to 1; accuracy on the full 10,000-image test set; GC exact on 512 of its images. The lr is tuned per "
-          "λ from one grid (λ interacts with the effective LR; the paper's recipe is unknown, digest §2). GC is measured on "
+          "λ from one grid (λ interacts with the effective LR; the paper's recipe is not in its readable parts). GC is measured on "
           "the logits (the paper's choice is not known).",
     tags=["rex", "capacity", "geometric-complexity", "fashion_mnist", "resnet"],
 )

@@ -1,6 +1,6 @@
 """rex-normfree: residual scaling lets deep ResNets train without normalisation (Dherin & Munn 2025).
 
-Claim (arXiv:2510.03470; digest /work/shared/papers/rex.md §1.5, §3): by the Residual Expansion
+Claim (arXiv:2510.03470, its scaling rule and CIFAR-10 experiments): by the Residual Expansion
 Theorem a tower of n modules x <- x + λ g_k(x) is an ensemble of C(n, k) paths of length k weighted by
 λ^k, so its output grows like (1 + λc)^n. Unscaled (λ = 1) deep nets without normalisation therefore
 explode and fail, or degrade with depth, while λ = 1/sqrt(n) and λ = 1/n train stably at every depth
@@ -17,7 +17,7 @@ Arms (config overrides of one Fashion-MNIST ResNet, reslab.models.ResNet, 6n_b+2
 
 Optimisers. Each preset names one or more optimiser settings (``optimizers``), and every arm runs under each:
 ``sgd`` — SGD with momentum 0.9 and no gradient clipping, the standard CIFAR ResNet recipe (the paper's own
-recipe is not readable, digest §2; this is the setting in which unnormalised nets are known to explode), and
+recipe is not in its readable parts; this is the setting in which unnormalised nets are known to explode), and
 ``adamw`` — AdamW with clipping at 1.0, the Trainer's default, whose normalised, clipped steps can hide an
 exploding forward pass. λ scales the branches and so the effective step size: every arm (baseline included) gets
 its own learning rate, chosen on a tuning seed from the same grid per optimiser (``reslab.compare.tune_arms``).
@@ -354,8 +354,8 @@ EXPERIMENT = Experiment(
           "the same grid (SGD 0.01/0.04/0.16, AdamW 5e-4/2e-3/8e-3, up to two steps further while an edge wins), lowest "
           "final validation loss, a diverged tuning run counting as +inf; the SGD checks are counted, the AdamW "
           "ones reported. λ uses n = N = 3 n_b, every residual branch "
-          "of the net (Fixup's L); a diverged run counts as a failure. The paper's optimiser is not readable "
-          "(digest §2): SGD with momentum and no clipping is the standard CIFAR ResNet recipe, and the verdict is "
+          "of the net (Fixup's L); a diverged run counts as a failure. The paper's optimiser is not in its readable "
+          "parts: SGD with momentum and no clipping is the standard CIFAR ResNet recipe, and the verdict is "
           "decided under it.",
     tags=["rex", "normalisation-free", "fashion_mnist", "resnet"],
 )
