@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from reslab.analysis import dissipation as D
-from reslab.models import build_model
 from reslab.analysis.graph import skip_add_report
+from reslab.models import build_model
 from reslab.models.pnnh import PNNHCNN, PNNHGPT, PNNHMLP, PNNHViT, Coder, PNNHLayer, pnnh_layers_per_stage
 
 IMG = {"n_classes": 10, "input_shape": (1, 8, 8)}

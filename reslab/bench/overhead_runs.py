@@ -22,7 +22,7 @@ def load_run(path: str | Path) -> dict:
     - ``{"rename": {"old": "new", ...}}``: arms whose name now means other code, because a default changed after
       the run (mhc's Sinkhorn form: the run's ``mhc`` is now ``mhc(sinkhorn_form=matrix)``). All names are
       renamed at once (so two arms may swap); new names must be canonical specs (as runs name arms). The targets
-      are judged again for the renamed arms by the current :data:`TARGETS`: a renamed arm keeps a target only if
+      are judged again for the renamed arms by the current :data:`reslab.bench.overhead.TARGETS`: a renamed arm keeps a target only if
       its new name carries one.
 
     Every arm an erratum names must be in the run as the errata before it left it. The applied errata are kept

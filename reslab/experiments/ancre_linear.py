@@ -7,9 +7,9 @@ Setting (theory form): h_0 = X, h_j = W_j h_{j-1} + sum over shortcuts (i, j) of
 loss 1/2 ||h_K - Y||_F^2 with X X^T = I. Full-batch gradient descent stands in for gradient flow.
 The ANCRe arm is ``reslab.connection("ancre(form=theory, tau=...)")`` with the W_j as its plain
 branches, trained by the same gradient descent (logits included). Under plain GD a temperature tau
-scales the weights' step by 1/tau^2 (the logits' gradient carries 1/tau, and a change of the logits moves
-the weights by another 1/tau), so the GD-stable tau=1 is used here; this is our choice, recorded in the
-summary.
+scales the step of the softmax weights p_ij by 1/tau^2 (the gradient of the coefficients c carries 1/tau,
+and a change of c moves p by another 1/tau), so the GD-stable tau=1 is used here; this is our choice,
+recorded in the summary.
 
 Why not the Trainer: the theorems are about gradient flow on the whole (whitened) training set in exact
 arithmetic, and the claim is read off the loss at *every* step; the Trainer is minibatch, float32, with

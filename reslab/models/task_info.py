@@ -1,5 +1,6 @@
 """What every model builder does: read a task's ``info`` dict and check its keyword options by name. Shared,
-so the messages and the vector-task sizing rules are the same for every model family."""
+so the messages and the vector-task sizing rules are the same for every model family (``hf:*`` checks its
+config options itself, against the transformers config)."""
 from __future__ import annotations
 
 import difflib

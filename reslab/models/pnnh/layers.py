@@ -16,8 +16,9 @@ so ``p' - q' = C (p - q) + D_l h`` exactly. With C = I and D_l = 0 (our init) th
 through every ReLU unchanged: the internal path is the identity at initialisation, and with D_l
 learned the code accumulates learner outputs the way a residual stream does -- yet no tensor is
 ever the sum of a layer's input and its output, and every path from the input crosses every ReLU
-(``reslab.analysis.graph.skip_add_report`` checks both on the traced graph). This is the paper's
-sense of "a ResNet is a plain net whose weights contain a layer-shared coder".
+(``reslab.analysis.graph.skip_add_report`` checks both on the traced graph). This is the precise sense
+(our reading, not the paper's words) in which a ResNet is a plain net whose weights contain a layer-shared
+coder.
 
 How we compute it. The map above applied literally convolves the 2 c_C code channels twice; we
 compute the same map as ``u = [h; p - q]`` (the [I 0 0; 0 I -I] part, linear), then ONE conv (MLP:
