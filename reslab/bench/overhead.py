@@ -79,31 +79,32 @@ from .machine import (MAX_LOAD, OthersCPU, bench_command, busy_reason, cores_tex
 # ViT: 32x32 RGB in 4x4 patches (64 tokens + [CLS]). "wide": widths where the branches dominate a step
 # (GPT d = 768, ResNet-20 at 4x width, i.e. 64-256 channels, ViT d = 512). "small": the default widths at
 # fewer blocks, for --compile (inductor compiles the unrolled depth loop: a 12-layer GPT step took 240 s to
-# compile on this 2-core machine under load, per arm).
+# compile on this 2-core machine under load, per arm). An entry holds the task and the batch (TASK_KEYS) and
+# the model's options under their ``build_model`` names.
 SIZES: dict[str, dict[str, dict]] = {
     "default": {
         "gpt": dict(n_layer=12, d_model=256, n_head=4, block_size=128, vocab_size=65, batch=8),
         "resnet": dict(depth=20, width=1, image=32, channels=3, classes=10, batch=32),
-        "vit": dict(n_layer=6, d_model=192, n_head=3, patch=4, image=32, channels=3, classes=10, batch=32),
+        "vit": dict(n_layer=6, d_model=192, n_head=3, patch_size=4, image=32, channels=3, classes=10, batch=32),
     },
     "small": {
         "gpt": dict(n_layer=4, d_model=256, n_head=4, block_size=128, vocab_size=65, batch=8),
         "resnet": dict(depth=14, width=1, image=32, channels=3, classes=10, batch=32),
-        "vit": dict(n_layer=4, d_model=192, n_head=3, patch=4, image=32, channels=3, classes=10, batch=32),
+        "vit": dict(n_layer=4, d_model=192, n_head=3, patch_size=4, image=32, channels=3, classes=10, batch=32),
     },
     "wide": {
         "gpt": dict(n_layer=6, d_model=768, n_head=12, block_size=128, vocab_size=65, batch=8),
         "resnet": dict(depth=20, width=4, image=32, channels=3, classes=10, batch=16),
-        "vit": dict(n_layer=6, d_model=512, n_head=8, patch=4, image=32, channels=3, classes=10, batch=16),
+        "vit": dict(n_layer=6, d_model=512, n_head=8, patch_size=4, image=32, channels=3, classes=10, batch=16),
     },
     "tiny": {
         "gpt": dict(n_layer=2, d_model=16, n_head=2, block_size=8, vocab_size=11, batch=2),
         "resnet": dict(depth=8, width=0.25, image=8, channels=1, classes=3, batch=2),
-        "vit": dict(n_layer=2, d_model=16, n_head=2, patch=4, image=8, channels=1, classes=3, batch=2),
+        "vit": dict(n_layer=2, d_model=16, n_head=2, patch_size=4, image=8, channels=1, classes=3, batch=2),
     },
 }
-MODELS = ("gpt", "resnet", "vit")
-UNITS = {"gpt": "tokens", "resnet": "images", "vit": "images"}
+MODELS = tuple(SIZES["default"])
+UNITS = {m: "tokens" if "vocab_size" in s else "images" for m, s in SIZES["default"].items()}
 CLOCKS = ("wall", "cpu")
 CLOCK_TEXT = {"wall": "elapsed time", "cpu": "CPU time of the process, all threads: leaves out time spent waiting "
                                            "for a core on a shared machine"}
@@ -167,31 +168,39 @@ def unique_arms(specs: list[str]) -> list[str]:
     return out
 
 
+def task_info(model: str, size: str) -> dict:
+    """The task a size entry stands for, as ``build_model`` reads it: a language model's vocabulary and context
+    (``vocab_size``, ``block_size``), or an image classifier's square images (``image``, ``channels``,
+    ``classes``)."""
+    s = SIZES[size][model]
+    if "vocab_size" in s:
+        return {"vocab_size": s["vocab_size"], "block_size": s["block_size"]}
+    return {"input_shape": (s["channels"], s["image"], s["image"]), "n_classes": s["classes"]}
+
+
+#: keys of a size entry that describe the task and the batch; every other key is a model option
+TASK_KEYS = frozenset({"vocab_size", "block_size", "image", "channels", "classes", "batch"})
+
+
 def build(model: str, size: str, spec: str, device: torch.device, seed: int = 0):
-    """(model, optimizer, x, y, units per step). Same seed for every arm: identical branch weights and data."""
-    from ..models import GPT, GPTConfig, ResNet, ViT
+    """(model, optimizer, x, y, units per step). Same seed for every arm: identical branch weights and data.
+    The model comes from the registry (``build_model``), so a family is benched by adding its entry to
+    :data:`SIZES`; random token ids or Gaussian images stand in for data."""
+    from ..models import build_model
     from ..train import TrainConfig, param_groups
 
     s = SIZES[size][model]
+    info = task_info(model, size)
     torch.manual_seed(seed)
-    if model == "gpt":
-        net = GPT(GPTConfig(vocab_size=s["vocab_size"], block_size=s["block_size"], n_layer=s["n_layer"],
-                            n_head=s["n_head"], d_model=s["d_model"], connection=spec))
-        g = torch.Generator().manual_seed(seed + 1)
+    net = build_model(model, info, spec, **{k: v for k, v in s.items() if k not in TASK_KEYS})
+    g = torch.Generator().manual_seed(seed + 1)
+    if "vocab_size" in info:
         x = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
         y = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
-        units = s["batch"] * s["block_size"]
     else:
-        if model == "vit":
-            net = ViT(image_size=s["image"], in_channels=s["channels"], n_classes=s["classes"], patch_size=s["patch"],
-                      d_model=s["d_model"], n_layer=s["n_layer"], n_head=s["n_head"], connection=spec)
-        else:
-            net = ResNet(depth=s["depth"], width=s["width"], in_channels=s["channels"], n_classes=s["classes"],
-                         connection=spec)
-        g = torch.Generator().manual_seed(seed + 1)
-        x = torch.randn(s["batch"], s["channels"], s["image"], s["image"], generator=g)
+        x = torch.randn(s["batch"], *info["input_shape"], generator=g)
         y = torch.randint(s["classes"], (s["batch"],), generator=g)
-        units = s["batch"]
+    units = x.numel() if "vocab_size" in info else s["batch"]  # tokens, or images
     net = net.to(device).train()
     # the trainer's parameter groups (connection parameters undecayed), so the step is the real one
     opt = torch.optim.AdamW(param_groups(net, TrainConfig()), lr=1e-4)
