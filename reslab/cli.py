@@ -17,7 +17,8 @@ import textwrap
 from pathlib import Path
 
 from .runtime import tune_malloc
-from .train import CheckpointError, RunLocked, TrainConfig, TrainingDiverged
+from .checkpoint import CheckpointError, RunLocked
+from .train import TrainConfig, TrainingDiverged
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

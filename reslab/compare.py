@@ -19,12 +19,12 @@ import json
 import re
 from pathlib import Path
 
+from .checkpoint import atomic_write_json
 from .connections import connection, list_connections
 from .connections.registry import split_top
 from .report import markdown_table, plot_curves, summarize_arms
 from .runtime import tune_malloc
-from .train import (TrainConfig, TrainingDiverged, TrainingInterrupted, atomic_write_json, git_revision, machine,
-                    train)
+from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, git_revision, machine, train
 
 
 def parse_arms(text: str) -> list[str]:

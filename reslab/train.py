@@ -9,10 +9,10 @@ What a run guarantees:
 - Evaluation on a fixed set of validation batches (the same for every run of a comparison).
 - ``metrics.jsonl`` (one row per logged step / eval) and ``summary.json`` per run; TensorBoard when
   installed; a tqdm progress bar.
-- Atomic checkpoints (write to a temp file, then ``os.replace``) and exact resume: model, optimizer,
-  the batch generator's and torch's RNG states and the step are restored, and log rows written after
-  the checkpoint are dropped, so a run killed with SIGKILL and resumed logs the same losses as an
-  uninterrupted one. Checkpoints are read with ``weights_only=True``.
+- Atomic checkpoints (write to a temp file, then ``os.replace``: :mod:`reslab.checkpoint`) and exact resume:
+  model, optimizer, the batch generator's and torch's RNG states and the step are restored, and log rows
+  written after the checkpoint are dropped, so a run killed with SIGKILL and resumed logs the same losses as
+  an uninterrupted one. Checkpoints are read with ``weights_only=True``.
 - A NaN/inf loss, or a loss that explodes past ``divergence_factor`` x the first loss, stops the run
   with :class:`TrainingDiverged` and a message that says what to try.
 - Device auto-selection (cuda, mps, cpu), bf16 autocast on CUDA, optional ``torch.compile``, and DDP
@@ -26,11 +26,8 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import platform
-import re
 import signal
-import socket
 import statistics
 import sys
 import subprocess
@@ -43,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import (OutDirLock, atomic_write_bytes, atomic_write_json, load_checkpoint, remove_stale_temp_files,
+                         save_checkpoint)
 from .connections import Connection
 from .data import get_task
 from .models import build_model
@@ -50,14 +49,6 @@ from .models import build_model
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the message says at which step and what to try."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read (corrupt, truncated, or not written by reslab)."""
-
-
-class RunLocked(RuntimeError):
-    """Another live process is training into the same out_dir."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -271,136 +262,6 @@ def _loss(call: nn.Module, model: nn.Module, kind: str, x, y):
     if hasattr(model, "training_loss"):
         return model.training_loss(x, y, call)
     return loss_and_metric(kind, call(x), y)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:  # an exception or Ctrl-C mid-write: no temp file left behind
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file in the same folder, then an atomic rename: a crash mid-write never
-    leaves a truncated checkpoint behind."""
-    tmp = _tmp_name(path)
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Temp files ``.NAME.tmp<PID>`` left by a writer that was killed (SIGKILL cannot be caught), i.e. whose
-    process no longer runs. Returns what was removed."""
-    removed = []
-    for p in folder.glob(".*.tmp*"):
-        m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
-class OutDirLock:
-    """``out_dir/.lock`` holds the pid (and host) of the process training there. A second run into the same
-    folder -- e.g. a resume started while the workers of a killed ``torchrun`` launcher still train -- gets
-    a clear error instead of both writing the same checkpoint and logs. A lock whose process is gone is stale
-    and taken over."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-        self.held = False
-
-    def acquire(self) -> None:
-        me = f"{os.getpid()} {socket.gethostname()}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and _pid_alive(owner):
-                    raise RunLocked(f"{self.path.parent} is in use by another reslab run (pid {owner}, lock file "
-                                    f"{self.path}); wait for it or stop it (kill {owner}), or use another out_dir. "
-                                    f"If no such run exists, delete {self.path}")
-                self.path.unlink(missing_ok=True)  # stale: its process is gone (or it is our own leftover)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return
-        raise RunLocked(f"could not take the lock {self.path}: another process keeps creating it")
-
-    def _owner(self) -> int | None:
-        try:
-            text = self.path.read_text().split()
-            host = text[1] if len(text) > 1 else socket.gethostname()
-            return int(text[0]) if host == socket.gethostname() else -1
-        except (OSError, ValueError, IndexError):
-            return None  # empty or half-written: treat as stale
-
-    def release(self) -> None:
-        if self.held and self._owner() == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self.held = False
-
-
-_CKPT_KEYS = ("model", "optimizer", "generator", "torch_rng", "step", "config")
-#: settings that define a run: resuming with any of them changed would silently mix two experiments
-_IDENTITY = ("task", "task_args", "model", "model_args", "connection", "seed", "batch_size", "optimizer")
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig | None = None) -> dict:
-    fix = "delete it, pass resume=false, or use a new out_dir to start the run afresh"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: never for a stranger's file
-        if "global" not in str(e).lower():
-            raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a reslab "
-                                  f"checkpoint: {fix}") from None
-        raise CheckpointError(f"{path} is not a reslab checkpoint: it holds Python objects other than tensors and "
-                              f"plain values, which reslab refuses to load (loading them could run code): {fix}") from None
-    except Exception as e:  # truncated, random bytes, not a zip/pickle at all
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a reslab "
-                              f"checkpoint ({type(e).__name__}): {fix}") from None
-    missing = [k for k in _CKPT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by reslab's trainer: {fix}")
-    if cfg is not None:
-        saved = json.loads(state["config"])
-        now = cfg.to_dict()
-        defaults = TrainConfig().to_dict()  # a checkpoint older than a field holds its default
-        diff = [k for k in _IDENTITY if saved.get(k, defaults[k]) != now[k]]
-        if diff:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} there vs {now[k]!r} now" for k in diff)
-            raise CheckpointError(f"checkpoint {path} belongs to a different run ({detail}): {fix}")
-    return state
 
 
 def git_revision() -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from reslab.checkpoint import CheckpointError, RunLocked, load_checkpoint
 from reslab.cli import main
-from reslab.train import CheckpointError, RunLocked, TrainConfig, load_checkpoint, train
+from reslab.train import TrainConfig, train
 
 TINY = dict(task="teacher", task_args={"in_dim": 4, "out_dim": 1, "n_train": 64, "n_val": 32, "width": 8},
             model="mlp", model_args={"width": 8, "n_blocks": 2}, batch_size=8, warmup_steps=1, eval_every=4,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from reslab.checkpoint import CheckpointError, load_checkpoint
 from reslab.cli import build_config, main, make_parser
 from reslab.models import build_model
-from reslab.train import (CheckpointError, TrainConfig, TrainingDiverged, connection_parameters, load_checkpoint,
-                          lr_factor, param_groups, read_log, train)
+from reslab.train import TrainConfig, TrainingDiverged, connection_parameters, lr_factor, param_groups, read_log, train
 
 TINY = dict(task="teacher", task_args={"in_dim": 8, "out_dim": 2, "n_train": 256, "n_val": 64, "depth": 3,
                                        "width": 16},

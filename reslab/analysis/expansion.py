@@ -241,7 +241,8 @@ def load_run(run_dir: str | Path, which: str = "final"):
     ``cfg.seed`` right before building it). The model is returned in eval mode."""
     from ..data import get_task
     from ..models import build_model
-    from ..train import TrainConfig, load_checkpoint
+    from ..checkpoint import load_checkpoint
+    from ..train import TrainConfig
 
     run = Path(run_dir)
     if which not in ("final", "init"):
@@ -561,7 +562,7 @@ def run_all(out_dir: str | Path, parts: Sequence[str] = PARTS, seed: int = 0, qu
         res["gc"] = {"n_blocks": n, "width": 64, "activation": "relu", "seeds": seeds,
                      "rows": gc_vs_lambda(lams, n_blocks=n, seeds=seeds, batch=64 if quick else 256)}
         plot_gc(res["gc"]["rows"], out / "gc_lambda.png", n)
-    from ..train import atomic_write_json
+    from ..checkpoint import atomic_write_json
 
     atomic_write_json(out / "expansion.json", res)
     (out / "expansion.md").write_text(report_markdown(res))

@@ -63,7 +63,7 @@ def refuse_if_busy(max_load: float, busy_ok: bool, consequence: str) -> bool:
 
 def write_outputs(out_dir, stem: str, result: dict, markdown_text: str, log=print) -> None:
     """``<stem>.json`` (atomically) and ``<stem>.md`` in ``out_dir``."""
-    from ..train import atomic_write_json
+    from ..checkpoint import atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,8 @@ def reproduce(name: str, preset: str, out_dir: str | Path | None = None, command
     the part that finds every run finished writes the summary (with each part's wall time). Without ``part``
     a split preset runs whole."""
     from ..compare import PartIncomplete, SeedPart, run_records, seed_part, used_runs
-    from ..train import atomic_write_json, git_revision, machine
+    from ..checkpoint import atomic_write_json
+    from ..train import git_revision, machine
 
     exp = get_experiment(name)
     if preset not in exp.presets:
@@ -223,7 +224,7 @@ def resummarize(path: str | Path, log=print) -> dict:
     """Re-apply the experiment's *current* verdict rule to a committed summary's results (the per-seed values it
     holds); nothing is trained and no number changes. The summary records that it was re-summarised, by which
     git revision, and the verdict it had before."""
-    from ..train import atomic_write_json, git_revision
+    from ..checkpoint import atomic_write_json
 
     path = Path(path)
     s = load_summary(path)

@@ -113,7 +113,8 @@ def gd_run(K: int, layout_name: str, seed: int, s: dict, lr: float, root: Path |
     import time
 
     from ..compare import CODE_PARTS, RUN_RECORD, code_revision, note_run, slug
-    from ..train import atomic_write_json, git_revision
+    from ..checkpoint import atomic_write_json
+    from ..train import git_revision
 
     config = {"K": K, "layout": layout_name, "seed": seed, "lr": lr} | {k: s[k] for k in RUN_KEYS}
     rev = code_revision(CODE_PARTS + ("experiments/ancre_linear.py",))

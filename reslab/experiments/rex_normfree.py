@@ -46,7 +46,7 @@ from pathlib import Path
 from ..compare import PendingParts
 from ..report import plot_curves
 from . import Experiment
-from .common import decide, noninferior, resolvable_difference, significantly, train_config
+from .common import decide, noninferior, resolvable_difference, train_config
 from .runner import build_configs, completed, edge_note, errorbar_panels, run_cells, seed_stats, write_readme
 
 CHANCE = 0.1
