@@ -351,7 +351,7 @@ def tuning_markdown(tuning: dict) -> str:
 
 
 #: what a run's result depends on besides its config: the code that builds, feeds and trains the model
-CODE_PARTS = ("connections", "models", "patch", "data", "train.py", "diffusion.py")
+CODE_PARTS = ("connections", "models", "patch", "data", "train.py", "checkpoint.py", "diffusion.py")
 RUN_RECORD = "reslab_run.json"  # written beside a run's summary.json: code revision and training wall time
 
 

@@ -128,7 +128,7 @@ def test_stale_temp_files_of_dead_writers_are_removed(finished, tmp_path):
 def test_a_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
     import torch
 
-    from reslab import train as train_mod
+    from reslab.checkpoint import save_checkpoint
 
     def boom(obj, f, *a, **k):
         Path(f).write_bytes(b"partial")
@@ -136,7 +136,7 @@ def test_a_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        train_mod.save_checkpoint(tmp_path / "checkpoint.pt", {"x": 1})
+        save_checkpoint(tmp_path / "checkpoint.pt", {"x": 1})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,7 +16,6 @@ Files: ``layers.py`` (coder, plain layer, stem), ``mlp.py`` and ``cnn.py`` (the 
 linear map + ReLU per layer), ``transformer.py`` (GPT and ViT forms), ``builders.py`` (``build_model``
 entry points). The structural check that a model is plain lives in :mod:`reslab.analysis.graph`.
 """
-from ...analysis.graph import skip_add_report
 from .builders import BUILDERS
 from .cnn import PNNHCNN, pnnh_layers_per_stage
 from .layers import CODERS, Coder, PNNHLayer, code_channels
@@ -24,4 +23,4 @@ from .mlp import PNNHMLP
 from .transformer import PNNHGPT, PNNHViT
 
 __all__ = ["BUILDERS", "CODERS", "Coder", "PNNHCNN", "PNNHGPT", "PNNHLayer", "PNNHMLP", "PNNHViT", "code_channels",
-           "pnnh_layers_per_stage", "skip_add_report"]
+           "pnnh_layers_per_stage"]
