@@ -197,10 +197,11 @@ def build(model: str, size: str, spec: str, device: torch.device, seed: int = 0)
     if "vocab_size" in info:
         x = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
         y = torch.randint(s["vocab_size"], (s["batch"], s["block_size"]), generator=g)
+        units = x.numel()  # tokens
     else:
         x = torch.randn(s["batch"], *info["input_shape"], generator=g)
         y = torch.randint(s["classes"], (s["batch"],), generator=g)
-    units = x.numel() if "vocab_size" in info else s["batch"]  # tokens, or images
+        units = s["batch"]  # images
     net = net.to(device).train()
     # the trainer's parameter groups (connection parameters undecayed), so the step is the real one
     opt = torch.optim.AdamW(param_groups(net, TrainConfig()), lr=1e-4)

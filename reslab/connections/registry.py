@@ -67,7 +67,7 @@ class Option:
         if self.kind == "choice":
             val = str(raw)
             if val not in self.choices:
-                raise ValueError(f"{where}: {val!r} is not one of {_ranked(val, self.choices)}")
+                raise ValueError(f"{where}: {val!r} is not one of {ranked(val, self.choices)}")
             return val
         if self.kind in ("int", "float"):
             try:
@@ -179,7 +179,7 @@ def _validate_on_construction(cls, name: str) -> None:
         full = {k: o.default for k, o in info.options.items()}
         for k, v in opts.items():
             if k not in info.options:
-                valid = _ranked(k, list(info.options)) if info.options else "(this scheme has no options)"
+                valid = ranked(k, list(info.options)) if info.options else "(this scheme has no options)"
                 raise ValueError(f"connection {name!r}: unknown option {k!r}; valid: {valid}")
             full[k] = info.options[k].convert(name, v)
         if info.check is not None:
@@ -189,8 +189,8 @@ def _validate_on_construction(cls, name: str) -> None:
     cls.__init__ = checked_init
 
 
-def _ranked(word: str, valid: Sequence[str]) -> str:
-    """Valid names, the closest to ``word`` first."""
+def ranked(word: str, valid: Sequence[str]) -> str:
+    """Valid names, the closest to ``word`` first: the "did you mean" list of every unknown-name error in reslab."""
     close = difflib.get_close_matches(word, list(valid), n=len(valid), cutoff=0.0)
     return ", ".join(close)
 
@@ -245,14 +245,14 @@ def resolve(spec: str, **overrides) -> tuple[SchemeInfo, dict[str, Any]]:
     """Parse, validate and fill defaults. Keyword ``overrides`` win over the spec string."""
     name, raw = parse_spec(spec)
     if name not in REGISTRY:
-        raise ValueError(f"unknown connection {name!r}; valid: {_ranked(name, sorted(REGISTRY))} "
+        raise ValueError(f"unknown connection {name!r}; valid: {ranked(name, sorted(REGISTRY))} "
                          "(see `reslab connections`)")
     info = REGISTRY[name]
     raw.update(overrides)
     opts = {k: o.default for k, o in info.options.items()}
     for k, v in raw.items():
         if k not in info.options:
-            valid = _ranked(k, list(info.options)) if info.options else "(this scheme has no options)"
+            valid = ranked(k, list(info.options)) if info.options else "(this scheme has no options)"
             raise ValueError(f"connection {name!r}: unknown option {k!r}; valid: {valid}")
         o = info.options[k]
         if v is True and o.kind != "bool":

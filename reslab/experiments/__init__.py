@@ -62,10 +62,9 @@ def experiments() -> dict[str, Experiment]:
 def get_experiment(name: str) -> Experiment:
     exps = experiments()
     if name not in exps:
-        import difflib
+        from ..connections.registry import ranked
 
-        ranked = difflib.get_close_matches(name, list(exps), n=len(exps), cutoff=0.0)
-        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(ranked)}")
+        raise ValueError(f"unknown experiment {name!r}; valid: {ranked(name, list(exps))}")
     return exps[name]
 
 

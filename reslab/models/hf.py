@@ -15,7 +15,7 @@ import importlib
 from torch import Tensor, nn
 
 from ..patch import patch
-from .task_info import need
+from .task_info import need, ranked
 
 # arch -> (config class, causal-LM class); each has an adapter in reslab.patch.adapters
 ARCHS = {
@@ -44,8 +44,7 @@ def transformers_module():
 def hf_config(arch: str, vocab_size: int, block_size: int, **overrides):
     """The transformers config of a small random-init ``arch`` model."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown Hugging Face architecture {arch!r}; valid: "
-                         f"{', '.join(difflib.get_close_matches(arch, list(ARCHS), n=len(ARCHS), cutoff=0.0))}")
+        raise ValueError(f"unknown Hugging Face architecture {arch!r}; valid: {ranked(arch, list(ARCHS))}")
     tf = transformers_module()
     cfg_cls = getattr(tf, ARCHS[arch][0])
     values = dict(DEFAULTS)

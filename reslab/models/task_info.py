@@ -3,15 +3,11 @@ so the messages and the vector-task sizing rules are the same for every model fa
 config options itself, against the transformers config)."""
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from typing import Any
 
-
-def ranked(word: str, valid: list[str]) -> str:
-    """Valid names, the closest to ``word`` first (for "did you mean" errors)."""
-    return ", ".join(difflib.get_close_matches(word, valid, n=len(valid), cutoff=0.0))
+from ..connections.registry import ranked
 
 
 def init_options(cls: type, exclude: set[str]) -> list[str]:

@@ -69,10 +69,7 @@ class PNNHCNN(_PNNHBase):
     def features(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"PNNHCNN expects images (B, C, H, W), got shape {tuple(x.shape)}")
-        s = self.stem(x)
-        for layer in self.layers:
-            s = layer(s)
-        return s
+        return self._run_layers(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)))

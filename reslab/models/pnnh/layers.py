@@ -283,6 +283,13 @@ class _PNNHBase(nn.Module):
         holds exactly one ``nn.ReLU`` whose input is that layer's pre-activation."""
         return [self.stem, *self.layers]
 
+    def _run_layers(self, x: Tensor) -> Tensor:
+        """The state after the stem and every layer (MLP and CNN forms)."""
+        s = self.stem(x)
+        for layer in self.layers:
+            s = layer(s)
+        return s
+
     def coders(self) -> list[Coder]:
         """Distinct coder modules (a shared coder appears once)."""
         seen, out = set(), []

@@ -46,10 +46,7 @@ class PNNHMLP(_PNNHBase):
         if x.ndim != 2 or x.shape[-1] != self.in_dim:
             hint = "" if self.flatten_input else "; use flatten_input=True for images"
             raise ValueError(f"PNNHMLP expects (B, {self.in_dim}) inputs, got shape {tuple(x.shape)}{hint}")
-        s = self.stem(x)
-        for layer in self.layers:
-            s = layer(s)
-        return s
+        return self._run_layers(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
