@@ -65,6 +65,56 @@ def test_patched_logits_and_kv_cache_generation(arch, spec):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
+# Config variants the defaults above do not reach: Granite's branch scale is 1.0 by default (a dropped scale
+# would pass), GPT-NeoX is parallel and StableLM sequential by default (each has the other form too).
+VARIANTS = [("granite", {"residual_multiplier": 0.3}), ("granitemoe", {"residual_multiplier": 0.3}),
+            ("gpt_neox", {"use_parallel_residual": False}), ("stablelm", {"use_parallel_residual": True})]
+
+
+@pytest.mark.parametrize("arch,overrides", VARIANTS, ids=[f"{a}-{next(iter(o))}" for a, o in VARIANTS])
+@pytest.mark.parametrize("spec", ["laurel(rw, lr)", "hyper(reduce=mean)", "denseformer"])
+def test_config_variants_give_the_unpatched_logits(arch, overrides, spec):
+    model = tiny(arch, **overrides)
+    with torch.no_grad():
+        ref = model(IDS).logits
+    reslab.patch(model, spec)
+    assert resolve(spec)[0].is_residual_at_init(resolve(spec)[1])
+    with torch.no_grad():
+        assert (model(IDS).logits - ref).abs().max() <= 1e-5
+
+
+def _with_dropout(arch: str) -> nn.Module:
+    """``tiny(arch)`` with every dropout of its config at 0.1."""
+    fields = getattr(transformers, ARCHS[arch][0])().to_dict()
+    drops = {k: 0.1 for k, v in fields.items() if ("dropout" in k or "pdrop" in k) and isinstance(v, float)}
+    return tiny(arch, **drops).train()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_training_mode_dropout_is_where_the_layer_puts_it(arch):
+    """Patched with ``residual``, a model in training mode draws the same dropout masks in the same order and
+    applies them to the same tensors as the unpatched model: same seed, same logits."""
+    model = _with_dropout(arch)  # every architecture here has one at least (attention's)
+    torch.manual_seed(5)
+    ref = model(IDS).logits
+    reslab.patch(model, "residual")
+    torch.manual_seed(5)
+    torch.testing.assert_close(model(IDS).logits, ref, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(6)  # and the masks do matter: another seed gives other logits
+    assert (model(IDS).logits - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe", "granitemoe"])
+def test_moe_router_logits_and_auxiliary_loss_survive_the_patch(arch):
+    model = tiny(arch)
+    ref = model(IDS, labels=IDS, output_router_logits=True)
+    reslab.patch(model, "laurel(rw, lr)")
+    out = model(IDS, labels=IDS, output_router_logits=True)
+    assert len(out.router_logits) == len(ref.router_logits) == 3
+    torch.testing.assert_close(out.aux_loss, ref.aux_loss)
+    torch.testing.assert_close(out.loss, ref.loss)
+
+
 @pytest.mark.parametrize("spec", ["residual", "ancre(tau=0.01)", "laurel(rw, lr, rank=4)", "denseformer", "rezero"])
 def test_gradient_checkpointing_gives_the_same_gradients(spec):
     def grads(checkpointing: bool):
@@ -96,10 +146,11 @@ def test_reentrant_checkpointing_with_a_tuple_state_is_refused():
         model(IDS, labels=IDS).loss.backward()
 
 
-@pytest.mark.parametrize("spec", ["laurel(rw, lr, rank=4)", "ancre(tau=0.01)"])
-def test_torch_compile_fullgraph_of_a_patched_model(spec):
+@pytest.mark.parametrize("arch,spec", [("qwen3", "laurel(rw, lr, rank=4)"), ("qwen3", "ancre(tau=0.01)"),
+                                       ("gpt_neox", "laurel(rw, lr, rank=4)")])  # gpt_neox: a parallel block
+def test_torch_compile_fullgraph_of_a_patched_model(arch, spec):
     torch._dynamo.reset()
-    model = tiny("qwen3")
+    model = tiny(arch)
     reslab.patch(model, spec)
     perturb(patched_connection(model))
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")

@@ -21,17 +21,50 @@ from .task_info import need, ranked
 ARCHS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM"),
     "gemma": ("GemmaConfig", "GemmaForCausalLM"),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+    "phi": ("PhiConfig", "PhiForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "granite": ("GraniteConfig", "GraniteForCausalLM"),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM"),
+    "glm4": ("Glm4Config", "Glm4ForCausalLM"),
+    "cohere": ("CohereConfig", "CohereForCausalLM"),
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM"),
+    "exaone4": ("Exaone4Config", "Exaone4ForCausalLM"),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM"),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
 }
 ALIASES = {"n_layer": "num_hidden_layers", "d_model": "hidden_size", "n_head": "num_attention_heads",
            "d_ff": "intermediate_size", "n_kv_head": "num_key_value_heads"}
 # small enough for a CPU test; head_dim 16 keeps rotary tables meaningful
 DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 172}
+# Config fields some architectures have, set to CPU sizes unless given: the library defaults are for the
+# released models (Qwen3-MoE: 128 experts; DeepSeek-V3: 256 experts in 8 groups, 512-wide latent attention).
+# A callable reads the values decided so far. Experts get the MLP width (d_ff); the first layer of
+# DeepSeek-V3 stays dense, as in the released model, so both kinds of MLP are exercised.
+SMALL_FIELDS = {
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+    "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+    "moe_intermediate_size": lambda v: v["intermediate_size"],
+    "shared_expert_intermediate_size": lambda v: v["intermediate_size"],
+    "q_lora_rank": lambda v: v["hidden_size"] // 2, "kv_lora_rank": lambda v: v["hidden_size"] // 2,
+    "qk_rope_head_dim": lambda v: v["head_dim"], "qk_nope_head_dim": lambda v: v["head_dim"],
+    "v_head_dim": lambda v: v["head_dim"],
+}
 
 
 def transformers_module():
@@ -64,7 +97,17 @@ def hf_config(arch: str, vocab_size: int, block_size: int, **overrides):
         values.setdefault("sliding_window", int(block_size))
         values.setdefault("query_pre_attn_scalar", values["head_dim"])
     # reslab's names are valid for every architecture (GPT-2's MLP width and missing KV heads are mapped above)
-    valid = set(cfg_cls().to_dict()) | set(getattr(cfg_cls, "attribute_map", {})) | set(ALIASES.values())
+    fields = cfg_cls().to_dict()
+    valid = set(fields) | set(getattr(cfg_cls, "attribute_map", {})) | set(ALIASES.values())
+    for field, small in SMALL_FIELDS.items():
+        if field in fields and field not in values:
+            values[field] = small(values) if callable(small) else small
+    # token ids of the released tokenizer lie outside a small vocabulary (an embedding refuses such a
+    # padding index); they mean nothing here, so they are dropped unless given
+    for field in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        default = fields.get(field)
+        if field not in values and isinstance(default, int) and default >= values["vocab_size"]:
+            values[field] = None
     unknown = [k for k in overrides if ALIASES.get(k, k) not in valid]
     if unknown:
         k = unknown[0]

@@ -4,9 +4,13 @@ An adapter knows one family of layer classes and nothing about schemes. Given a 
 arguments the model's own loop called it with, it returns the layer's *branches* -- the callables
 between its residual adds -- so the Connection can carry the stream from one to the next:
 
-    Llama / Mistral / Qwen2 / Qwen3 / Gemma   h + attn(norm1(h)), then h + mlp(norm2(h))
-    Gemma 2 / Gemma 3 (sandwich norms)         h + norm2(attn(norm1(h))), then h + norm4(mlp(norm3(h)))
-    GPT-2                                       h + attn(ln_1(h)), then h + mlp(ln_2(h))
+    Llama, Mistral, Qwen2/3, Gemma, OLMo, ...  h + attn(norm1(h)), then h + mlp(norm2(h))  (MoE MLPs too)
+    Phi-3                                       the same, each branch ending in its dropout
+    Granite                                     the same, each branch scaled by residual_multiplier
+    OLMo 2 / 3, EXAONE 4 (norm after)           h + norm1(attn(h)), then h + norm2(mlp(h))
+    Gemma 2 / 3, GLM-4 (sandwich norms)         h + norm2(attn(norm1(h))), then h + norm4(mlp(norm3(h)))
+    Cohere, Phi, GPT-NeoX / StableLM parallel   h + attn(norm(h)) + mlp(norm'(h)): ONE branch, both read h
+    GPT-NeoX / StableLM sequential, GPT-2       h + attn(ln_1(h)), then h + mlp(ln_2(h))
     timm ResNet BasicBlock / Bottleneck          relu(h + body(h)): the add sits before the final ReLU
     timm ViT Block                              h + ls1(attn(norm1(h))), then h + ls2(mlp(norm2(h)))
     any block (the generic adapter)             one branch f(h) = block(h) - h
@@ -35,7 +39,9 @@ class Adapter:
     For CNN stages: ``channel_dim`` of the stream; ``skip(layer)``: blocks that stay as they are (a
     shape-changing downsampling block opens a stage, outside the connection, as in reslab's ResNet);
     ``post(layer)``: what the block applies after its add (a post-activation ResNet's ReLU), which needs
-    a scheme whose state is the stream itself; ``multi_stack``: a model has several stacks (stages)."""
+    a scheme whose state is the stream itself; ``multi_stack``: a model has several stacks (stages).
+    ``applies(layer)``: for a class whose layers wire their adds one of two ways by config (GPT-NeoX's
+    ``use_parallel_residual``), whether this adapter is the one for this layer."""
 
     name: str
     classes: tuple[str, ...]
@@ -47,9 +53,14 @@ class Adapter:
     skip: Callable[[nn.Module], bool] = lambda layer: False
     post: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = None
     multi_stack: bool = False
+    applies: Callable[[nn.Module], bool] = lambda layer: True
 
 
 ADAPTERS: list[Adapter] = []
+# what the error for an unknown architecture lists; keep it in step with the registrations below
+SUPPORTED = ("Llama, Mistral, Ministral, Qwen2/3 (+MoE), Gemma 1-3, OLMo 1-3, Mixtral, DeepSeek-V3, Phi, Phi-3, "
+             "Granite (+MoE), GLM-4, Cohere 1-2, EXAONE 4, SmolLM3, StarCoder2, StableLM, GPT-NeoX, GPT-2, "
+             "timm ResNet and ViT")
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
@@ -61,7 +72,7 @@ def adapter_for(layer: nn.Module) -> Adapter | None:
     """The adapter whose class list holds the layer's class (or, for a patched layer, its original class)."""
     names = {n for c in type(layer).__mro__ for n in (c.__name__, f"{c.__module__}.{c.__name__}")}
     for a in ADAPTERS:
-        if names & set(a.classes):
+        if names & set(a.classes) and a.applies(layer):
             return a
     return None
 
@@ -95,9 +106,58 @@ def _hidden_size(layer) -> int | None:
 
 
 register_adapter(Adapter(
-    "llama", ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer",
-              "GemmaDecoderLayer"),
+    "llama", ("LlamaDecoderLayer", "MistralDecoderLayer", "MinistralDecoderLayer", "Qwen2DecoderLayer",
+              "Qwen3DecoderLayer", "GemmaDecoderLayer", "OlmoDecoderLayer", "Starcoder2DecoderLayer",
+              "SmolLM3DecoderLayer",
+              # mixture-of-experts MLPs: the router's logits are recorded by transformers' hooks on the gate
+              "MixtralDecoderLayer", "Qwen2MoeDecoderLayer", "Qwen3MoeDecoderLayer", "DeepseekV3DecoderLayer"),
     2, _llama_branches, _hidden_size))
+
+
+def _phi3_branches(layer, kw):
+    def attention(h):
+        return layer.resid_attn_dropout(layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0])
+
+    def mlp(h):
+        return layer.resid_mlp_dropout(layer.mlp(layer.post_attention_layernorm(h)))
+
+    return [attention, mlp]
+
+
+register_adapter(Adapter("phi3", ("Phi3DecoderLayer",), 2, _phi3_branches, _hidden_size))
+
+
+def _granite_branches(layer, kw):
+    # Granite scales what each sublayer adds (h + m * f(h)); the scale belongs to the branch, so a scheme
+    # that weighs branches weighs m * f, and residual gives Granite's own sums
+    mlp_module = layer.mlp if hasattr(layer, "mlp") else layer.block_sparse_moe
+
+    def attention(h):
+        return layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0] * layer.residual_multiplier
+
+    def mlp(h):
+        return mlp_module(layer.post_attention_layernorm(h)) * layer.residual_multiplier
+
+    return [attention, mlp]
+
+
+register_adapter(Adapter("granite", ("GraniteDecoderLayer", "GraniteMoeDecoderLayer"), 2, _granite_branches,
+                         _hidden_size))
+
+
+# -- OLMo 2 / 3, EXAONE 4: no norm before a sublayer, one after it ---------------------------------------------
+def _norm_after_branches(layer, kw):
+    def attention(h):
+        return layer.post_attention_layernorm(layer.self_attn(hidden_states=h, **kw)[0])
+
+    def mlp(h):
+        return layer.post_feedforward_layernorm(layer.mlp(h))
+
+    return [attention, mlp]
+
+
+register_adapter(Adapter("norm-after", ("Olmo2DecoderLayer", "Olmo3DecoderLayer", "Exaone4DecoderLayer"), 2,
+                         _norm_after_branches, _hidden_size))
 
 
 # -- Gemma 2 / 3: a norm before and after each sublayer ---------------------------------------------------
@@ -113,6 +173,104 @@ def _gemma_sandwich_branches(layer, kw):
 
 register_adapter(Adapter("gemma-sandwich", ("Gemma2DecoderLayer", "Gemma3DecoderLayer"), 2,
                          _gemma_sandwich_branches, _hidden_size))
+
+
+def _glm4_branches(layer, kw):  # GLM-4 names its four norms differently
+    def attention(h):
+        return layer.post_self_attn_layernorm(layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0])
+
+    def mlp(h):
+        return layer.post_mlp_layernorm(layer.mlp(layer.post_attention_layernorm(h)))
+
+    return [attention, mlp]
+
+
+register_adapter(Adapter("glm4", ("Glm4DecoderLayer",), 2, _glm4_branches, _hidden_size))
+
+
+# -- parallel blocks: attention and MLP both read the layer's input and are added together -----------------
+# (h + attn(n(h)) + mlp(n'(h))). Both read the same stream, so to a connection the layer is ONE branch
+# f(h) = attn + mlp: splitting it into two steps would feed the MLP a stream that already holds the attention.
+def _layer_norm_width(layer) -> int:
+    return layer.input_layernorm.normalized_shape[0]
+
+
+def _cohere_branch(layer, kw):
+    def parallel(h):
+        x = layer.input_layernorm(h)
+        return layer.self_attn(hidden_states=x, **kw)[0] + layer.mlp(x)
+
+    return [parallel]
+
+
+def _phi_branch(layer, kw):
+    def parallel(h):
+        x = layer.input_layernorm(h)
+        return layer.resid_dropout(layer.self_attn(hidden_states=x, **kw)[0]) + layer.resid_dropout(layer.mlp(x))
+
+    return [parallel]
+
+
+register_adapter(Adapter("cohere", ("CohereDecoderLayer", "Cohere2DecoderLayer"), 1, _cohere_branch, _hidden_size))
+register_adapter(Adapter("phi", ("PhiDecoderLayer",), 1, _phi_branch, _layer_norm_width))
+
+
+# GPT-NeoX (Pythia) and StableLM: parallel or sequential by the config's use_parallel_residual
+def _neox_attention(layer, kw):
+    return lambda x: layer.post_attention_dropout(layer.attention(x, **kw)[0])
+
+
+def _neox_parallel_branch(layer, kw):
+    attention = _neox_attention(layer, kw)
+
+    def parallel(h):  # attention first, as the layer does, so dropout draws its masks in the same order
+        a = attention(layer.input_layernorm(h))
+        return a + layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(h)))
+
+    return [parallel]
+
+
+def _neox_sequential_branches(layer, kw):
+    attention = _neox_attention(layer, kw)
+    return [lambda h: attention(layer.input_layernorm(h)),
+            lambda h: layer.post_mlp_dropout(layer.mlp(layer.post_attention_layernorm(h)))]
+
+
+def _stablelm_attention(layer, kw):
+    # StableLM's layer passes its attention these arguments only (not the loop's extra keywords)
+    kw = {k: kw[k] for k in ("attention_mask", "position_ids", "cache", "past_key_values", "use_cache",
+                             "position_embeddings") if k in kw}
+    return lambda x: layer.self_attn(hidden_states=x, **kw)[0]
+
+
+def _stablelm_parallel_branch(layer, kw):
+    attention = _stablelm_attention(layer, kw)
+
+    def parallel(h):
+        x = layer.input_layernorm(h)
+        return attention(x) + layer.dropout(layer.mlp(x))
+
+    return [parallel]
+
+
+def _stablelm_sequential_branches(layer, kw):
+    attention = _stablelm_attention(layer, kw)
+    return [lambda h: attention(layer.input_layernorm(h)),
+            lambda h: layer.dropout(layer.mlp(layer.post_attention_layernorm(h)))]
+
+
+def _parallel(layer) -> bool:
+    return bool(layer.use_parallel_residual)
+
+
+register_adapter(Adapter("gpt-neox-parallel", ("GPTNeoXLayer",), 1, _neox_parallel_branch, _layer_norm_width,
+                         applies=_parallel))
+register_adapter(Adapter("gpt-neox", ("GPTNeoXLayer",), 2, _neox_sequential_branches, _layer_norm_width,
+                         applies=lambda layer: not _parallel(layer)))
+register_adapter(Adapter("stablelm-parallel", ("StableLmDecoderLayer",), 1, _stablelm_parallel_branch,
+                         _layer_norm_width, applies=_parallel))
+register_adapter(Adapter("stablelm", ("StableLmDecoderLayer",), 2, _stablelm_sequential_branches, _layer_norm_width,
+                         applies=lambda layer: not _parallel(layer)))
 
 
 # -- GPT-2 --------------------------------------------------------------------------------------------------
@@ -192,8 +350,8 @@ def _timm_vit_check(layer):
                          "timm.models.vision_transformer.Block")
 
 
-register_adapter(Adapter("timm-vit", ("timm.models.vision_transformer.Block",), 2, _timm_vit_branches, lambda layer: layer.norm1.normalized_shape[0],
-                         _timm_vit_check))
+register_adapter(Adapter("timm-vit", ("timm.models.vision_transformer.Block",), 2, _timm_vit_branches,
+                         lambda layer: layer.norm1.normalized_shape[0], _timm_vit_check))
 
 
 # -- any block: its residual add is inside, so the branch is what it adds ----------------------------------------

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..connections import Connection, connection
-from .adapters import Adapter, adapter_for, generic_branches, infer_dim, positional_names
+from .adapters import SUPPORTED, Adapter, adapter_for, generic_branches, infer_dim, positional_names
 from .value_residual import ValueResidual
 
 ATTR = "reslab_patch"
@@ -151,9 +151,8 @@ def _find_stacks(model: nn.Module, layers: str | None) -> list[tuple[str, nn.Mod
     if not known:
         names = sorted({type(m[0]).__name__ for m in found.values()})
         raise ValueError(f"reslab.patch: unsupported architecture {type(model).__name__} (layer classes: "
-                         f"{', '.join(names) or 'none'}); supported: Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, GPT-2, "
-                         "timm ResNet and ViT -- or pass layers='path.to.blocks' for a ModuleList of pre-norm blocks "
-                         "x -> x + f(x)")
+                         f"{', '.join(names) or 'none'}); supported: {SUPPORTED} -- or pass layers='path.to.blocks' "
+                         "for a ModuleList of pre-norm blocks x -> x + f(x)")
     if len(known) > 1 and not all(adapter_for(m[0]).multi_stack for _, m in known):
         raise ValueError(f"reslab.patch: several layer stacks found ({', '.join(n for n, _ in known)}); pick one "
                          "with layers='...'")

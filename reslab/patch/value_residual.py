@@ -5,11 +5,11 @@ Attention layer n >= 2 uses V'_n = (1 - λ_n) V_n + λ_n V_1, with V_1 the first
 Connection never sees, so it is not a scheme: it is an option of ``reslab.patch`` (``value_residual=True``)
 and of reslab's GPT (``GPTConfig.value_residual``).
 
-How. A forward hook on every layer's ``self_attn.v_proj`` (the values before the head split, in Llama,
-Mistral, Qwen2/3 and Gemma 1-3) records layer 0's output and mixes it into the later layers' outputs. The
-KV cache then stores the mixed values, and a cached step's V_1 comes from the same step's first layer, so
-generation with the cache matches full forwards. The λ's live in the patch holder (``value_lambda``), so the
-model's own parameter names are unchanged.
+How. A forward hook on every layer's ``self_attn.v_proj`` (the values before the head split, in Llama-style
+attention: Llama, Mistral, Qwen, Gemma, OLMo, Granite, ...; not in fused-qkv or latent attention) records
+layer 0's output and mixes it into the later layers' outputs. The KV cache then stores the mixed values, and
+a cached step's V_1 comes from the same step's first layer, so generation with the cache matches full
+forwards. The λ's live in the patch holder (``value_lambda``), so the model's own parameter names are unchanged.
 
 Gradient checkpointing would recompute layer 0 while later layers read its recorded values; that
 combination is refused with a clear error rather than trusted.
@@ -30,7 +30,8 @@ class ValueResidual(nn.Module):
             proj = getattr(getattr(layer, "self_attn", None), "v_proj", None)
             if not isinstance(proj, nn.Linear):
                 raise ValueError(f"reslab.patch: value_residual needs attention layers with a v_proj (Llama, Mistral, "
-                                 f"Qwen2/3, Gemma); {type(layer).__name__} has none -- drop value_residual=True")
+                                 f"Qwen, Gemma, OLMo, ...); {type(layer).__name__} has none (fused or latent "
+                                 "projections) -- drop value_residual=True")
             projections.append(proj)
         if len(projections) < 2:
             raise ValueError("reslab.patch: value_residual needs at least 2 attention layers")
