@@ -11,6 +11,8 @@ between its residual adds -- so the Connection can carry the stream from one to 
     Gemma 2 / 3, GLM-4 (sandwich norms)         h + norm2(attn(norm1(h))), then h + norm4(mlp(norm3(h)))
     Cohere, Phi, GPT-NeoX / StableLM parallel   h + attn(norm(h)) + mlp(norm'(h)): ONE branch, both read h
     GPT-NeoX / StableLM sequential, GPT-2       h + attn(ln_1(h)), then h + mlp(ln_2(h))
+    ViT, DeiT, CLIP, SigLIP, ModernBERT         h + attn(norm1(h)), then h + mlp(norm2(h))  (encoders)
+    DINOv2 / v3                                 the same, each branch ending in layer scale and drop path
     timm ResNet BasicBlock / Bottleneck          relu(h + body(h)): the add sits before the final ReLU
     timm ViT Block                              h + ls1(attn(norm1(h))), then h + ls2(mlp(norm2(h)))
     any block (the generic adapter)             one branch f(h) = block(h) - h
@@ -59,8 +61,8 @@ class Adapter:
 ADAPTERS: list[Adapter] = []
 # what the error for an unknown architecture lists; keep it in step with the registrations below
 SUPPORTED = ("Llama, Mistral, Ministral, Qwen2/3 (+MoE), Gemma 1-3, OLMo 1-3, Mixtral, DeepSeek-V3, Phi, Phi-3, "
-             "Granite (+MoE), GLM-4, Cohere 1-2, EXAONE 4, SmolLM3, StarCoder2, StableLM, GPT-NeoX, GPT-2, "
-             "timm ResNet and ViT")
+             "Granite (+MoE), GLM-4, Cohere 1-2, EXAONE 4, SmolLM3, StarCoder2, StableLM, GPT-NeoX, GPT-2; "
+             "encoders ViT, DeiT, DINOv2/v3, CLIP, SigLIP, ModernBERT; timm ResNet and ViT")
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
@@ -298,6 +300,59 @@ def _gpt2_check(layer):
 
 register_adapter(Adapter("gpt2", ("GPT2Block",), 2, _gpt2_branches,
                          lambda layer: layer.ln_1.normalized_shape[0], _gpt2_check))
+
+
+# -- encoders: pre-norm like the decoders, without a cache; vision models read patches, not tokens ---------------
+def _width_of(norm_name: str):
+    return lambda layer: getattr(layer, norm_name).normalized_shape[0]
+
+
+def _vit_branches(layer, kw):  # ViT, DeiT: one dropout module, after each sublayer
+    def attention(h):
+        return layer.dropout(layer.attention(layer.layernorm_before(h), **kw)[0])
+
+    def mlp(h):
+        return layer.dropout(layer.mlp(layer.layernorm_after(h)))
+
+    return [attention, mlp]
+
+
+def _dinov2_branches(layer, kw):  # DINOv2/v3: layer scale, then stochastic depth, on each sublayer
+    def attention(h):
+        return layer.drop_path(layer.layer_scale1(layer.attention(layer.norm1(h), **kw)[0]))
+
+    def mlp(h):
+        return layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(h))))
+
+    return [attention, mlp]
+
+
+def _clip_branches(layer, kw):  # CLIP (text and vision towers), SigLIP
+    def attention(h):
+        return layer.self_attn(hidden_states=layer.layer_norm1(h), **kw)[0]
+
+    def mlp(h):
+        return layer.mlp(layer.layer_norm2(h))
+
+    return [attention, mlp]
+
+
+def _modernbert_branches(layer, kw):
+    def attention(h):
+        return layer.attn(layer.attn_norm(h), **kw)[0]
+
+    def mlp(h):
+        return layer.mlp(layer.mlp_norm(h))
+
+    return [attention, mlp]
+
+
+register_adapter(Adapter("vit", ("ViTLayer", "DeiTLayer"), 2, _vit_branches, _width_of("layernorm_before")))
+register_adapter(Adapter("dinov2", ("Dinov2Layer", "DINOv3ViTLayer"), 2, _dinov2_branches, _width_of("norm1")))
+register_adapter(Adapter("clip", ("CLIPEncoderLayer", "SiglipEncoderLayer"), 2, _clip_branches,
+                         _width_of("layer_norm1")))
+# (the first layer's attn_norm is an Identity: the embeddings end in a norm)
+register_adapter(Adapter("modernbert", ("ModernBertEncoderLayer",), 2, _modernbert_branches, _width_of("mlp_norm")))
 
 
 # -- timm (pytorch-image-models 1.x): ResNet basic/bottleneck blocks and the ViT block ---------------------------

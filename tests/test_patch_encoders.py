@@ -1,0 +1,117 @@
+"""reslab.patch on Hugging Face encoders built from configs (random init, nothing downloaded): ViT, DeiT,
+DINOv2/v3, CLIP's two towers, SigLIP and ModernBERT.
+
+Checked against the model's own computation: the unpatched outputs at init (schemes that start as residual),
+padding masks reaching attention, training-mode dropout and stochastic depth drawn in the same order, and
+gradients reaching the connection.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import reslab
+from reslab.connections import REGISTRY, connection_names, resolve
+from reslab.patch import patched_connection
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+SIZES = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48)
+IMAGES = dict(image_size=16, patch_size=4, num_channels=3)
+TEXT_IDS = dict(vocab_size=40, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+# name -> (model class, config class, config values, input kind)
+ENCODERS = {
+    "vit": ("ViTModel", "ViTConfig", SIZES | IMAGES, "pixels"),
+    "deit": ("DeiTModel", "DeiTConfig", SIZES | IMAGES, "pixels"),
+    "dinov2": ("Dinov2Model", "Dinov2Config",
+               dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2, layerscale_value=0.5)
+               | IMAGES, "pixels"),
+    "dinov3": ("DINOv3ViTModel", "DINOv3ViTConfig", SIZES | IMAGES | dict(layerscale_value=0.5), "pixels"),
+    "clip_vision": ("CLIPVisionModel", "CLIPVisionConfig", SIZES | IMAGES, "pixels"),
+    "clip_text": ("CLIPTextModel", "CLIPTextConfig", SIZES | TEXT_IDS | dict(max_position_embeddings=32), "tokens"),
+    "siglip": ("SiglipVisionModel", "SiglipVisionConfig", SIZES | IMAGES, "pixels"),
+    "modernbert": ("ModernBertModel", "ModernBertConfig",
+                   SIZES | TEXT_IDS | dict(cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=2,
+                                           local_attention=8), "tokens"),
+}
+PIXELS = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+IDS = torch.randint(3, 40, (2, 12), generator=torch.Generator().manual_seed(0))
+MASK = torch.ones(2, 12, dtype=torch.long)
+MASK[1, 8:] = 0  # the second sequence is padded: the mask must reach every attention call
+
+
+def encoder(name: str, seed: int = 0, **overrides) -> nn.Module:
+    model_cls, cfg_cls, values, _ = ENCODERS[name]
+    torch.manual_seed(seed)
+    return getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**(values | overrides))).eval()
+
+
+def inputs(name: str) -> dict:
+    return dict(pixel_values=PIXELS) if ENCODERS[name][3] == "pixels" else dict(input_ids=IDS, attention_mask=MASK)
+
+
+def schemes() -> list[str]:
+    connection_names()
+    return sorted(info.example for info in REGISTRY.values())
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("spec", schemes())
+def test_patched_encoder_matches_the_model_and_trains(name, spec):
+    model = encoder(name)
+    with torch.no_grad():
+        ref = model(**inputs(name)).last_hidden_state
+    reslab.patch(model, spec)
+    info, opts = resolve(spec)
+    out = model(**inputs(name)).last_hidden_state
+    if info.is_residual_at_init(opts):
+        assert (out - ref).abs().max() <= 1e-5
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    conn = patched_connection(model)
+    grads = [p.grad for p in conn.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert not grads or any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["clip_text", "modernbert"])
+def test_the_padding_mask_reaches_attention(name):
+    """Patched or not, a padded position changes nothing the mask hides: the unpadded tokens' outputs do not
+    depend on what the padded positions hold."""
+    model = encoder(name)
+    reslab.patch(model, "laurel(rw, lr)")
+    other = IDS.clone()
+    other[1, 8:] = 3  # different tokens where the mask is 0
+    with torch.no_grad():
+        a = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+        b = model(input_ids=other, attention_mask=MASK).last_hidden_state
+    torch.testing.assert_close(a[1, :8], b[1, :8], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_training_mode_dropout_and_drop_path_are_where_the_layer_puts_them(name):
+    fields = getattr(transformers, ENCODERS[name][1])().to_dict()
+    drops = {k: 0.1 for k, v in fields.items()
+             if any(w in k for w in ("dropout", "drop_path", "_prob")) and isinstance(v, float)}
+    model = encoder(name, **drops).train()
+    torch.manual_seed(5)
+    ref = model(**inputs(name)).last_hidden_state
+    reslab.patch(model, "residual")
+    torch.manual_seed(5)
+    torch.testing.assert_close(model(**inputs(name)).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(6)  # the masks matter: another seed gives other outputs
+    assert (model(**inputs(name)).last_hidden_state - ref).abs().max() > 1e-3
+
+
+def test_a_two_tower_model_asks_which_stack():
+    cfg = transformers.CLIPConfig(text_config=ENCODERS["clip_text"][2], vision_config=ENCODERS["clip_vision"][2])
+    model = transformers.CLIPModel(cfg).eval()
+    with pytest.raises(ValueError, match="several layer stacks found .*pick one"):
+        reslab.patch(model, "laurel(rw)")
+    reslab.patch(model, "laurel(rw)", layers="vision_model.encoder.layers")
+    with torch.no_grad():
+        out = model(input_ids=IDS, pixel_values=PIXELS, attention_mask=MASK)
+    assert torch.isfinite(out.logits_per_image).all()
