@@ -60,8 +60,10 @@ PRESETS: dict[tuple[str, str], dict[str, dict]] = {
                     model_args={"patch_size": 2, "d_model": 384, "n_layer": 12, "n_head": 6, "ema_decay": 0.9999}),
     },
 }
-# Hugging Face decoder LMs (hf:llama, hf:qwen3, ...) share one budget: the GPT's, at the same sizes.
+# Hugging Face decoder LMs (hf:llama, hf:qwen3, ...) share one budget: the GPT's, at the same sizes;
+# image classifiers (hf:vit, hf:deit, hf:dinov2) the ViT's (its d_model/n_layer/n_head/patch_size are valid there).
 PRESETS[("shakespeare", "hf")] = copy.deepcopy(PRESETS[("shakespeare", "gpt")])
+PRESETS[("fashion_mnist", "hf")] = copy.deepcopy(PRESETS[("fashion_mnist", "vit")])
 PRESET_NAMES = ("quick", "cpu", "gpu")
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import reslab
 from reslab.connections import REGISTRY, connection_names, resolve
-from reslab.patch import patched_connection
+from reslab.patch import is_patched, patched_connection
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -115,3 +115,27 @@ def test_a_two_tower_model_asks_which_stack():
     with torch.no_grad():
         out = model(input_ids=IDS, pixel_values=PIXELS, attention_mask=MASK)
     assert torch.isfinite(out.logits_per_image).all()
+
+
+# -- hf:vit / hf:deit / hf:dinov2: image classifiers as reslab model families ------------------------------------
+@pytest.mark.parametrize("arch", ["vit", "deit", "dinov2"])
+def test_hf_image_classifier_families(arch):
+    from reslab.models import build_model
+
+    info = {"input_shape": (1, 28, 28), "n_classes": 10}
+    sizes = dict(patch_size=7, d_model=32, n_layer=2, n_head=2)
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    plain = build_model(f"hf:{arch}", info, "residual", **sizes).eval()
+    assert not is_patched(plain.hf)  # residual is the model as written
+    torch.manual_seed(0)
+    wired = build_model(f"hf:{arch}", info, "laurel(rw, lr)", **sizes).eval()
+    assert patched_connection(wired.hf).n_blocks == 2  # both layers wired
+    with torch.no_grad():
+        out = wired(images)
+        assert out.shape == (3, 10)
+        torch.testing.assert_close(out, plain(images), atol=1e-5, rtol=1e-5)  # same init, residual at init
+    with pytest.raises(ValueError, match="unknown option 'patch_sise'.*patch_size"):
+        build_model(f"hf:{arch}", info, "residual", patch_sise=7)
+    with pytest.raises(ValueError, match=f"model 'hf:{arch}' needs task_info\\['input_shape'\\]"):
+        build_model(f"hf:{arch}", {"vocab_size": 10, "block_size": 8}, "residual")

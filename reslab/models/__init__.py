@@ -108,10 +108,14 @@ from .feature_cnn import FeatureNet, build_feature_cnn  # noqa: E402
 register_model("feature_cnn", build_feature_cnn)
 __all__ += ["FeatureNet"]
 
-# Hugging Face decoder LMs (transformers imported only when one is built), wired through reslab.patch.
+# Hugging Face decoder LMs and image classifiers (transformers imported only when one is built), wired
+# through reslab.patch.
 from .hf import ARCHS as _HF_ARCHS  # noqa: E402
-from .hf import HFCausalLM, build_hf  # noqa: E402
+from .hf import VISION_ARCHS as _HF_VISION_ARCHS  # noqa: E402
+from .hf import HFCausalLM, HFImageClassifier, build_hf, build_hf_vision  # noqa: E402
 
 for _arch in _HF_ARCHS:
     register_model(f"hf:{_arch}", build_hf(_arch))
-__all__ += ["HFCausalLM", "register_model"]
+for _arch in _HF_VISION_ARCHS:
+    register_model(f"hf:{_arch}", build_hf_vision(_arch))
+__all__ += ["HFCausalLM", "HFImageClassifier", "register_model"]

@@ -1,11 +1,13 @@
-"""Hugging Face decoder LMs as a reslab model family: ``--model hf:llama`` (also ``hf:qwen3``, ``hf:gpt2``, ...).
+"""Hugging Face models as reslab model families, wired by any connection through :func:`reslab.patch`.
+
+- Decoder LMs: ``--model hf:llama`` (also ``hf:qwen3``, ``hf:gpt2``, ...; :data:`ARCHS`) on text tasks.
+- Image classifiers: ``--model hf:vit`` (also ``hf:deit``, ``hf:dinov2``; :data:`VISION_ARCHS`) on image tasks.
 
 A small model is built at random init from its transformers config class (nothing is downloaded) and
-wired by the requested connection through :func:`reslab.patch`, so a comparison runs the very code a
-user's own Llama or Qwen runs. ``model.*`` overrides set config fields by their transformers names
-(``model.num_hidden_layers=6``) or by reslab's GPT names (``n_layer``, ``d_model``, ``n_head``,
-``d_ff``), so one preset serves every family; ``model.value_residual=true`` adds ResFormer's value residual
-(:mod:`reslab.patch.value_residual`).
+wired by the requested connection, so a comparison runs the very code a user's own Llama or ViT runs.
+``model.*`` overrides set config fields by their transformers names (``model.num_hidden_layers=6``) or by
+reslab's names (``n_layer``, ``d_model``, ``n_head``, ``d_ff``), so one preset serves every family;
+``model.value_residual=true`` adds ResFormer's value residual to an LM (:mod:`reslab.patch.value_residual`).
 """
 from __future__ import annotations
 
@@ -108,13 +110,18 @@ def hf_config(arch: str, vocab_size: int, block_size: int, **overrides):
         default = fields.get(field)
         if field not in values and isinstance(default, int) and default >= values["vocab_size"]:
             values[field] = None
+    _refuse_unknown(arch, cfg_cls, overrides, valid)
+    return cfg_cls(**values)
+
+
+def _refuse_unknown(arch: str, cfg_cls: type, overrides: dict, valid: set) -> None:
     unknown = [k for k in overrides if ALIASES.get(k, k) not in valid]
     if unknown:
         k = unknown[0]
-        raise ValueError(f"model 'hf:{arch}': unknown option {k!r}; valid: n_layer, d_model, n_head, d_ff, n_kv_head "
-                         f"or a {ARCHS[arch][0]} field, e.g. "
+        ours = ", ".join(a for a, field in ALIASES.items() if field in valid)
+        raise ValueError(f"model 'hf:{arch}': unknown option {k!r}; valid: {ours} "
+                         f"or a {cfg_cls.__name__} field, e.g. "
                          f"{', '.join(difflib.get_close_matches(k, sorted(valid), n=5, cutoff=0.0))}")
-    return cfg_cls(**values)
 
 
 class HFCausalLM(nn.Module):
@@ -145,5 +152,63 @@ def build_hf(arch: str):
         vocab = need(task_info, "vocab_size", f"hf:{arch}", "a language-modelling task")
         block = kwargs.pop("block_size", None) or need(task_info, "block_size", f"hf:{arch}", "or pass block_size=...")
         return HFCausalLM(arch, int(vocab), int(block), connection, **kwargs)
+
+    return build
+
+
+# -- image classifiers ---------------------------------------------------------------------------------------------
+# arch -> (config class, image-classification class); adapters in reslab.patch.adapters ("vit", "dinov2")
+VISION_ARCHS = {
+    "vit": ("ViTConfig", "ViTForImageClassification"),
+    "deit": ("DeiTConfig", "DeiTForImageClassification"),
+    "dinov2": ("Dinov2Config", "Dinov2ForImageClassification"),
+}
+VISION_DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4, "patch_size": 7}
+
+
+def hf_vision_config(arch: str, image_size: int, in_channels: int, n_classes: int, **overrides):
+    """The transformers config of a small random-init ``arch`` image classifier."""
+    if arch not in VISION_ARCHS:
+        raise ValueError(f"unknown Hugging Face vision architecture {arch!r}; valid: "
+                         f"{ranked(arch, list(VISION_ARCHS))}")
+    cfg_cls = getattr(transformers_module(), VISION_ARCHS[arch][0])
+    fields = cfg_cls().to_dict()
+    _refuse_unknown(arch, cfg_cls, overrides, set(fields) | set(getattr(cfg_cls, "attribute_map", {})))
+    values = dict(VISION_DEFAULTS)
+    for k, v in overrides.items():
+        values[ALIASES.get(k, k)] = v
+    if "intermediate_size" in fields:  # ViT/DeiT give a width (3072, for 768), not a ratio: keep ViT's 4x
+        values.setdefault("intermediate_size", 4 * values["hidden_size"])
+    values.update(image_size=int(image_size), num_channels=int(in_channels), num_labels=int(n_classes))
+    return cfg_cls(**values)
+
+
+class HFImageClassifier(nn.Module):
+    """A transformers image classifier behind reslab's interface: ``forward(images) -> logits``; ``self.hf`` is
+    the transformers model itself (patched)."""
+
+    def __init__(self, arch: str, image_size: int, in_channels: int, n_classes: int, connection: str = "residual",
+                 **overrides):
+        super().__init__()
+        self.arch = arch
+        self.hf = getattr(transformers_module(), VISION_ARCHS[arch][1])(
+            hf_vision_config(arch, image_size, in_channels, n_classes, **overrides))
+        if connection != "residual":  # residual is the model as written
+            patch(self.hf, connection)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.hf(pixel_values=images).logits
+
+
+def build_hf_vision(arch: str):
+    """The builder of family ``hf:<arch>`` for an image-classification task."""
+
+    def build(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+        shape = tuple(need(task_info, "input_shape", f"hf:{arch}", "an image-classification task"))
+        n_classes = need(task_info, "n_classes", f"hf:{arch}", "an image-classification task")
+        if len(shape) not in (2, 3) or shape[-1] != shape[-2]:
+            raise ValueError(f"model 'hf:{arch}' needs square images, input_shape (C, H, H) or (H, H); got {shape}")
+        return HFImageClassifier(arch, shape[-1], shape[0] if len(shape) == 3 else 1, int(n_classes), connection,
+                                 **kwargs)
 
     return build
