@@ -26,10 +26,21 @@ def schemes() -> list[str]:
 
 
 def tiny(arch: str, seed: int = 0, **overrides) -> nn.Module:
+    """A small ``arch`` model whose norms and biases are moved off their init (at init every norm is the
+    same map, so an adapter calling the wrong one would go unseen), with sliding windows shorter than the
+    test sequences where the architecture has them (so a lost mask shows)."""
     torch.manual_seed(seed)
     sizes = dict(n_layer=3, d_model=32, n_head=4, d_ff=48) | overrides
+    if "sliding_window" in getattr(transformers, ARCHS[arch][0])().to_dict():
+        sizes.setdefault("sliding_window", 4)
     cfg = hf_config(arch, V, 32, **sizes)
-    return getattr(transformers, ARCHS[arch][1])(cfg).eval()
+    model = getattr(transformers, ARCHS[arch][1])(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
 
 
 def perturb(conn, seed=1, scale=0.2):
@@ -40,6 +51,8 @@ def perturb(conn, seed=1, scale=0.2):
 
 
 IDS = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(0))
+MASK = torch.ones(2, T, dtype=torch.long)
+MASK[1, :3] = 0  # the second sequence is left-padded: a mask the adapters must pass on to attention
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -47,11 +60,11 @@ IDS = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(0))
 def test_patched_logits_and_kv_cache_generation(arch, spec):
     model = tiny(arch)
     with torch.no_grad():
-        ref = model(IDS).logits
+        ref = model(IDS, attention_mask=MASK).logits
     reslab.patch(model, spec)
     info, opts = resolve(spec)
     with torch.no_grad():
-        out = model(IDS).logits
+        out = model(IDS, attention_mask=MASK).logits
         if info.is_residual_at_init(opts):  # the unpatched model's logits at init
             assert (out - ref).abs().max() <= 1e-5
         else:
@@ -76,11 +89,11 @@ VARIANTS = [("granite", {"residual_multiplier": 0.3}), ("granitemoe", {"residual
 def test_config_variants_give_the_unpatched_logits(arch, overrides, spec):
     model = tiny(arch, **overrides)
     with torch.no_grad():
-        ref = model(IDS).logits
+        ref = model(IDS, attention_mask=MASK).logits
     reslab.patch(model, spec)
     assert resolve(spec)[0].is_residual_at_init(resolve(spec)[1])
     with torch.no_grad():
-        assert (model(IDS).logits - ref).abs().max() <= 1e-5
+        assert (model(IDS, attention_mask=MASK).logits - ref).abs().max() <= 1e-5
 
 
 def _with_dropout(arch: str) -> nn.Module:
@@ -272,6 +285,18 @@ def test_hf_family_builds_patched_models():
         HFCausalLM("llama", V, 32, "residual", n_layers=2)
     with pytest.raises(ValueError, match="unknown Hugging Face architecture 'lama'; valid: llama"):
         hf_config("lama", V, 32)
+
+
+def test_hf_config_small_defaults_never_override_what_the_user_gives():
+    assert hf_config("qwen3_moe", V, 32).num_experts == 4  # not the released 128
+    assert hf_config("qwen3_moe", V, 32, num_experts=8).num_experts == 8  # an alias of num_local_experts
+    assert hf_config("qwen3_moe", V, 32, num_local_experts=8).num_experts == 8
+    one = hf_config("mixtral", V, 32, num_local_experts=1)
+    assert one.num_experts_per_tok == 1  # top-2 of one expert would not run
+    ds = hf_config("deepseek_v3", V, 32, qk_rope_head_dim=4)
+    assert ds.head_dim == 4  # the rotary tables follow the rope part of the head
+    lm = HFCausalLM("deepseek_v3", V, 32, "residual", n_layer=2, d_model=32, n_head=4, qk_rope_head_dim=4)
+    assert lm(IDS).shape == (2, T, V)
 
 
 # -- the value residual (ResFormer) on HF decoders ---------------------------------------------------------------

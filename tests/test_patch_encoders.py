@@ -46,7 +46,14 @@ MASK[1, 8:] = 0  # the second sequence is padded: the mask must reach every atte
 def encoder(name: str, seed: int = 0, **overrides) -> nn.Module:
     model_cls, cfg_cls, values, _ = ENCODERS[name]
     torch.manual_seed(seed)
-    return getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**(values | overrides))).eval()
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**(values | overrides))).eval()
+    # norms and biases off their init: at init every norm is the same map, and a swapped one would pass
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
 
 
 def inputs(name: str) -> dict:

@@ -12,6 +12,7 @@ reslab's names (``n_layer``, ``d_model``, ``n_head``, ``d_ff``), so one preset s
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 
 from torch import Tensor, nn
@@ -58,8 +59,10 @@ DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
 # released models (Qwen3-MoE: 128 experts; DeepSeek-V3: 256 experts in 8 groups, 512-wide latent attention).
 # A callable reads the values decided so far. Experts get the MLP width (d_ff); the first layer of
 # DeepSeek-V3 stays dense, as in the released model, so both kinds of MLP are exercised.
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
 SMALL_FIELDS = {
-    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4,
+    "num_experts_per_tok": lambda v: min(2, next((v[k] for k in EXPERT_COUNTS if k in v), 2)),
     "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
     "moe_intermediate_size": lambda v: v["intermediate_size"],
     "shared_expert_intermediate_size": lambda v: v["intermediate_size"],
@@ -99,19 +102,31 @@ def hf_config(arch: str, vocab_size: int, block_size: int, **overrides):
         values.setdefault("sliding_window", int(block_size))
         values.setdefault("query_pre_attn_scalar", values["head_dim"])
     # reslab's names are valid for every architecture (GPT-2's MLP width and missing KV heads are mapped above)
-    fields = cfg_cls().to_dict()
-    valid = set(fields) | set(getattr(cfg_cls, "attribute_map", {})) | set(ALIASES.values())
+    fields = default_fields(cfg_cls)
+    names = getattr(cfg_cls, "attribute_map", {})  # e.g. Qwen3-MoE: num_experts is num_local_experts
+    valid = set(fields) | set(names) | set(ALIASES.values())
+    given = set(values) | {names.get(k, k) for k in values}
     for field, small in SMALL_FIELDS.items():
-        if field in fields and field not in values:
+        if field in fields and field not in given and names.get(field, field) not in given:
             values[field] = small(values) if callable(small) else small
+    if "qk_rope_head_dim" in fields and "head_dim" not in overrides:  # DeepSeek: rotary tables are this wide
+        values["head_dim"] = values["qk_rope_head_dim"]
     # token ids of the released tokenizer lie outside a small vocabulary (an embedding refuses such a
-    # padding index); they mean nothing here, so they are dropped unless given
+    # padding index); they mean nothing here, so they are dropped unless given (GLM-4's config puts its
+    # defaults back: harmless, an id only stops generation)
     for field in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        default = fields.get(field)
-        if field not in values and isinstance(default, int) and default >= values["vocab_size"]:
+        ids = fields.get(field)
+        ids = [ids] if isinstance(ids, int) else ids
+        if field not in given and isinstance(ids, list) and ids and all(i >= values["vocab_size"] for i in ids):
             values[field] = None
     _refuse_unknown(arch, cfg_cls, overrides, valid)
     return cfg_cls(**values)
+
+
+@functools.lru_cache(maxsize=None)
+def default_fields(cfg_cls: type) -> dict:
+    """A config class's fields with their defaults (built once: some print warnings about their own defaults)."""
+    return cfg_cls().to_dict()
 
 
 def _refuse_unknown(arch: str, cfg_cls: type, overrides: dict, valid: set) -> None:
@@ -172,7 +187,7 @@ def hf_vision_config(arch: str, image_size: int, in_channels: int, n_classes: in
         raise ValueError(f"unknown Hugging Face vision architecture {arch!r}; valid: "
                          f"{ranked(arch, list(VISION_ARCHS))}")
     cfg_cls = getattr(transformers_module(), VISION_ARCHS[arch][0])
-    fields = cfg_cls().to_dict()
+    fields = default_fields(cfg_cls)
     _refuse_unknown(arch, cfg_cls, overrides, set(fields) | set(getattr(cfg_cls, "attribute_map", {})))
     values = dict(VISION_DEFAULTS)
     for k, v in overrides.items():
