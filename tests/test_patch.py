@@ -337,3 +337,22 @@ def test_value_residual_mixes_first_layer_values_and_keeps_the_cache_exact():
         torch.testing.assert_close(model.eval()(IDS).logits, ref)
     with pytest.raises(ValueError, match="value_residual needs attention layers with a v_proj"):
         reslab.patch(tiny("gpt2"), "residual", value_residual=True)
+
+
+def test_hf_moe_trains_with_its_router_loss_when_the_config_asks():
+    lm = HFCausalLM("mixtral", V, 32, "laurel(rw)", n_layer=2, d_model=32, n_head=4, output_router_logits=True)
+    x, y = IDS[:, :-1], IDS[:, 1:]
+    torch.manual_seed(0)
+    lm.train()
+    loss, bits = lm.training_loss(x, y)
+    logits, aux = lm(x, with_router_loss=True)
+    ce = nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+    assert lm.router_loss_coef == lm.hf.config.router_aux_loss_coef > 0 and aux > 0
+    torch.testing.assert_close(loss, ce + lm.router_loss_coef * aux)
+    torch.testing.assert_close(bits, ce.detach() / torch.log(torch.tensor(2.0)))
+    lm.eval()  # evaluation scores cross-entropy alone
+    torch.testing.assert_close(lm.training_loss(x, y)[0], ce)
+    plain = HFCausalLM("mixtral", V, 32, "residual", n_layer=2, d_model=32, n_head=4)  # the config's default: off
+    assert plain.router_loss_coef == 0.0
+    torch.testing.assert_close(plain.train().training_loss(x, y)[0],
+                               nn.functional.cross_entropy(plain(x).reshape(-1, V), y.reshape(-1)))

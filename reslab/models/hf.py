@@ -14,7 +14,9 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import math
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..patch import patch
@@ -153,8 +155,33 @@ class HFCausalLM(nn.Module):
         if connection != "residual" or value_residual:
             patch(self.hf, connection, value_residual=value_residual, value_residual_init=value_residual_init)
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def forward(self, idx: Tensor, with_router_loss: bool = False):
+        """Logits; with ``with_router_loss``, (logits, the MoE router's load-balancing loss)."""
+        if with_router_loss:
+            out = self.hf(input_ids=idx, use_cache=False, output_router_logits=True)
+            return out.logits, out.aux_loss
         return self.hf(input_ids=idx, use_cache=False).logits
+
+    @property
+    def router_loss_coef(self) -> float:
+        """What the router's load-balancing loss weighs in training: transformers' ``router_aux_loss_coef`` when
+        the config asks for it (``model.output_router_logits=true``), as the model's own loss would; else 0."""
+        cfg = self.hf.config
+        return float(getattr(cfg, "router_aux_loss_coef", 0.0) or 0.0) if getattr(cfg, "output_router_logits",
+                                                                                   False) else 0.0
+
+    def training_loss(self, x: Tensor, y: Tensor, call=None) -> tuple[Tensor, Tensor]:
+        """(loss, bits per token) for the Trainer: cross-entropy, plus the weighted router loss while training an
+        MoE model that asks for it (evaluation scores cross-entropy alone, comparable across models)."""
+        call = call or self
+        aux = None
+        if self.training and self.router_loss_coef:
+            logits, aux = call(x, with_router_loss=True)
+        else:
+            logits = call(x)
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        metric = ce.detach() / math.log(2)
+        return (ce + self.router_loss_coef * aux if aux is not None else ce), metric
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
