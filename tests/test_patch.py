@@ -356,3 +356,19 @@ def test_hf_moe_trains_with_its_router_loss_when_the_config_asks():
     assert plain.router_loss_coef == 0.0
     torch.testing.assert_close(plain.train().training_loss(x, y)[0],
                                nn.functional.cross_entropy(plain(x).reshape(-1, V), y.reshape(-1)))
+
+
+def test_the_trainer_scores_a_compiled_hf_lm_through_its_objective():
+    """The Trainer passes the compiled module as ``call`` (a compiled module has no truth value)."""
+    from reslab.train import _loss, loss_and_metric
+
+    torch._dynamo.reset()
+    lm = HFCausalLM("mixtral", V, 32, "laurel(rw)", n_layer=2, d_model=32, n_head=4, output_router_logits=True)
+    x, y = IDS[:, :-1], IDS[:, 1:]
+    lm.train()
+    torch.testing.assert_close(_loss(torch.compile(lm, backend="eager"), lm, "lm", x, y)[0], lm.training_loss(x, y)[0])
+    plain = HFCausalLM("llama", V, 32, "laurel(rw)", n_layer=2, d_model=32, n_head=4).train()
+    ours, theirs = plain.training_loss(x, y), loss_and_metric("lm", plain(x), y)  # as before the hook: bit for bit
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    with pytest.raises(ValueError, match="no router load-balancing loss in transformers"):
+        HFCausalLM("deepseek_v3", V, 32, n_layer=2, d_model=32, n_head=4, output_router_logits=True)

@@ -84,6 +84,23 @@ def test_patched_encoder_matches_the_model_and_trains(name, spec):
     assert not grads or any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("spec", ["laurel(rw, lr)", "denseformer"])
+def test_clip_text_without_a_mask_stays_causal(spec):
+    """With no padding mask CLIP's text tower relies on its causal flag alone (SDPA's is_causal), which the
+    adapter must pass on: a later token never changes an earlier one's output."""
+    model = encoder("clip_text")
+    with torch.no_grad():
+        ref = model(input_ids=IDS).last_hidden_state
+    reslab.patch(model, spec)
+    other = IDS.clone()
+    other[:, 6:] = 3
+    with torch.no_grad():
+        out = model(input_ids=IDS).last_hidden_state
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(input_ids=other).last_hidden_state[:, :6], out[:, :6], atol=1e-5,
+                                   rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["clip_text", "modernbert"])
 def test_the_padding_mask_reaches_attention(name):
     """Patched or not, a padded position changes nothing the mask hides: the unpadded tokens' outputs do not
@@ -146,3 +163,9 @@ def test_hf_image_classifier_families(arch):
         build_model(f"hf:{arch}", info, "residual", patch_sise=7)
     with pytest.raises(ValueError, match=f"model 'hf:{arch}' needs task_info\\['input_shape'\\]"):
         build_model(f"hf:{arch}", {"vocab_size": 10, "block_size": 8}, "residual")
+    with pytest.raises(ValueError, match="option 'image_size' is set by the task's images"):
+        build_model(f"hf:{arch}", info, "residual", image_size=32)
+    with pytest.raises(ValueError, match="must be divisible by n_head"):
+        build_model(f"hf:{arch}", info, "residual", d_model=30, n_head=4)
+    gray = build_model(f"hf:{arch}", {"input_shape": (28, 28), "n_classes": 10}, "residual", **sizes)
+    assert gray(images[:, 0]).shape == (3, 10)  # (H, W) images: one channel

@@ -419,3 +419,17 @@ def test_vit_compare_pnnh_arm_is_parameter_matched(vit_args):
 # -------------------------------------------------------------------------- verdict rules
 
 # ancre-diffusion's and vit-compare's verdict rules: tests/test_verdicts.py
+
+
+def test_the_trainer_scores_a_compiled_dit_through_its_objective():
+    """The Trainer hands a model's ``training_loss`` the compiled module as ``call``; it must be used as given
+    (a compiled module has no truth value: ``call or self`` raised 'does not support len()')."""
+    from reslab.train import _loss
+
+    torch._dynamo.reset()
+    model = tiny_dit("laurel(rw)").train()
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(0)
+    compiled = _loss(torch.compile(model, backend="eager"), model, "diffusion", x, y)[0]
+    torch.manual_seed(0)
+    torch.testing.assert_close(compiled, _loss(model, model, "diffusion", x, y)[0])

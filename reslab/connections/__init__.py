@@ -10,7 +10,8 @@ import pkgutil
 
 from ._fused import fused
 from .base import Block, Branch, Connection, as_blocks
-from .registry import REGISTRY, Option, SchemeInfo, Shape, canonical, parse_spec, register, resolve
+from . import registry as _registry
+from .registry import REGISTRY, Option, SchemeInfo, Shape, canonical, parse_spec, register
 
 _INFRA = {"base", "registry"}  # modules starting with "_" (e.g. _fused) are helpers, not schemes
 _loaded = False
@@ -24,6 +25,13 @@ def _load_all() -> None:
         if mod not in _INFRA and not mod.startswith("_"):
             importlib.import_module(f"{__name__}.{mod}")
     _loaded = True
+
+
+def resolve(spec: str, **overrides):
+    """:func:`reslab.connections.registry.resolve` with every scheme loaded (the registry fills as the scheme
+    modules are imported, so a bare lookup in a fresh interpreter would find none)."""
+    _load_all()
+    return _registry.resolve(spec, **overrides)
 
 
 def connection(spec: str | Connection, n_blocks: int, dim: int, channel_dim: int = -1, branches_per_block: int = 1,

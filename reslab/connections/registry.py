@@ -191,7 +191,7 @@ def _validate_on_construction(cls, name: str) -> None:
 
 def ranked(word: str, valid: Sequence[str]) -> str:
     """Valid names, the closest to ``word`` first: the "did you mean" list of every unknown-name error in reslab."""
-    close = difflib.get_close_matches(word, list(valid), n=len(valid), cutoff=0.0)
+    close = difflib.get_close_matches(word, list(valid), n=max(1, len(valid)), cutoff=0.0)
     return ", ".join(close)
 
 

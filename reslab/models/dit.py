@@ -177,7 +177,7 @@ class DiT(nn.Module):
     # -- the trainer's hooks -------------------------------------------------------------------
     def training_loss(self, x: Tensor, y: Tensor, call=None) -> tuple[Tensor, Tensor]:
         """(loss, metric) for the trainer; ``call`` is the (possibly DDP/compiled) forward."""
-        call = call or self
+        call = self if call is None else call  # (a compiled module has no truth value)
         if self.training:
             loss = eps_loss(lambda xt, t: call(xt, t, y), x, self.schedule)
             return loss, loss.detach()

@@ -85,6 +85,7 @@ def hf_config(arch: str, vocab_size: int, block_size: int, **overrides):
     """The transformers config of a small random-init ``arch`` model."""
     if arch not in ARCHS:
         raise ValueError(f"unknown Hugging Face architecture {arch!r}; valid: {ranked(arch, list(ARCHS))}")
+    _refuse_task_fields(arch, overrides, LM_TASK_FIELDS)
     tf = transformers_module()
     cfg_cls = getattr(tf, ARCHS[arch][0])
     values = dict(DEFAULTS)
@@ -131,6 +132,21 @@ def default_fields(cfg_cls: type) -> dict:
     return cfg_cls().to_dict()
 
 
+# set by the task or the command line, never by a model option
+LM_TASK_FIELDS = ("vocab_size", "max_position_embeddings", "n_positions", "arch", "connection")
+VISION_TASK_FIELDS = ("image_size", "num_channels", "num_labels", "in_channels", "n_classes", "arch", "connection")
+
+
+def _refuse_task_fields(arch: str, overrides: dict, names: tuple[str, ...]) -> None:
+    """The task and the command line set these; a model option naming one would be overwritten or collide."""
+    given = [k for k in overrides if k in names]
+    if given:
+        how = ("the task's vocabulary and block_size" if names is LM_TASK_FIELDS else
+               "the task's images and classes (resize with task.resize)")
+        raise ValueError(f"model 'hf:{arch}': option {given[0]!r} is set by {how} or --connection, not by a model "
+                         "option; drop it")
+
+
 def _refuse_unknown(arch: str, cfg_cls: type, overrides: dict, valid: set) -> None:
     unknown = [k for k in overrides if ALIASES.get(k, k) not in valid]
     if unknown:
@@ -154,6 +170,7 @@ class HFCausalLM(nn.Module):
         # residual is the model as written: its own loop stays untouched unless the value residual is asked for
         if connection != "residual" or value_residual:
             patch(self.hf, connection, value_residual=value_residual, value_residual_init=value_residual_init)
+        self.router_loss_coef  # a config asking for a router loss transformers does not define is refused now
 
     def forward(self, idx: Tensor, with_router_loss: bool = False):
         """Logits; with ``with_router_loss``, (logits, the MoE router's load-balancing loss)."""
@@ -167,13 +184,17 @@ class HFCausalLM(nn.Module):
         """What the router's load-balancing loss weighs in training: transformers' ``router_aux_loss_coef`` when
         the config asks for it (``model.output_router_logits=true``), as the model's own loss would; else 0."""
         cfg = self.hf.config
-        return float(getattr(cfg, "router_aux_loss_coef", 0.0) or 0.0) if getattr(cfg, "output_router_logits",
-                                                                                   False) else 0.0
+        if not getattr(cfg, "output_router_logits", False):
+            return 0.0
+        if getattr(cfg, "router_aux_loss_coef", None) is None:  # DeepSeek-V3 balances its experts by a bias instead
+            raise ValueError(f"model 'hf:{self.arch}' has no router load-balancing loss in transformers "
+                             "(router_aux_loss_coef is None); drop output_router_logits=true")
+        return float(cfg.router_aux_loss_coef)
 
     def training_loss(self, x: Tensor, y: Tensor, call=None) -> tuple[Tensor, Tensor]:
         """(loss, bits per token) for the Trainer: cross-entropy, plus the weighted router loss while training an
         MoE model that asks for it (evaluation scores cross-entropy alone, comparable across models)."""
-        call = call or self
+        call = self if call is None else call  # (a compiled module has no truth value)
         aux = None
         if self.training and self.router_loss_coef:
             logits, aux = call(x, with_router_loss=True)
@@ -191,6 +212,7 @@ def build_hf(arch: str):
     """The builder of family ``hf:<arch>`` (see reslab.models.register_model)."""
 
     def build(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+        _refuse_task_fields(arch, kwargs, LM_TASK_FIELDS)
         vocab = need(task_info, "vocab_size", f"hf:{arch}", "a language-modelling task")
         block = kwargs.pop("block_size", None) or need(task_info, "block_size", f"hf:{arch}", "or pass block_size=...")
         return HFCausalLM(arch, int(vocab), int(block), connection, **kwargs)
@@ -213,12 +235,16 @@ def hf_vision_config(arch: str, image_size: int, in_channels: int, n_classes: in
     if arch not in VISION_ARCHS:
         raise ValueError(f"unknown Hugging Face vision architecture {arch!r}; valid: "
                          f"{ranked(arch, list(VISION_ARCHS))}")
+    _refuse_task_fields(arch, overrides, VISION_TASK_FIELDS)
     cfg_cls = getattr(transformers_module(), VISION_ARCHS[arch][0])
     fields = default_fields(cfg_cls)
     _refuse_unknown(arch, cfg_cls, overrides, set(fields) | set(getattr(cfg_cls, "attribute_map", {})))
     values = dict(VISION_DEFAULTS)
     for k, v in overrides.items():
         values[ALIASES.get(k, k)] = v
+    if values["hidden_size"] % values["num_attention_heads"]:  # transformers would build narrower heads silently
+        raise ValueError(f"model 'hf:{arch}': d_model (hidden_size) {values['hidden_size']} must be divisible by "
+                         f"n_head (num_attention_heads) {values['num_attention_heads']}")
     if "intermediate_size" in fields:  # ViT/DeiT give a width (3072, for 768), not a ratio: keep ViT's 4x
         values.setdefault("intermediate_size", 4 * values["hidden_size"])
     values.update(image_size=int(image_size), num_channels=int(in_channels), num_labels=int(n_classes))
@@ -239,6 +265,8 @@ class HFImageClassifier(nn.Module):
             patch(self.hf, connection)
 
     def forward(self, images: Tensor) -> Tensor:
+        if images.dim() == 3:  # a task of (H, W) images: one channel
+            images = images.unsqueeze(1)
         return self.hf(pixel_values=images).logits
 
 
@@ -246,6 +274,7 @@ def build_hf_vision(arch: str):
     """The builder of family ``hf:<arch>`` for an image-classification task."""
 
     def build(task_info: dict, connection: str, kwargs: dict) -> nn.Module:
+        _refuse_task_fields(arch, kwargs, VISION_TASK_FIELDS)
         shape = tuple(need(task_info, "input_shape", f"hf:{arch}", "an image-classification task"))
         n_classes = need(task_info, "n_classes", f"hf:{arch}", "an image-classification task")
         if len(shape) not in (2, 3) or shape[-1] != shape[-2]:
