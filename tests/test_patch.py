@@ -372,3 +372,18 @@ def test_the_trainer_scores_a_compiled_hf_lm_through_its_objective():
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
     with pytest.raises(ValueError, match="no router load-balancing loss in transformers"):
         HFCausalLM("deepseek_v3", V, 32, n_layer=2, d_model=32, n_head=4, output_router_logits=True)
+
+
+def test_layers_whose_adds_reslab_cannot_take_over_are_refused_even_by_path():
+    bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                          intermediate_size=48, vocab_size=V))
+    for kw in ({}, {"layers": "encoder.layer"}):  # the generic adapter would run, and compute something else
+        with pytest.raises(ValueError, match="BertModel is not supported: post-norm layers"):
+            reslab.patch(bert, "laurel(rw)", **kw)
+    v4 = transformers.DeepseekV4ForCausalLM(transformers.DeepseekV4Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=V, intermediate_size=48,
+        moe_intermediate_size=48, n_routed_experts=4, num_experts_per_tok=2, pad_token_id=None, bos_token_id=None,
+        eos_token_id=None))
+    with pytest.raises(ValueError, match="carry their own manifold-constrained hyper-connections"):
+        reslab.patch(v4, "residual")
+    assert not is_patched(bert) and not is_patched(v4)

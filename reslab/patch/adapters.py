@@ -70,6 +70,24 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return adapter
 
 
+# Layers whose adds reslab cannot take over, with the reason: the generic adapter (block(h) - h as the branch)
+# would run but compute something else, so these are refused even with layers=... .
+_POST_NORM = ("post-norm layers (LayerNorm(h + f(h)) after every add): the normalised stream is not h + f(h), so no "
+              "scheme's steps apply; reslab wires pre-norm stacks")
+REFUSED = {
+    "BertLayer": _POST_NORM, "RobertaLayer": _POST_NORM, "XLMRobertaLayer": _POST_NORM, "ElectraLayer": _POST_NORM,
+    "AlbertLayer": _POST_NORM, "BartEncoderLayer": _POST_NORM, "BartDecoderLayer": _POST_NORM,
+    "DeepseekV4DecoderLayer": "DeepSeek-V4's layers carry their own manifold-constrained hyper-connections (mHC: "
+                              "several streams per token); reslab would wire a second scheme over them. Compare "
+                              "schemes with reslab's 'mhc' in another architecture instead",
+}
+
+
+def refusal(layer: nn.Module) -> str | None:
+    """Why this layer's adds cannot be wired by reslab, or None."""
+    return next((REFUSED[c.__name__] for c in type(layer).__mro__ if c.__name__ in REFUSED), None)
+
+
 def adapter_for(layer: nn.Module) -> Adapter | None:
     """The adapter whose class list holds the layer's class (or, for a patched layer, its original class)."""
     names = {n for c in type(layer).__mro__ for n in (c.__name__, f"{c.__module__}.{c.__name__}")}

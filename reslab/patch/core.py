@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..connections import Connection, connection
-from .adapters import SUPPORTED, Adapter, adapter_for, generic_branches, infer_dim, positional_names
+from .adapters import SUPPORTED, Adapter, adapter_for, generic_branches, infer_dim, positional_names, refusal
 from .value_residual import ValueResidual
 
 ATTR = "reslab_patch"
@@ -146,9 +146,12 @@ def _find_stacks(model: nn.Module, layers: str | None) -> list[tuple[str, nn.Mod
                 "(none: the model has no ModuleList)"
             raise ValueError(f"reslab.patch: {type(model).__name__} has no ModuleList at {layers!r}; "
                              f"ModuleLists in this model: {candidates}")
+        _refuse(model, found[layers])
         return [(layers, found[layers])]
     known = [(n, m) for n, m in found.items() if all(adapter_for(c) is not None for c in m)]
     if not known:
+        for stack in found.values():
+            _refuse(model, stack)
         names = sorted({type(m[0]).__name__ for m in found.values()})
         raise ValueError(f"reslab.patch: unsupported architecture {type(model).__name__} (layer classes: "
                          f"{', '.join(names) or 'none'}); supported: {SUPPORTED} -- or pass layers='path.to.blocks' "
@@ -157,6 +160,12 @@ def _find_stacks(model: nn.Module, layers: str | None) -> list[tuple[str, nn.Mod
         raise ValueError(f"reslab.patch: several layer stacks found ({', '.join(n for n, _ in known)}); pick one "
                          "with layers='...'")
     return known
+
+
+def _refuse(model: nn.Module, stack: nn.Module) -> None:
+    reason = next((refusal(layer) for layer in stack if refusal(layer)), None)
+    if reason:
+        raise ValueError(f"reslab.patch: {type(model).__name__} is not supported: {reason}")
 
 
 def is_patched(model: nn.Module) -> bool:
