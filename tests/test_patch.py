@@ -387,3 +387,43 @@ def test_layers_whose_adds_reslab_cannot_take_over_are_refused_even_by_path():
     with pytest.raises(ValueError, match="carry their own manifold-constrained hyper-connections"):
         reslab.patch(v4, "residual")
     assert not is_patched(bert) and not is_patched(v4)
+
+
+@pytest.mark.parametrize("arch,spec,vr", [("qwen3", "laurel(rw, lr, rank=4)", True), ("gpt2", "hyper(n=2)", False)])
+def test_save_pretrained_and_from_pretrained_round_trip(tmp_path, arch, spec, vr):
+    import warnings
+
+    from reslab.patch import from_pretrained
+
+    model = tiny(arch)
+    reslab.patch(model, spec, value_residual=vr)
+    perturb(patched_connection(model))
+    with torch.no_grad():
+        ref = model(IDS, attention_mask=MASK).logits
+    model.save_pretrained(tmp_path)  # safetensors: the holder's record is a tensor, not a dict
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing but the connection's own weights was left out and put back
+        again = from_pretrained(transformers.AutoModelForCausalLM, tmp_path)
+    assert is_patched(again) and patched_connection(again).spec == patched_connection(model).spec
+    with torch.no_grad():
+        torch.testing.assert_close(again(IDS, attention_mask=MASK).logits, ref, atol=0, rtol=0)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)  # transformers alone: not patched
+    assert not is_patched(plain)
+    reslab.unpatch(model)
+    assert not hasattr(model.config, "reslab_patch")  # unpatch forgets the record too
+    model.save_pretrained(tmp_path / "unpatched")
+    with pytest.raises(ValueError, match="holds no patched model"):
+        from_pretrained(transformers.AutoModelForCausalLM, tmp_path / "unpatched")
+
+
+def test_checkpoints_saved_with_the_older_dict_record_still_load():
+    src = tiny("llama")
+    reslab.patch(src, "laurel(rw)")
+    sd = src.state_dict()
+    key = next(k for k in sd if k.endswith("reslab_patch._extra_state"))
+    sd[key] = {"spec": "laurel(rw)", "layers": None}  # how the holder recorded itself before safetensors support
+    dst = tiny("llama", seed=1)
+    reslab.patch(dst, "laurel(rw)")
+    load_state_dict(dst, sd)
+    with pytest.raises(ValueError, match=r"call reslab.patch\(model, 'laurel\(rw\)'\) before loading"):
+        load_state_dict(tiny("llama"), sd)

@@ -9,7 +9,8 @@ from torch import nn
 
 from ..connections import Connection
 from .adapters import ADAPTERS, Adapter, register_adapter
-from .core import PatchHolder, is_patched, load_state_dict, patch, patched_connection, patched_connections, unpatch
+from .core import (PatchHolder, from_pretrained, is_patched, load_state_dict, patch, patched_connection,
+                   patched_connections, unpatch)
 
 
 def param_groups(model: nn.Module, weight_decay: float = 0.1, connection_lr_mult: float = 1.0,
@@ -33,5 +34,5 @@ def param_groups(model: nn.Module, weight_decay: float = 0.1, connection_lr_mult
     return [g for g in out if g["params"]]
 
 
-__all__ = ["ADAPTERS", "Adapter", "PatchHolder", "is_patched", "load_state_dict", "param_groups", "patch",
+__all__ = ["ADAPTERS", "Adapter", "PatchHolder", "from_pretrained", "is_patched", "load_state_dict", "param_groups", "patch",
            "patched_connection", "patched_connections", "register_adapter", "unpatch"]

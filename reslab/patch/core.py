@@ -18,8 +18,11 @@ The connection is a registered submodule (``<parent of the layers>.reslab_patch.
 """
 from __future__ import annotations
 
+import json
 import sys
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -41,12 +44,25 @@ class PatchHolder(nn.Module):
         self.layers = layers
 
     def get_extra_state(self):
-        return {"spec": self.connection.spec, "layers": self.layers}
+        # a tensor (JSON bytes), not a dict: safetensors -- what save_pretrained writes -- holds tensors only
+        return encode_extra_state({"spec": self.connection.spec, "layers": self.layers})
 
     def set_extra_state(self, state):
+        state = decode_extra_state(state)
         if state.get("spec") != self.connection.spec:
             raise ValueError(f"reslab.patch: the checkpoint was saved from a model patched with {state.get('spec')!r} "
                              f"but this model is patched with {self.connection.spec!r}; patch it with the same spec")
+
+
+def encode_extra_state(info: dict) -> Tensor:
+    return torch.tensor(list(json.dumps(info, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_extra_state(state) -> dict:
+    """The holder's record, from a tensor or (checkpoints saved before it was a tensor) a dict."""
+    if isinstance(state, Tensor):
+        return json.loads(bytes(state.cpu().tolist()).decode())
+    return dict(state)
 
 
 @dataclass
@@ -234,6 +250,9 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
         if value_residual:
             holder.value_residual = ValueResidual(blocks, value_residual_init)
         parent.add_module(attr, holder)
+        _record_in_config(model, {"spec": conn.spec, "layers": layers, "dim": dim,
+                                  "value_residual": bool(value_residual),
+                                  "value_residual_init": float(value_residual_init), "options": options})
         for i, layer in enumerate(blocks):
             cls = type(layer)
             post = adapter.post(layer) if adapter and adapter.post else None
@@ -259,7 +278,73 @@ def unpatch(model: nn.Module) -> nn.Module:
                 layer.__class__ = ctx.original_class
         parent_name, _, attr = name.rpartition(".")
         delattr(model.get_submodule(parent_name) if parent_name else model, attr)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, CONFIG_KEY):
+        delattr(config, CONFIG_KEY)
     return model
+
+
+CONFIG_KEY = "reslab_patch"
+
+
+def _record_in_config(model: nn.Module, how: dict) -> None:
+    """A Hugging Face model's config carries how it was patched, so ``save_pretrained`` writes it to
+    config.json and :func:`from_pretrained` can patch the model the same way before loading its weights."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        setattr(config, CONFIG_KEY, how)
+
+
+def from_pretrained(model_class, path, **kwargs) -> nn.Module:
+    """Load a model saved by ``save_pretrained`` after :func:`patch`: ``model_class.from_pretrained(path, **kwargs)``
+    (which does not know the connection and leaves its weights out), patched as recorded in the saved config,
+    then the connection's weights from the saved files. ``model_class``: the class it was saved from (e.g.
+    ``AutoModelForCausalLM``)."""
+    from transformers.utils import logging as hf_logging
+
+    # transformers would list the connection's weights as unexpected (it does not know them yet): quiet it,
+    # and report what it found that is not the connection's
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    odd = {k: [n for n in v if ATTR not in str(n)] for k, v in info.items() if isinstance(v, (list, set))}
+    if any(odd.values()):
+        warnings.warn(f"reslab.patch.from_pretrained: loading {path}: " +
+                      "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in odd.items() if v), stacklevel=2)
+    how = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if not how:
+        name = getattr(model_class, "__name__", model_class)
+        raise ValueError(f"reslab.patch.from_pretrained: {path} holds no patched model (its config has no "
+                         f"{CONFIG_KEY!r}); load it with {name}.from_pretrained")
+    delattr(model.config, CONFIG_KEY)  # patch() records it again
+    patch(model, how["spec"], layers=how.get("layers"), dim=how.get("dim"),
+          value_residual=how.get("value_residual", False), value_residual_init=how.get("value_residual_init", 0.5),
+          **how.get("options", {}))
+    saved = {k: v for k, v in _saved_tensors(Path(path)).items() if ATTR in k}
+    expected = {k for k in model.state_dict() if ATTR in k}
+    if set(saved) != expected:
+        raise ValueError(f"reslab.patch.from_pretrained: the files in {path} hold connection weights "
+                         f"{sorted(set(saved) ^ expected)[:3]} that do not match the model patched with "
+                         f"{how['spec']!r}; were they saved by this model's save_pretrained?")
+    device = next(iter(model.parameters())).device
+    model.load_state_dict({k: v.to(device) for k, v in saved.items()}, strict=False)
+    return model
+
+
+def _saved_tensors(path: Path) -> dict:
+    """Every tensor in a save_pretrained folder (safetensors, sharded or not; else PyTorch .bin files)."""
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        from safetensors.torch import load_file
+
+        return {k: v for f in files for k, v in load_file(str(f)).items()}
+    files = sorted(path.glob("*.bin"))
+    if not files:
+        raise ValueError(f"reslab.patch.from_pretrained: no *.safetensors or *.bin weights in {path}")
+    return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
 
 
 def patched_connections(model: nn.Module) -> list[Connection]:
@@ -279,6 +364,7 @@ def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
     a patched checkpoint into an unpatched model (call ``reslab.patch`` first, with the saved spec), or
     the other way round."""
     saved = next((v for k, v in state_dict.items() if ATTR in k and k.endswith("._extra_state")), None)
+    saved = decode_extra_state(saved) if saved is not None else None
     if saved is not None and not is_patched(model):
         raise ValueError(f"reslab: the checkpoint holds a model patched with {saved.get('spec')!r}; call "
                          f"reslab.patch(model, {saved.get('spec')!r}) before loading it")
