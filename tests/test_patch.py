@@ -378,7 +378,7 @@ def test_layers_whose_adds_reslab_cannot_take_over_are_refused_even_by_path():
     bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                           intermediate_size=48, vocab_size=V))
     for kw in ({}, {"layers": "encoder.layer"}):  # the generic adapter would run, and compute something else
-        with pytest.raises(ValueError, match="BertModel is not supported: post-norm layers"):
+        with pytest.raises(ValueError, match=r"BertModel is not supported \(BertLayer at 'encoder.layer'\): post-norm"):
             reslab.patch(bert, "laurel(rw)", **kw)
     v4 = transformers.DeepseekV4ForCausalLM(transformers.DeepseekV4Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=V, intermediate_size=48,
@@ -427,3 +427,36 @@ def test_checkpoints_saved_with_the_older_dict_record_still_load():
     load_state_dict(dst, sd)
     with pytest.raises(ValueError, match=r"call reslab.patch\(model, 'laurel\(rw\)'\) before loading"):
         load_state_dict(tiny("llama"), sd)
+
+
+def test_from_pretrained_keeps_dtypes_and_says_what_is_wrong(tmp_path):
+    import numpy as np
+
+    from reslab.patch import from_pretrained
+
+    model = tiny("llama")
+    reslab.patch(model, "laurel(rw, lr)", rank=np.int64(4))  # keyword options live in the canonical spec
+    perturb(patched_connection(model))
+    model.to(torch.bfloat16)
+    with torch.no_grad():
+        ref = model(IDS).logits
+    model.save_pretrained(tmp_path / "bf16", max_shard_size="20KB")  # several shards
+    assert len(list((tmp_path / "bf16").glob("*.safetensors"))) > 1
+    again = from_pretrained(transformers.AutoModelForCausalLM, tmp_path / "bf16")
+    assert patched_connection(again).spec == "laurel(rw, lr, rank=4)"
+    assert {p.dtype for p in patched_connection(again).parameters()} == {torch.bfloat16}
+    for a, b in zip(patched_connection(again).parameters(), patched_connection(model).parameters()):
+        assert torch.equal(a, b)  # the connection as saved, bit for bit
+    with torch.no_grad():  # (transformers' own bfloat16 round trip moves logits by ~2e-3: rotary tables reload in fp32)
+        assert (again(IDS).logits.float() - ref.float()).abs().max() < 1e-2
+    as32 = from_pretrained(transformers.AutoModelForCausalLM, tmp_path / "bf16", dtype=torch.float32)
+    assert {p.dtype for p in as32.parameters()} == {torch.float32}
+    stale = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")  # unpatched, config still records
+    stale.save_pretrained(tmp_path / "stale")
+    with pytest.raises(ValueError, match="records a patch .* but its weights hold no connection"):
+        from_pretrained(transformers.AutoModelForCausalLM, tmp_path / "stale")
+    with pytest.raises(ValueError, match="is not a local folder"):
+        from_pretrained(transformers.AutoModelForCausalLM, "someone/some-model")
+    with pytest.raises(ValueError, match="not where the model patched with .* keeps them .*; load it with the class"):
+        with pytest.warns(UserWarning, match="unexpected_keys: \\['lm_head.weight'\\]"):  # what transformers left out
+            from_pretrained(transformers.AutoModel, tmp_path / "bf16")

@@ -71,21 +71,32 @@ def register_adapter(adapter: Adapter) -> Adapter:
 
 
 # Layers whose adds reslab cannot take over, with the reason: the generic adapter (block(h) - h as the branch)
-# would run but compute something else, so these are refused even with layers=... .
+# would run but compute something else, so these are refused even with layers=... . Module-qualified names, so
+# that a user's own class of the same name is not caught.
 _POST_NORM = ("post-norm layers (LayerNorm(h + f(h)) after every add): the normalised stream is not h + f(h), so no "
               "scheme's steps apply; reslab wires pre-norm stacks")
-REFUSED = {
-    "BertLayer": _POST_NORM, "RobertaLayer": _POST_NORM, "XLMRobertaLayer": _POST_NORM, "ElectraLayer": _POST_NORM,
-    "AlbertLayer": _POST_NORM, "BartEncoderLayer": _POST_NORM, "BartDecoderLayer": _POST_NORM,
-    "DeepseekV4DecoderLayer": "DeepSeek-V4's layers carry their own manifold-constrained hyper-connections (mHC: "
-                              "several streams per token); reslab would wire a second scheme over them. Compare "
-                              "schemes with reslab's 'mhc' in another architecture instead",
+_POST_NORM_LAYERS = {  # transformers.models.<module>: layer classes
+    "bert.modeling_bert": ["BertLayer"], "roberta.modeling_roberta": ["RobertaLayer"],
+    "xlm_roberta.modeling_xlm_roberta": ["XLMRobertaLayer"], "camembert.modeling_camembert": ["CamembertLayer"],
+    "electra.modeling_electra": ["ElectraLayer"], "ernie.modeling_ernie": ["ErnieLayer"],
+    "mpnet.modeling_mpnet": ["MPNetLayer"], "albert.modeling_albert": ["AlbertLayer", "AlbertLayerGroup"],
+    "distilbert.modeling_distilbert": ["TransformerBlock"], "deberta.modeling_deberta": ["DebertaLayer"],
+    "deberta_v2.modeling_deberta_v2": ["DebertaV2Layer"],
+    "bart.modeling_bart": ["BartEncoderLayer", "BartDecoderLayer"],
+    "marian.modeling_marian": ["MarianEncoderLayer", "MarianDecoderLayer"],
+    "data2vec.modeling_data2vec_text": ["Data2VecTextLayer"],
 }
+REFUSED = {f"transformers.models.{module}.{c}": _POST_NORM for module, classes in _POST_NORM_LAYERS.items()
+           for c in classes}
+REFUSED["transformers.models.deepseek_v4.modeling_deepseek_v4.DeepseekV4DecoderLayer"] = (
+    "DeepSeek-V4's layers carry their own manifold-constrained hyper-connections (mHC: several streams per token); "
+    "reslab would wire a second scheme over them. Compare schemes with reslab's 'mhc' in another architecture instead")
 
 
 def refusal(layer: nn.Module) -> str | None:
     """Why this layer's adds cannot be wired by reslab, or None."""
-    return next((REFUSED[c.__name__] for c in type(layer).__mro__ if c.__name__ in REFUSED), None)
+    return next((REFUSED[f"{c.__module__}.{c.__name__}"] for c in type(layer).__mro__
+                 if f"{c.__module__}.{c.__name__}" in REFUSED), None)
 
 
 def adapter_for(layer: nn.Module) -> Adapter | None:

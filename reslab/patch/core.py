@@ -162,12 +162,12 @@ def _find_stacks(model: nn.Module, layers: str | None) -> list[tuple[str, nn.Mod
                 "(none: the model has no ModuleList)"
             raise ValueError(f"reslab.patch: {type(model).__name__} has no ModuleList at {layers!r}; "
                              f"ModuleLists in this model: {candidates}")
-        _refuse(model, found[layers])
+        _refuse(model, layers, found[layers])
         return [(layers, found[layers])]
     known = [(n, m) for n, m in found.items() if all(adapter_for(c) is not None for c in m)]
     if not known:
-        for stack in found.values():
-            _refuse(model, stack)
+        for path, stack in found.items():
+            _refuse(model, path, stack)
         names = sorted({type(m[0]).__name__ for m in found.values()})
         raise ValueError(f"reslab.patch: unsupported architecture {type(model).__name__} (layer classes: "
                          f"{', '.join(names) or 'none'}); supported: {SUPPORTED} -- or pass layers='path.to.blocks' "
@@ -178,10 +178,11 @@ def _find_stacks(model: nn.Module, layers: str | None) -> list[tuple[str, nn.Mod
     return known
 
 
-def _refuse(model: nn.Module, stack: nn.Module) -> None:
-    reason = next((refusal(layer) for layer in stack if refusal(layer)), None)
-    if reason:
-        raise ValueError(f"reslab.patch: {type(model).__name__} is not supported: {reason}")
+def _refuse(model: nn.Module, path: str, stack: nn.Module) -> None:
+    layer = next((layer for layer in stack if refusal(layer)), None)
+    if layer is not None:
+        raise ValueError(f"reslab.patch: {type(model).__name__} is not supported ({type(layer).__name__} at "
+                         f"{path!r}): {refusal(layer)}")
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -250,9 +251,10 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
         if value_residual:
             holder.value_residual = ValueResidual(blocks, value_residual_init)
         parent.add_module(attr, holder)
-        _record_in_config(model, {"spec": conn.spec, "layers": layers, "dim": dim,
+        # (the spec is canonical: keyword options are in it, as plain values)
+        _record_in_config(model, {"spec": conn.spec, "layers": layers, "dim": None if dim is None else int(dim),
                                   "value_residual": bool(value_residual),
-                                  "value_residual_init": float(value_residual_init), "options": options})
+                                  "value_residual_init": float(value_residual_init)})
         for i, layer in enumerate(blocks):
             cls = type(layer)
             post = adapter.post(layer) if adapter and adapter.post else None
@@ -298,8 +300,14 @@ def _record_in_config(model: nn.Module, how: dict) -> None:
 def from_pretrained(model_class, path, **kwargs) -> nn.Module:
     """Load a model saved by ``save_pretrained`` after :func:`patch`: ``model_class.from_pretrained(path, **kwargs)``
     (which does not know the connection and leaves its weights out), patched as recorded in the saved config,
-    then the connection's weights from the saved files. ``model_class``: the class it was saved from (e.g.
-    ``AutoModelForCausalLM``)."""
+    then the connection's weights from the saved files, in the dtype they were saved in (or ``dtype=``, if given).
+    ``path``: a local folder (with ``subfolder=``, one inside it); ``model_class``: the class it was saved from
+    (e.g. ``AutoModelForCausalLM``). Returns the model."""
+    folder = Path(path) / kwargs.get("subfolder", "")
+    if not folder.is_dir():
+        raise ValueError(f"reslab.patch.from_pretrained: {folder} is not a local folder; download the model first "
+                         "(huggingface_hub.snapshot_download) and pass its folder")
+    kwargs.pop("output_loading_info", None)
     from transformers.utils import logging as hf_logging
 
     # transformers would list the connection's weights as unexpected (it does not know them yet): quiet it,
@@ -321,30 +329,51 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
                          f"{CONFIG_KEY!r}); load it with {name}.from_pretrained")
     delattr(model.config, CONFIG_KEY)  # patch() records it again
     patch(model, how["spec"], layers=how.get("layers"), dim=how.get("dim"),
-          value_residual=how.get("value_residual", False), value_residual_init=how.get("value_residual_init", 0.5),
-          **how.get("options", {}))
-    saved = {k: v for k, v in _saved_tensors(Path(path)).items() if ATTR in k}
+          value_residual=how.get("value_residual", False), value_residual_init=how.get("value_residual_init", 0.5))
+    saved = _saved_connection_tensors(folder)
     expected = {k for k in model.state_dict() if ATTR in k}
+    if not saved:
+        raise ValueError(f"reslab.patch.from_pretrained: the config in {path} records a patch ({how['spec']!r}) but "
+                         "its weights hold no connection: was it saved again by an unpatched model? Load it with "
+                         "transformers alone, or from the folder the patched model saved")
     if set(saved) != expected:
-        raise ValueError(f"reslab.patch.from_pretrained: the files in {path} hold connection weights "
-                         f"{sorted(set(saved) ^ expected)[:3]} that do not match the model patched with "
-                         f"{how['spec']!r}; were they saved by this model's save_pretrained?")
+        raise ValueError(f"reslab.patch.from_pretrained: the connection weights in {path} "
+                         f"({sorted(set(saved) - expected)[:2]}) are not where the model patched with {how['spec']!r} "
+                         f"keeps them ({sorted(expected - set(saved))[:2]}); load it with the class it was saved "
+                         "from")
+    holders = [m for m in model.modules() if isinstance(m, PatchHolder)]
+    saved_dtypes = {v.dtype for v in saved.values() if v.is_floating_point()}
+    if len(saved_dtypes) == 1:  # the connection in the dtype it was saved in (a bfloat16 model's is bfloat16)
+        saved_dtype = next(iter(saved_dtypes))
+        for holder in holders:
+            holder.to(dtype=saved_dtype)
     device = next(iter(model.parameters())).device
     model.load_state_dict({k: v.to(device) for k, v in saved.items()}, strict=False)
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if isinstance(dtype, torch.dtype):  # asked for: the whole model in it, the connection too
+        for holder in holders:
+            holder.to(dtype=dtype)
     return model
 
 
-def _saved_tensors(path: Path) -> dict:
-    """Every tensor in a save_pretrained folder (safetensors, sharded or not; else PyTorch .bin files)."""
-    files = sorted(path.glob("*.safetensors"))
+def _saved_connection_tensors(folder: Path) -> dict:
+    """The connection's tensors in a save_pretrained folder, read alone (a shard's other tensors are not loaded):
+    safetensors files, sharded or not; else (older transformers) pytorch_model*.bin."""
+    files = sorted(folder.glob("*.safetensors"))
     if files:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        return {k: v for f in files for k, v in load_file(str(f)).items()}
-    files = sorted(path.glob("*.bin"))
+        out = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                out.update({k: handle.get_tensor(k) for k in handle.keys() if ATTR in k})
+        return out
+    files = sorted(folder.glob("pytorch_model*.bin"))
     if not files:
-        raise ValueError(f"reslab.patch.from_pretrained: no *.safetensors or *.bin weights in {path}")
-    return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
+        raise ValueError(f"reslab.patch.from_pretrained: no model weights (*.safetensors, pytorch_model*.bin) in "
+                         f"{folder}")
+    return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
+            if ATTR in k}
 
 
 def patched_connections(model: nn.Module) -> list[Connection]:
