@@ -375,10 +375,11 @@ def test_the_trainer_scores_a_compiled_hf_lm_through_its_objective():
 
 
 def test_layers_whose_adds_reslab_cannot_take_over_are_refused_even_by_path():
-    bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                          intermediate_size=48, vocab_size=V))
-    for kw in ({}, {"layers": "encoder.layer"}):  # the generic adapter would run, and compute something else
-        with pytest.raises(ValueError, match=r"BertModel is not supported \(BertLayer at 'encoder.layer'\): post-norm"):
+    bert = transformers.DistilBertModel(transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=48,
+                                                                      vocab_size=V))
+    for kw in ({}, {"layers": "transformer.layer"}):  # the generic adapter would run, and compute something else
+        with pytest.raises(ValueError, match=r"DistilBertModel is not supported \(TransformerBlock at "
+                                             r"'transformer.layer'\): post-norm layers"):
             reslab.patch(bert, "laurel(rw)", **kw)
     v4 = transformers.DeepseekV4ForCausalLM(transformers.DeepseekV4Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=V, intermediate_size=48,

@@ -169,3 +169,67 @@ def test_hf_image_classifier_families(arch):
         build_model(f"hf:{arch}", info, "residual", d_model=30, n_head=4)
     gray = build_model(f"hf:{arch}", {"input_shape": (28, 28), "n_classes": 10}, "residual", **sizes)
     assert gray(images[:, 0]).shape == (3, 10)  # (H, W) images: one channel
+
+
+# -- BERT-style post-norm encoders: each branch a block of its own, its LayerNorm after the scheme's add ----------
+POST_NORM = {"bert": ("BertModel", "BertConfig"), "roberta": ("RobertaModel", "RobertaConfig"),
+             "electra": ("ElectraModel", "ElectraConfig")}
+
+
+def post_norm_encoder(name: str, **overrides) -> nn.Module:
+    model_cls, cfg_cls = POST_NORM[name]
+    values = SIZES | dict(vocab_size=40, pad_token_id=0, max_position_embeddings=40) | overrides
+    if name == "electra":
+        values["embedding_size"] = 16  # ELECTRA projects its embeddings to the stream: exercised too
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**values)).eval()
+    g = torch.Generator().manual_seed(100)
+    with torch.no_grad():  # norms and biases off their init: the two LayerNorms of a layer must not be swappable
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(POST_NORM))
+@pytest.mark.parametrize("spec", schemes())
+def test_post_norm_encoders_put_each_norm_after_the_schemes_add(name, spec):
+    model = post_norm_encoder(name)
+    with torch.no_grad():
+        ref = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    info, opts = resolve(spec)
+    try:
+        reslab.patch(model, spec)
+    except ValueError as e:  # several streams: no single one to normalise
+        assert "normalises the stream after every add" in str(e) and info.name in (
+            "attnres", "frac", "hyper", "mhc", "muddformer")
+        return
+    out = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    if info.is_residual_at_init(opts):
+        assert (out - ref).abs().max() <= 1e-5
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in patched_connection(model).parameters())
+
+
+@pytest.mark.parametrize("name", sorted(POST_NORM))
+def test_post_norm_dropout_and_padding_as_the_layer_has_them(name):
+    model = post_norm_encoder(name, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()
+    torch.manual_seed(5)
+    ref = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    reslab.patch(model, "residual")
+    torch.manual_seed(5)
+    torch.testing.assert_close(model(input_ids=IDS, attention_mask=MASK).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+    model.eval()
+    other = IDS.clone()
+    other[1, 8:] = 3  # what the mask hides changes nothing
+    with torch.no_grad():
+        a = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+        b = model(input_ids=other, attention_mask=MASK).last_hidden_state
+    torch.testing.assert_close(a[1, :8], b[1, :8], atol=1e-5, rtol=1e-5)
+
+
+def test_post_norm_decoders_with_cross_attention_are_refused():
+    model = post_norm_encoder("bert", is_decoder=True, add_cross_attention=True)
+    with pytest.raises(ValueError, match="has cross-attention"):
+        reslab.patch(model, "laurel(rw)")

@@ -34,5 +34,5 @@ def param_groups(model: nn.Module, weight_decay: float = 0.1, connection_lr_mult
     return [g for g in out if g["params"]]
 
 
-__all__ = ["ADAPTERS", "Adapter", "PatchHolder", "from_pretrained", "is_patched", "load_state_dict", "param_groups", "patch",
-           "patched_connection", "patched_connections", "register_adapter", "unpatch"]
+__all__ = ["ADAPTERS", "Adapter", "PatchHolder", "from_pretrained", "is_patched", "load_state_dict", "param_groups",
+           "patch", "patched_connection", "patched_connections", "register_adapter", "unpatch"]

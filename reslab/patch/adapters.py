@@ -13,6 +13,7 @@ between its residual adds -- so the Connection can carry the stream from one to 
     GPT-NeoX / StableLM sequential, GPT-2       h + attn(ln_1(h)), then h + mlp(ln_2(h))
     ViT, DeiT, CLIP, SigLIP, ModernBERT         h + attn(norm1(h)), then h + mlp(norm2(h))  (encoders)
     DINOv2 / v3                                 the same, each branch ending in layer scale and drop path
+    BERT, RoBERTa, XLM-R, ELECTRA, ... (post-norm) LN1(h + attn(h)), then LN2(h + mlp(h)): each branch a block
     timm ResNet BasicBlock / Bottleneck          relu(h + body(h)): the add sits before the final ReLU
     timm ViT Block                              h + ls1(attn(norm1(h))), then h + ls2(mlp(norm2(h)))
     any block (the generic adapter)             one branch f(h) = block(h) - h
@@ -43,7 +44,10 @@ class Adapter:
     ``post(layer)``: what the block applies after its add (a post-activation ResNet's ReLU), which needs
     a scheme whose state is the stream itself; ``multi_stack``: a model has several stacks (stages).
     ``applies(layer)``: for a class whose layers wire their adds one of two ways by config (GPT-NeoX's
-    ``use_parallel_residual``), whether this adapter is the one for this layer."""
+    ``use_parallel_residual``), whether this adapter is the one for this layer.
+    ``branch_posts(layer)``: for post-norm layers, what the layer applies to the stream after each branch's add
+    (one LayerNorm per branch); each branch is then a block of its own to the connection, so the scheme places
+    the norm after its add as it places a post-activation ResNet's ReLU."""
 
     name: str
     classes: tuple[str, ...]
@@ -56,13 +60,18 @@ class Adapter:
     post: Callable[[nn.Module], Callable[[Tensor], Tensor]] | None = None
     multi_stack: bool = False
     applies: Callable[[nn.Module], bool] = lambda layer: True
+    branch_posts: Callable[[nn.Module], list] | None = None
+
+    def blocks_per_layer(self) -> int:
+        return self.n_branches if self.branch_posts else 1
 
 
 ADAPTERS: list[Adapter] = []
 # what the error for an unknown architecture lists; keep it in step with the registrations below
 SUPPORTED = ("Llama, Mistral, Ministral, Qwen2/3 (+MoE), Gemma 1-3, OLMo 1-3, Mixtral, DeepSeek-V3, Phi, Phi-3, "
              "Granite (+MoE), GLM-4, Cohere 1-2, EXAONE 4, SmolLM3, StarCoder2, StableLM, GPT-NeoX, GPT-2; "
-             "encoders ViT, DeiT, DINOv2/v3, CLIP, SigLIP, ModernBERT; timm ResNet and ViT")
+             "encoders ViT, DeiT, DINOv2/v3, CLIP, SigLIP, ModernBERT; post-norm BERT, RoBERTa, XLM-R, CamemBERT, "
+             "ELECTRA, ERNIE, Data2Vec-text; timm ResNet and ViT")
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
@@ -73,18 +82,15 @@ def register_adapter(adapter: Adapter) -> Adapter:
 # Layers whose adds reslab cannot take over, with the reason: the generic adapter (block(h) - h as the branch)
 # would run but compute something else, so these are refused even with layers=... . Module-qualified names, so
 # that a user's own class of the same name is not caught.
-_POST_NORM = ("post-norm layers (LayerNorm(h + f(h)) after every add): the normalised stream is not h + f(h), so no "
-              "scheme's steps apply; reslab wires pre-norm stacks")
+_POST_NORM = ("post-norm layers (LayerNorm(h + f(h)) after every add) that reslab has no adapter for: the generic "
+              "one would treat the normalised output as h + f(h); post-norm layers reslab wires: BERT, RoBERTa, "
+              "XLM-R, CamemBERT, ELECTRA, ERNIE, Data2Vec-text")
 _POST_NORM_LAYERS = {  # transformers.models.<module>: layer classes
-    "bert.modeling_bert": ["BertLayer"], "roberta.modeling_roberta": ["RobertaLayer"],
-    "xlm_roberta.modeling_xlm_roberta": ["XLMRobertaLayer"], "camembert.modeling_camembert": ["CamembertLayer"],
-    "electra.modeling_electra": ["ElectraLayer"], "ernie.modeling_ernie": ["ErnieLayer"],
     "mpnet.modeling_mpnet": ["MPNetLayer"], "albert.modeling_albert": ["AlbertLayer", "AlbertLayerGroup"],
     "distilbert.modeling_distilbert": ["TransformerBlock"], "deberta.modeling_deberta": ["DebertaLayer"],
     "deberta_v2.modeling_deberta_v2": ["DebertaV2Layer"],
     "bart.modeling_bart": ["BartEncoderLayer", "BartDecoderLayer"],
     "marian.modeling_marian": ["MarianEncoderLayer", "MarianDecoderLayer"],
-    "data2vec.modeling_data2vec_text": ["Data2VecTextLayer"],
 }
 REFUSED = {f"transformers.models.{module}.{c}": _POST_NORM for module, classes in _POST_NORM_LAYERS.items()
            for c in classes}
@@ -382,6 +388,34 @@ register_adapter(Adapter("clip", ("CLIPEncoderLayer", "SiglipEncoderLayer"), 2, 
                          _width_of("layer_norm1")))
 # (the first layer's attn_norm is an Identity: the embeddings end in a norm)
 register_adapter(Adapter("modernbert", ("ModernBertEncoderLayer",), 2, _modernbert_branches, _width_of("mlp_norm")))
+
+
+# -- BERT-style post-norm encoders: LayerNorm(h + dropout(dense(attn(h)))), then LayerNorm(h + dropout(dense(mlp(h))))
+def _bert_branches(layer, kw):
+    kw = {k: v for k, v in kw.items() if k not in ("encoder_hidden_states", "encoder_attention_mask")}
+    attention = layer.attention
+
+    def attn(h):  # BertAttention.forward up to its output's add
+        out = attention.self(h, encoder_hidden_states=None, **kw)[0]
+        return attention.output.dropout(attention.output.dense(out))
+
+    def mlp(h):  # BertLayer.feed_forward_chunk up to its output's add (chunking only saves memory)
+        return layer.output.dropout(layer.output.dense(layer.intermediate(h)))
+
+    return [attn, mlp]
+
+
+def _bert_check(layer):
+    if hasattr(layer, "crossattention"):
+        raise ValueError(f"reslab.patch: this {type(layer).__name__} has cross-attention (add_cross_attention=True), a "
+                         "third residual branch reslab does not wire; build it without")
+
+
+register_adapter(Adapter(
+    "bert", ("BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer", "ElectraLayer", "ErnieLayer",
+             "Data2VecTextLayer"),
+    2, _bert_branches, lambda layer: layer.output.LayerNorm.normalized_shape[0], _bert_check,
+    branch_posts=lambda layer: [layer.attention.output.LayerNorm, layer.output.LayerNorm]))
 
 
 # -- timm (pytorch-image-models 1.x): ResNet basic/bottleneck blocks and the ViT block ---------------------------

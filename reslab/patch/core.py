@@ -75,6 +75,7 @@ class _LayerContext:
     original_class: type
     original_forward: object
     post: object = None  # what the block applies after its add (a ReLU), for tensor states only
+    branch_posts: object = None  # post-norm layers: the norm after each branch's add; each branch is a block
     value_residual: object = None  # its first-layer values are dropped when the last layer is done
 
 
@@ -111,9 +112,14 @@ def _patched_forward(self, hidden_states, *args, **kwargs):
         state = hidden_states[1]
     else:
         state = hidden_states
-    for b, f in enumerate(branches):
-        state = conn.step(state, k, b, f)
-    state = conn.close_block(state, k)
+    if ctx.branch_posts is not None:  # post-norm: block k*B + b is branch b, its norm after the add
+        for b, (f, norm) in enumerate(zip(branches, ctx.branch_posts)):
+            j = k * len(branches) + b
+            state = conn.map_stream(conn.close_block(conn.step(state, j, 0, f), j), norm)
+    else:
+        for b, f in enumerate(branches):
+            state = conn.step(state, k, b, f)
+        state = conn.close_block(state, k)
     if ctx.post is not None:
         state = conn.map_stream(state, ctx.post)
     if k == ctx.last:
@@ -228,8 +234,20 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
             raise ValueError(f"reslab.patch: cannot tell the stream's width of {type(blocks[0]).__name__}; "
                              "pass dim=...")
         channel_dim = adapter.channel_dim if adapter else -1
-        conn = connection(spec, n_blocks=len(blocks), dim=int(width), channel_dim=channel_dim,
-                          branches_per_block=adapter.n_branches if adapter else 1, network_branches=n_total, **options)
+        per_layer = adapter.blocks_per_layer() if adapter else 1
+        conn = connection(spec, n_blocks=len(blocks) * per_layer, dim=int(width), channel_dim=channel_dim,
+                          branches_per_block=(adapter.n_branches if adapter else 1) // per_layer,
+                          network_branches=n_total, **options)
+        if adapter is not None and adapter.branch_posts is not None:
+            probe = torch.zeros([1, int(width)])
+            try:
+                conn.map_stream(conn.start(probe), lambda t: t)
+            except ValueError:
+                raise ValueError(f"reslab.patch: {conn.spec!r} carries several streams between blocks, but "
+                                 f"{type(blocks[0]).__name__} normalises the stream after every add (a post-norm "
+                                 "layer) and the scheme defines no single stream to normalise; use a single-stream "
+                                 "scheme (residual, scaled, rezero, skipinit, layerscale, laurel, ancre, denseformer)"
+                                 ) from None
         if adapter is not None and adapter.post is not None:
             probe = torch.zeros([1, int(width), 1, 1] if channel_dim == 1 else [1, int(width)])
             try:
@@ -258,9 +276,10 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
         for i, layer in enumerate(blocks):
             cls = type(layer)
             post = adapter.post(layer) if adapter and adapter.post else None
-            layer.__dict__["_reslab_ctx"] = _LayerContext(conn, i, len(blocks) - 1, adapter,
-                                                          positional_names(cls.forward), cls, cls.forward, post,
-                                                          getattr(holder, "value_residual", None))
+            layer.__dict__["_reslab_ctx"] = _LayerContext(
+                conn, i, len(blocks) - 1, adapter, positional_names(cls.forward), cls, cls.forward, post=post,
+                branch_posts=adapter.branch_posts(layer) if adapter and adapter.branch_posts else None,
+                value_residual=getattr(holder, "value_residual", None))
             layer.__class__ = _patched_class(cls)
     return model
 
