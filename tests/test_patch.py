@@ -251,6 +251,20 @@ class Encoder(nn.Module):
         return self.head(x)
 
 
+def test_a_users_class_named_like_a_transformers_layer_gets_the_generic_adapter():
+    class BertLayer(PreNormBlock):  # not transformers' post-norm BertLayer: matched by module, not by name
+        pass
+
+    model = nn.Sequential(nn.ModuleList([BertLayer(8) for _ in range(3)]))
+    reslab.patch(model, "rezero", layers="0")
+    assert patched_connection(model).n_blocks == 3
+
+
+def test_a_branches_option_the_blocks_do_not_have_is_refused():
+    with pytest.raises(ValueError, match="sets branches=3 but each block of LlamaDecoderLayer has 2"):
+        reslab.patch(tiny("llama"), "skipinit(branches=3)")
+
+
 def test_generic_adapter_on_a_modulelist_of_prenorm_blocks():
     torch.manual_seed(0)
     model, x = Encoder(), torch.randn(2, 5, 16)

@@ -233,3 +233,52 @@ def test_post_norm_decoders_with_cross_attention_are_refused():
     model = post_norm_encoder("bert", is_decoder=True, add_cross_attention=True)
     with pytest.raises(ValueError, match="has cross-attention"):
         reslab.patch(model, "laurel(rw)")
+
+
+def test_post_norm_decoder_generation_save_load_checkpointing_and_chunking(tmp_path):
+    from reslab.patch import from_pretrained
+
+    chunked = post_norm_encoder("bert", chunk_size_feed_forward=4)  # the FFN over 4 positions at a time
+    with torch.no_grad():
+        ref = chunked(input_ids=IDS).last_hidden_state
+        reslab.patch(chunked, "laurel(rw, lr)")
+        torch.testing.assert_close(chunked(input_ids=IDS).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+    cfg = transformers.BertConfig(**(SIZES | dict(vocab_size=40, pad_token_id=0, max_position_embeddings=40,
+                                                  is_decoder=True)))
+    torch.manual_seed(0)
+    model = transformers.BertLMHeadModel(cfg).eval()
+    with torch.no_grad():
+        ref = model(input_ids=IDS).logits
+    reslab.patch(model, "laurel(rw, lr)")
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)  # causal, as the layer's
+        for p in patched_connection(model).parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        cached = model.generate(IDS[:1, :6], use_cache=True, **kw)
+        full = model.generate(IDS[:1, :6], use_cache=False, **kw)
+        assert torch.equal(cached.sequences, full.sequences)
+        for a, b in zip(cached.logits, full.logits):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+        moved = model(input_ids=IDS).logits
+    model.save_pretrained(tmp_path)
+    again = from_pretrained(transformers.BertLMHeadModel, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=IDS).logits, moved)
+    with pytest.raises(ValueError, match="encoder_hidden_states passed to a BertLayer without cross-attention"):
+        model(input_ids=IDS, encoder_hidden_states=torch.zeros(2, 3, 32))
+
+    def grads(checkpointing: bool):
+        m = post_norm_encoder("bert")
+        reslab.patch(m, "ancre(tau=0.1)")
+        m.train()
+        if checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(3)
+        m(input_ids=IDS, attention_mask=MASK).last_hidden_state.square().mean().backward()
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    plain, ckpt = grads(False), grads(True)
+    assert plain.keys() == ckpt.keys() and any("reslab_patch" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)

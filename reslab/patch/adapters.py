@@ -47,7 +47,9 @@ class Adapter:
     ``use_parallel_residual``), whether this adapter is the one for this layer.
     ``branch_posts(layer)``: for post-norm layers, what the layer applies to the stream after each branch's add
     (one LayerNorm per branch); each branch is then a block of its own to the connection, so the scheme places
-    the norm after its add as it places a post-activation ResNet's ReLU."""
+    the norm after its add as it places a post-activation ResNet's ReLU. What a scheme keeps per block (rezero's
+    α, laurel's unit=block instance) and its depth rules (layerscale's eps=cait, scaled's count=blocks) then
+    count sublayers, 2 per layer: with a norm between them, a layer's two adds cannot share a block."""
 
     name: str
     classes: tuple[str, ...]
@@ -392,15 +394,23 @@ register_adapter(Adapter("modernbert", ("ModernBertEncoderLayer",), 2, _modernbe
 
 # -- BERT-style post-norm encoders: LayerNorm(h + dropout(dense(attn(h)))), then LayerNorm(h + dropout(dense(mlp(h))))
 def _bert_branches(layer, kw):
+    if kw.get("encoder_hidden_states") is not None:  # as the layer itself: no cross-attention layers here
+        name = type(layer).__name__.removeprefix("Reslab")  # (the patched subclass's name)
+        raise ValueError(f"reslab.patch: encoder_hidden_states passed to a {name} without cross-attention layers "
+                         "(add_cross_attention=False)")
     kw = {k: v for k, v in kw.items() if k not in ("encoder_hidden_states", "encoder_attention_mask")}
     attention = layer.attention
+    from transformers.pytorch_utils import apply_chunking_to_forward
 
     def attn(h):  # BertAttention.forward up to its output's add
         out = attention.self(h, encoder_hidden_states=None, **kw)[0]
         return attention.output.dropout(attention.output.dense(out))
 
-    def mlp(h):  # BertLayer.feed_forward_chunk up to its output's add (chunking only saves memory)
-        return layer.output.dropout(layer.output.dense(layer.intermediate(h)))
+    def feed_forward(x):  # BertLayer.feed_forward_chunk up to its output's add
+        return layer.output.dropout(layer.output.dense(layer.intermediate(x)))
+
+    def mlp(h):  # chunked over the sequence as the layer does (chunk_size_feed_forward > 0 saves memory)
+        return apply_chunking_to_forward(feed_forward, layer.chunk_size_feed_forward, layer.seq_len_dim, h)
 
     return [attn, mlp]
 
@@ -411,9 +421,14 @@ def _bert_check(layer):
                          "third residual branch reslab does not wire; build it without")
 
 
+# module-qualified: a user's own class named BertLayer is not taken for transformers'
+_BERT_LAYERS = tuple(f"transformers.models.{module}.{c}" for module, c in (
+    ("bert.modeling_bert", "BertLayer"), ("roberta.modeling_roberta", "RobertaLayer"),
+    ("xlm_roberta.modeling_xlm_roberta", "XLMRobertaLayer"), ("camembert.modeling_camembert", "CamembertLayer"),
+    ("electra.modeling_electra", "ElectraLayer"), ("ernie.modeling_ernie", "ErnieLayer"),
+    ("data2vec.modeling_data2vec_text", "Data2VecTextLayer")))
 register_adapter(Adapter(
-    "bert", ("BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer", "ElectraLayer", "ErnieLayer",
-             "Data2VecTextLayer"),
+    "bert", _BERT_LAYERS,
     2, _bert_branches, lambda layer: layer.output.LayerNorm.normalized_shape[0], _bert_check,
     branch_posts=lambda layer: [layer.attention.output.LayerNorm, layer.output.LayerNorm]))
 

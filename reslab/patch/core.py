@@ -238,6 +238,10 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
         conn = connection(spec, n_blocks=len(blocks) * per_layer, dim=int(width), channel_dim=channel_dim,
                           branches_per_block=(adapter.n_branches if adapter else 1) // per_layer,
                           network_branches=n_total, **options)
+        expected = (adapter.n_branches if adapter else 1) // per_layer
+        if conn.branches_per_block != expected:  # a spec's branches=... the blocks do not have: dead parameters
+            raise ValueError(f"reslab.patch: {conn.spec!r} sets branches={conn.branches_per_block} but each block of "
+                             f"{type(blocks[0]).__name__} has {expected}; drop branches=... from the spec")
         if adapter is not None and adapter.branch_posts is not None:
             probe = torch.zeros([1, int(width)])
             try:
