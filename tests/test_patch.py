@@ -475,3 +475,32 @@ def test_from_pretrained_keeps_dtypes_and_says_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="not where the model patched with .* keeps them .*; load it with the class"):
         with pytest.warns(UserWarning, match="unexpected_keys: \\['lm_head.weight'\\]"):  # what transformers left out
             from_pretrained(transformers.AutoModel, tmp_path / "bf16")
+
+
+def _attention_calls(model) -> list:
+    """Every attention call of a forward: which module, how many positional inputs, the keywords and their
+    None/bool values."""
+    calls, handles = [], []
+    for name, m in model.named_modules():
+        if (".layers." in name and name.endswith((".self_attn", ".attention", ".attn"))) or (
+                ".h." in name and name.endswith(".attn")):
+            def hook(module, args, kwargs, name=name):
+                flags = tuple((k, v) for k, v in sorted(kwargs.items()) if isinstance(v, (bool, type(None))))
+                calls.append((name, len(args) + ("hidden_states" in kwargs),
+                              tuple(sorted(set(kwargs) - {"hidden_states"})), flags))
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    with torch.no_grad():
+        model(IDS, attention_mask=MASK, output_hidden_states=True, output_attentions=False)
+    for h in handles:
+        h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_attention_gets_the_arguments_the_layer_would_give_it(arch):
+    """Patched, every attention module is called with the same keywords (and flag values) as unpatched: what the
+    model's loop passes, filtered as the layer filters it, plus the layer's defaults for what the loop leaves out."""
+    model = tiny(arch)
+    before = _attention_calls(model)
+    reslab.patch(model, "residual")
+    assert _attention_calls(model) == before and len(before) == 3

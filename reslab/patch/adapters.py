@@ -129,6 +129,14 @@ def positional_names(forward) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
+def argument_defaults(forward) -> dict:
+    """The defaults of the layer's named arguments after ``hidden_states``: what the layer hands its sublayers
+    for an argument the model's loop leaves out (OLMo 3's loop passes no use_cache; its layer passes False)."""
+    params = list(inspect.signature(forward).parameters.values())[2:]
+    return {p.name: p.default for p in params
+            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 # -- Llama-style pre-norm decoder layers ---------------------------------------------------------------
 def _llama_branches(layer, kw):
     def attention(h):

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from ..connections import Connection, connection
-from .adapters import SUPPORTED, Adapter, adapter_for, generic_branches, infer_dim, positional_names, refusal
+from .adapters import (SUPPORTED, Adapter, adapter_for, argument_defaults, generic_branches, infer_dim,
+                       positional_names, refusal)
 from .value_residual import ValueResidual
 
 ATTR = "reslab_patch"
@@ -72,6 +73,7 @@ class _LayerContext:
     last: int
     adapter: Adapter | None
     arg_names: tuple[str, ...]
+    arg_defaults: dict
     original_class: type
     original_forward: object
     post: object = None  # what the block applies after its add (a ReLU), for tensor states only
@@ -102,7 +104,8 @@ def _patched_forward(self, hidden_states, *args, **kwargs):
     if ctx.adapter is None:
         branches = generic_branches(self, args, kwargs)
     else:
-        kw = dict(zip(ctx.arg_names, args))
+        kw = dict(ctx.arg_defaults)  # what the layer passes on for an argument the loop leaves out
+        kw.update(zip(ctx.arg_names, args))
         kw.update(kwargs)
         branches = ctx.adapter.branches(self, kw)
     if k == 0:
@@ -281,7 +284,8 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
             cls = type(layer)
             post = adapter.post(layer) if adapter and adapter.post else None
             layer.__dict__["_reslab_ctx"] = _LayerContext(
-                conn, i, len(blocks) - 1, adapter, positional_names(cls.forward), cls, cls.forward, post=post,
+                conn, i, len(blocks) - 1, adapter, positional_names(cls.forward), argument_defaults(cls.forward), cls,
+                cls.forward, post=post,
                 branch_posts=adapter.branch_posts(layer) if adapter and adapter.branch_posts else None,
                 value_residual=getattr(holder, "value_residual", None))
             layer.__class__ = _patched_class(cls)
