@@ -7,6 +7,8 @@ gradients reaching the connection.
 """
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -282,3 +284,35 @@ def test_post_norm_decoder_generation_save_load_checkpointing_and_chunking(tmp_p
     assert plain.keys() == ckpt.keys() and any("reslab_patch" in n for n in plain)
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _attention_calls(model, inp: dict, post_norm: bool) -> list:
+    """Every self-attention call of a forward: module, positional inputs, keywords and their None/bool values.
+    (BERT's attention wrapper adds and normalises, so its inner self-attention is what both paths call.)"""
+    ends = (".attention.self",) if post_norm else (".self_attn", ".attn", ".attention")
+    calls, handles = [], []
+    for name, m in model.named_modules():
+        if name.endswith(ends) and ("layers." in name or "layer." in name):  # not SigLIP's pooling head
+            def hook(module, args, kwargs, name=name):
+                # bound to the signature: ViT's layer passes the mask positionally, the adapter by name
+                bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+                bound = {k: v for k, v in bound.items() if k != "hidden_states"}
+                bound.update(bound.pop("kwargs", {}))
+                flags = tuple((k, v) for k, v in sorted(bound.items()) if isinstance(v, (bool, type(None))))
+                calls.append((name, tuple(sorted(bound)), flags))
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    with torch.no_grad():
+        model(**inp, output_hidden_states=True)
+    for h in handles:
+        h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS) + sorted(POST_NORM))
+def test_encoder_attention_gets_the_arguments_the_layer_would_give_it(name):
+    post_norm = name in POST_NORM
+    model = post_norm_encoder(name) if post_norm else encoder(name)
+    inp = dict(input_ids=IDS, attention_mask=MASK) if post_norm else inputs(name)
+    before = _attention_calls(model, inp, post_norm)
+    reslab.patch(model, "residual")
+    assert _attention_calls(model, inp, post_norm) == before and len(before) == 3
