@@ -12,12 +12,15 @@ def _seed():
     torch.manual_seed(0)
 
 
-def perturb(module, scale=0.3, seed=0):
-    """Move every parameter of ``module`` off its init, so a check does not pass only at a special point."""
+def perturb(module, scale=0.3, seed=0, vectors_only=False):
+    """Move every parameter of ``module`` off its init, so a check does not pass only at a special point.
+    ``vectors_only``: norms' weights and biases only (at init every norm is the same map, so a check that an
+    adapter calls the right one needs them apart; the matrices stay as the model drew them)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            if not vectors_only or p.dim() == 1:
+                p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
 
 

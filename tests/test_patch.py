@@ -6,6 +6,7 @@ generation against full forwards, gradient checkpointing against none, a state-d
 """
 from __future__ import annotations
 
+import conftest
 import pytest
 import torch
 from torch import nn
@@ -34,13 +35,7 @@ def tiny(arch: str, seed: int = 0, **overrides) -> nn.Module:
     if "sliding_window" in getattr(transformers, ARCHS[arch][0])().to_dict():
         sizes.setdefault("sliding_window", 4)
     cfg = hf_config(arch, V, 32, **sizes)
-    model = getattr(transformers, ARCHS[arch][1])(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return conftest.perturb(getattr(transformers, ARCHS[arch][1])(cfg).eval(), seed=seed + 100, vectors_only=True)
 
 
 def perturb(conn, seed=1, scale=0.2):

@@ -11,6 +11,7 @@ import inspect
 
 import pytest
 import torch
+from conftest import perturb
 from torch import nn
 
 import reslab
@@ -49,13 +50,7 @@ def encoder(name: str, seed: int = 0, **overrides) -> nn.Module:
     model_cls, cfg_cls, values, _ = ENCODERS[name]
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**(values | overrides))).eval()
-    # norms and biases off their init: at init every norm is the same map, and a swapped one would pass
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return perturb(model, seed=seed + 100, vectors_only=True)  # a swapped norm would pass at init
 
 
 def inputs(name: str) -> dict:
@@ -185,12 +180,7 @@ def post_norm_encoder(name: str, **overrides) -> nn.Module:
         values["embedding_size"] = 16  # ELECTRA projects its embeddings to the stream: exercised too
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**values)).eval()
-    g = torch.Generator().manual_seed(100)
-    with torch.no_grad():  # norms and biases off their init: the two LayerNorms of a layer must not be swappable
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return perturb(model, seed=100, vectors_only=True)  # the two LayerNorms of a layer must not be swappable
 
 
 @pytest.mark.parametrize("name", sorted(POST_NORM))

@@ -137,15 +137,27 @@ def argument_defaults(forward) -> dict:
             if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-# -- Llama-style pre-norm decoder layers ---------------------------------------------------------------
-def _llama_branches(layer, kw):
-    def attention(h):
-        return layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0]
+# -- decoder layers whose two sublayers sit between norms ------------------------------------------------------
+def _normed_sublayers(attn_in: str | None, attn_out: str | None, mlp_in: str | None, mlp_out: str | None):
+    """The branches of a layer h + attn_out(attn(attn_in(h))), then h + mlp_out(mlp(mlp_in(h))), its norms named
+    by attribute (None: no norm there). Llama-style layers have the two before, OLMo 2 the two after, Gemma 2
+    and GLM-4 all four; the attention gets the keywords the layer would give it."""
+    def norm(layer, name):
+        return getattr(layer, name) if name else (lambda x: x)
 
-    def mlp(h):
-        return layer.mlp(layer.post_attention_layernorm(h))
+    def branches(layer, kw):
+        def attention(h):
+            return norm(layer, attn_out)(layer.self_attn(hidden_states=norm(layer, attn_in)(h), **kw)[0])
 
-    return [attention, mlp]
+        def mlp(h):
+            return norm(layer, mlp_out)(layer.mlp(norm(layer, mlp_in)(h)))
+
+        return [attention, mlp]
+
+    return branches
+
+
+_llama_branches = _normed_sublayers("input_layernorm", None, "post_attention_layernorm", None)
 
 
 def _hidden_size(layer) -> int | None:
@@ -193,46 +205,18 @@ register_adapter(Adapter("granite", ("GraniteDecoderLayer", "GraniteMoeDecoderLa
 
 
 # -- OLMo 2 / 3, EXAONE 4: no norm before a sublayer, one after it ---------------------------------------------
-def _norm_after_branches(layer, kw):
-    def attention(h):
-        return layer.post_attention_layernorm(layer.self_attn(hidden_states=h, **kw)[0])
-
-    def mlp(h):
-        return layer.post_feedforward_layernorm(layer.mlp(h))
-
-    return [attention, mlp]
-
-
 register_adapter(Adapter("norm-after", ("Olmo2DecoderLayer", "Olmo3DecoderLayer", "Exaone4DecoderLayer"), 2,
-                         _norm_after_branches, _hidden_size))
+                         _normed_sublayers(None, "post_attention_layernorm", None, "post_feedforward_layernorm"),
+                         _hidden_size))
 
 
-# -- Gemma 2 / 3: a norm before and after each sublayer ---------------------------------------------------
-def _gemma_sandwich_branches(layer, kw):
-    def attention(h):
-        return layer.post_attention_layernorm(layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0])
-
-    def mlp(h):
-        return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
-
-    return [attention, mlp]
-
-
+# -- Gemma 2 / 3, GLM-4: a norm before and after each sublayer (GLM-4 names its four differently) ----------------
 register_adapter(Adapter("gemma-sandwich", ("Gemma2DecoderLayer", "Gemma3DecoderLayer"), 2,
-                         _gemma_sandwich_branches, _hidden_size))
-
-
-def _glm4_branches(layer, kw):  # GLM-4 names its four norms differently
-    def attention(h):
-        return layer.post_self_attn_layernorm(layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)[0])
-
-    def mlp(h):
-        return layer.post_mlp_layernorm(layer.mlp(layer.post_attention_layernorm(h)))
-
-    return [attention, mlp]
-
-
-register_adapter(Adapter("glm4", ("Glm4DecoderLayer",), 2, _glm4_branches, _hidden_size))
+                         _normed_sublayers("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                                           "post_feedforward_layernorm"), _hidden_size))
+register_adapter(Adapter("glm4", ("Glm4DecoderLayer",), 2,
+                         _normed_sublayers("input_layernorm", "post_self_attn_layernorm", "post_attention_layernorm",
+                                           "post_mlp_layernorm"), _hidden_size))
 
 
 # -- parallel blocks: attention and MLP both read the layer's input and are added together -----------------

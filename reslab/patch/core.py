@@ -238,33 +238,22 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
                              "pass dim=...")
         channel_dim = adapter.channel_dim if adapter else -1
         per_layer = adapter.blocks_per_layer() if adapter else 1
+        branches = (adapter.n_branches if adapter else 1) // per_layer
         conn = connection(spec, n_blocks=len(blocks) * per_layer, dim=int(width), channel_dim=channel_dim,
-                          branches_per_block=(adapter.n_branches if adapter else 1) // per_layer,
-                          network_branches=n_total, **options)
-        expected = (adapter.n_branches if adapter else 1) // per_layer
-        if conn.branches_per_block != expected:  # a spec's branches=... the blocks do not have: dead parameters
+                          branches_per_block=branches, network_branches=n_total, **options)
+        if conn.branches_per_block != branches:  # a spec's branches=... the blocks do not have: dead parameters
             raise ValueError(f"reslab.patch: {conn.spec!r} sets branches={conn.branches_per_block} but each block of "
-                             f"{type(blocks[0]).__name__} has {expected}; drop branches=... from the spec")
+                             f"{type(blocks[0]).__name__} has {branches}; drop branches=... from the spec")
+        name = type(blocks[0]).__name__
         if adapter is not None and adapter.branch_posts is not None:
-            probe = torch.zeros([1, int(width)])
-            try:
-                conn.map_stream(conn.start(probe), lambda t: t)
-            except ValueError:
-                raise ValueError(f"reslab.patch: {conn.spec!r} carries several streams between blocks, but "
-                                 f"{type(blocks[0]).__name__} normalises the stream after every add (a post-norm "
-                                 "layer) and the scheme defines no single stream to normalise; use a single-stream "
-                                 "scheme (residual, scaled, rezero, skipinit, layerscale, laurel, ancre, denseformer)"
-                                 ) from None
+            _need_single_stream(conn, int(width), channel_dim,
+                                f"{name} normalises the stream after every add (a post-norm layer) and the scheme "
+                                "defines no single stream to normalise; use a single-stream scheme")
         if adapter is not None and adapter.post is not None:
-            probe = torch.zeros([1, int(width), 1, 1] if channel_dim == 1 else [1, int(width)])
-            try:
-                conn.map_stream(conn.start(probe), lambda t: t)
-            except ValueError:
-                raise ValueError(f"reslab.patch: {conn.spec!r} carries several streams between blocks, but "
-                                 f"{type(blocks[0]).__name__} applies {type(adapter.post(blocks[0])).__name__} after "
-                                 "every add (a post-activation ResNet) and the scheme defines no single stream to "
-                                 "apply it to; use a single-stream scheme (residual, scaled, rezero, skipinit, "
-                                 "layerscale, laurel, ancre, denseformer) or a pre-activation network") from None
+            _need_single_stream(conn, int(width), channel_dim,
+                                f"{name} applies {type(adapter.post(blocks[0])).__name__} after every add (a "
+                                "post-activation ResNet) and the scheme defines no single stream to apply it to; "
+                                "use a single-stream scheme", also=" or a pre-activation network")
         built.append((path, adapter, blocks, conn))
     for path, adapter, blocks, conn in built:
         ref = next(iter(blocks[0].parameters()), None)
@@ -290,6 +279,17 @@ def patch(model: nn.Module, spec: str, layers: str | None = None, dim: int | Non
                 value_residual=getattr(holder, "value_residual", None))
             layer.__class__ = _patched_class(cls)
     return model
+
+
+def _need_single_stream(conn: Connection, width: int, channel_dim: int, why: str, also: str = "") -> None:
+    """Refuse a scheme whose state between blocks is not one stream, where the layer maps the stream after its
+    adds (a ReLU, a LayerNorm): ``map_stream`` says whether the scheme defines that stream."""
+    probe = torch.zeros([1, width, 1, 1] if channel_dim == 1 else [1, width])
+    try:
+        conn.map_stream(conn.start(probe), lambda t: t)
+    except ValueError:
+        raise ValueError(f"reslab.patch: {conn.spec!r} carries several streams between blocks, but {why} (residual, "
+                         f"scaled, rezero, skipinit, layerscale, laurel, ancre, denseformer){also}") from None
 
 
 def unpatch(model: nn.Module) -> nn.Module:
