@@ -13,7 +13,7 @@ from torch import nn
 
 import reslab
 from reslab.connections import REGISTRY, connection_names, resolve
-from reslab.models.hf import ARCHS, HFCausalLM, hf_config
+from reslab.models.hf import ARCHS, HFCausalLM, default_fields, hf_config
 from reslab.patch import is_patched, load_state_dict, patched_connection
 
 transformers = pytest.importorskip("transformers")
@@ -32,7 +32,7 @@ def tiny(arch: str, seed: int = 0, **overrides) -> nn.Module:
     test sequences where the architecture has them (so a lost mask shows)."""
     torch.manual_seed(seed)
     sizes = dict(n_layer=3, d_model=32, n_head=4, d_ff=48) | overrides
-    if "sliding_window" in getattr(transformers, ARCHS[arch][0])().to_dict():
+    if "sliding_window" in default_fields(getattr(transformers, ARCHS[arch][0])):
         sizes.setdefault("sliding_window", 4)
     cfg = hf_config(arch, V, 32, **sizes)
     return conftest.perturb(getattr(transformers, ARCHS[arch][1])(cfg).eval(), seed=seed + 100, vectors_only=True)
@@ -93,7 +93,7 @@ def test_config_variants_give_the_unpatched_logits(arch, overrides, spec):
 
 def _with_dropout(arch: str) -> nn.Module:
     """``tiny(arch)`` with every dropout of its config at 0.1."""
-    fields = getattr(transformers, ARCHS[arch][0])().to_dict()
+    fields = default_fields(getattr(transformers, ARCHS[arch][0]))
     drops = {k: 0.1 for k, v in fields.items() if ("dropout" in k or "pdrop" in k) and isinstance(v, float)}
     return tiny(arch, **drops).train()
 
